@@ -1,0 +1,411 @@
+//! Filling the cache: one leader per key writes the body to a temp file while any number of
+//! followers and tails read it back as it grows.
+//!
+//! The state of a fill lives in a `watch` channel (one value, so followers never queue up
+//! behind a slow writer): `Pending` until the leader knows whether the response is cacheable,
+//! then `Streaming` with the byte count written so far and how it ended.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use reef_proto::ContentKey;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::Error;
+use crate::blobs::remove_file_quiet;
+use crate::meta::{self, Meta};
+use crate::store::{Store, blocking};
+
+/// Largest chunk a tail hands out: big enough to keep syscalls per byte low, small enough that
+/// a peer sees data soon after the origin sends it.
+pub const TAIL_CHUNK: usize = 64 * 1024;
+
+/// One fill in progress, shared by the leader, the store's map of fills and every follower.
+pub(crate) struct Slot {
+    tx: watch::Sender<Phase>,
+}
+
+impl Slot {
+    pub fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            tx: watch::Sender::new(Phase::Pending),
+        })
+    }
+
+    pub fn send_modify(&self, update: impl FnOnce(&mut Phase)) {
+        self.tx.send_modify(update);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// The leader is still waiting for the response head.
+    Pending,
+    Uncached,
+    Failed,
+    Streaming {
+        body: Arc<Body>,
+        written: u64,
+        end: End,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    Open,
+    Committed,
+    Aborted,
+}
+
+/// The body being written: its metadata and the temp file, read and written with positional
+/// I/O so the writer and every tail can share one handle. The handle stays valid after the file
+/// is renamed into `blobs/` or unlinked on abort.
+#[derive(Debug)]
+pub(crate) struct Body {
+    meta: Meta,
+    file: File,
+}
+
+/// What `Store::fill` hands out: the first caller for a key fetches, the others wait for it.
+#[derive(Debug)]
+pub enum Fill {
+    Leader(FillGuard),
+    Follower(FillWait),
+}
+
+/// The right (and duty) to fetch a key. Dropping it without `start` or `skip` means the fetch
+/// failed: followers get `Outcome::Failed`.
+pub struct FillGuard {
+    store: Store,
+    key: ContentKey,
+    /// None when too many fills were in progress: this leader is not coalesced and cannot store.
+    slot: Option<Arc<Slot>>,
+}
+
+impl FillGuard {
+    pub(crate) fn new(store: Store, key: ContentKey, slot: Option<Arc<Slot>>) -> FillGuard {
+        FillGuard { store, key, slot }
+    }
+
+    pub fn key(&self) -> ContentKey {
+        self.key
+    }
+
+    /// The response is cacheable: creates the temp file; followers now see
+    /// `Outcome::Streaming`. `Err(Error::Busy)` if this fill could not be registered, and
+    /// `Err(Error::MetaTooLarge)` if the metadata cannot be stored; either way the caller serves
+    /// its client without caching.
+    pub async fn start(mut self, meta: Meta) -> Result<Writer, Error> {
+        if self.slot.is_none() {
+            return Err(Error::Busy);
+        }
+        // Refuse metadata that could never be committed before writing any body.
+        meta::encode(&meta)?;
+        let temp = self.store.inner.layout.temp_path(&self.key);
+        let path = temp.clone();
+        let file = blocking(move || {
+            Ok(OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?)
+        })
+        .await?;
+        // Only now give up the slot: had the await above been cancelled or failed, dropping
+        // `self` tells followers the fill failed.
+        let Some(slot) = self.slot.take() else {
+            return Err(Error::Busy);
+        };
+        let body = Arc::new(Body { meta, file });
+        slot.tx.send_modify(|p| {
+            *p = Phase::Streaming {
+                body: body.clone(),
+                written: 0,
+                end: End::Open,
+            }
+        });
+        Ok(Writer {
+            store: self.store.clone(),
+            key: self.key,
+            slot,
+            body,
+            temp,
+            written: 0,
+            hasher: Some(Box::new(blake3::Hasher::new())),
+            committed: false,
+        })
+    }
+
+    /// The response must not be stored: followers get `Outcome::Uncached` and fetch on their own.
+    pub fn skip(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.store
+                .inner
+                .finish_fill(&self.key, &slot, |p| *p = Phase::Uncached);
+        }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.store
+                .inner
+                .finish_fill(&self.key, &slot, |p| *p = Phase::Failed);
+        }
+    }
+}
+
+impl fmt::Debug for FillGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillGuard")
+            .field("key", &self.key)
+            .field("coalesced", &self.slot.is_some())
+            .finish()
+    }
+}
+
+/// Writes one body into the cache. Dropping it without `commit` aborts: the temp file is
+/// removed, followers get `Outcome::Failed` and tails an error.
+pub struct Writer {
+    store: Store,
+    key: ContentKey,
+    slot: Arc<Slot>,
+    body: Arc<Body>,
+    temp: PathBuf,
+    written: u64,
+    /// None once a write failed or was cancelled midway: the hash no longer matches the file, so
+    /// the writer can only be dropped.
+    hasher: Option<Box<blake3::Hasher>>,
+    committed: bool,
+}
+
+impl Writer {
+    pub fn key(&self) -> ContentKey {
+        self.key
+    }
+
+    /// Body bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends a chunk, hashing it on the way, and wakes tails. `Err(Error::TooLarge)` once the
+    /// body would exceed the cache's budget; after any error the writer only accepts being
+    /// dropped.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        let Some(mut hasher) = self.hasher.take() else {
+            return Err(Error::Aborted);
+        };
+        if chunk.is_empty() {
+            self.hasher = Some(hasher);
+            return Ok(());
+        }
+        let end = self.written + chunk.len() as u64;
+        if end > self.store.inner.max_bytes {
+            return Err(Error::TooLarge);
+        }
+        let body = self.body.clone();
+        let buf = chunk.to_vec();
+        let offset = self.written;
+        let (hasher, res) = tokio::task::spawn_blocking(move || {
+            let res = body.file.write_all_at(&buf, offset);
+            hasher.update(&buf);
+            (hasher, res)
+        })
+        .await?;
+        res?;
+        self.hasher = Some(hasher);
+        self.written = end;
+        self.slot.tx.send_modify(|p| {
+            if let Phase::Streaming { written, .. } = p {
+                *written = end;
+            }
+        });
+        Ok(())
+    }
+
+    /// Makes the body durable and visible: fsync, rename into `blobs/`, fsync the directory,
+    /// commit the index entry, then evict down to the budget. Returns the stored `Meta` with
+    /// length, hash and time filled in.
+    pub async fn commit(mut self) -> Result<Meta, Error> {
+        let Some(hasher) = self.hasher.take() else {
+            return Err(Error::Aborted);
+        };
+        let blob = hasher.finalize();
+        let mut meta = self.body.meta.clone();
+        meta.body_len = self.written;
+        meta.body_hash = *blob.as_bytes();
+        meta.stored_at = SystemTime::now();
+        let encoded = meta::encode(&meta)?;
+
+        let inner = self.store.inner.clone();
+        let body = self.body.clone();
+        let temp = self.temp.clone();
+        let (key, len) = (self.key, self.written);
+        blocking(move || inner.commit(key, &body.file, &temp, blob, len, &encoded)).await?;
+
+        self.committed = true;
+        self.store.inner.finish_fill(&self.key, &self.slot, |p| {
+            if let Phase::Streaming { end, .. } = p {
+                *end = End::Committed;
+            }
+        });
+        debug!(key = %self.key.short(), len, blob = %blob.to_hex(), "cache fill committed");
+        Ok(meta)
+    }
+
+    /// Aborts explicitly; the same as dropping the writer.
+    pub fn abort(self) {}
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        self.store.inner.finish_fill(&self.key, &self.slot, |p| {
+            if let Phase::Streaming { end, .. } = p {
+                *end = End::Aborted;
+            }
+        });
+        // Unlinking here, on whatever thread drops us, is cheap: `body` still holds the file
+        // open, so this only removes a directory entry; blocks are freed at the last close.
+        if let Err(e) = remove_file_quiet(&self.temp) {
+            warn!(path = %self.temp.display(), error = %e, "cannot remove aborted temp file");
+        }
+        debug!(key = %self.key.short(), written = self.written, "cache fill aborted");
+    }
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("key", &self.key)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+/// A follower's ticket: resolves once the leader has decided.
+#[derive(Debug)]
+pub struct FillWait {
+    rx: watch::Receiver<Phase>,
+}
+
+impl FillWait {
+    pub(crate) fn new(rx: watch::Receiver<Phase>) -> FillWait {
+        FillWait { rx }
+    }
+
+    pub async fn wait(self) -> Outcome {
+        let mut rx = self.rx;
+        let body = {
+            let Ok(phase) = rx.wait_for(|p| !matches!(p, Phase::Pending)).await else {
+                return Outcome::Failed;
+            };
+            match &*phase {
+                Phase::Streaming { body, end, .. } if *end != End::Aborted => body.clone(),
+                Phase::Uncached => return Outcome::Uncached,
+                _ => return Outcome::Failed,
+            }
+        };
+        Outcome::Streaming(Tail::new(rx, body))
+    }
+}
+
+/// How a leader's fill turned out, as a follower sees it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The body is being stored; read it from the start.
+    Streaming(Tail),
+    /// Not cacheable: fetch on your own.
+    Uncached,
+    /// The leader's fetch failed: fetch on your own (or give up).
+    Failed,
+}
+
+/// A reader of a body while it is being written; it keeps working after the commit renames the
+/// file, because it reads through the fill's own handle.
+pub struct Tail {
+    rx: watch::Receiver<Phase>,
+    body: Arc<Body>,
+    pos: u64,
+}
+
+impl Tail {
+    fn new(rx: watch::Receiver<Phase>, body: Arc<Body>) -> Tail {
+        Tail { rx, body, pos: 0 }
+    }
+
+    /// A tail of `slot` if it is streaming and not aborted.
+    pub(crate) fn of(slot: &Slot) -> Option<Tail> {
+        let rx = slot.tx.subscribe();
+        let body = match &*rx.borrow() {
+            Phase::Streaming { body, end, .. } if *end != End::Aborted => body.clone(),
+            _ => return None,
+        };
+        Some(Tail::new(rx, body))
+    }
+
+    /// Length, hash and time are still zero while the fill is in progress.
+    pub fn meta(&self) -> &Meta {
+        &self.body.meta
+    }
+
+    /// The next chunk (at most `TAIL_CHUNK` bytes); `Ok(None)` at the end of a committed body,
+    /// `Err(Error::Aborted)` if the writer gave up. Waits while caught up with the writer.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        let mut writer_gone = false;
+        loop {
+            let (written, end) = match &*self.rx.borrow_and_update() {
+                Phase::Streaming { written, end, .. } => (*written, *end),
+                _ => return Err(Error::Aborted),
+            };
+            if end == End::Aborted {
+                return Err(Error::Aborted);
+            }
+            if self.pos < written {
+                let n = (written - self.pos).min(TAIL_CHUNK as u64) as usize;
+                let (body, pos) = (self.body.clone(), self.pos);
+                let buf = blocking(move || {
+                    let mut buf = vec![0; n];
+                    body.file.read_exact_at(&mut buf, pos)?;
+                    Ok(buf)
+                })
+                .await?;
+                self.pos += n as u64;
+                return Ok(Some(Bytes::from(buf)));
+            }
+            if end == End::Committed {
+                return Ok(None);
+            }
+            // The state above was the last one ever sent, and it was not an end.
+            if writer_gone {
+                return Err(Error::Aborted);
+            }
+            if self.rx.changed().await.is_err() {
+                writer_gone = true;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Tail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tail")
+            .field("url", &self.body.meta.url)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+pub(crate) fn subscribe(slot: &Slot) -> FillWait {
+    FillWait::new(slot.tx.subscribe())
+}

@@ -1,0 +1,34 @@
+//! The on-disk object store behind a Reef node's HTTP caching proxy.
+//!
+//! Owns: response bodies on disk, content-addressed by blake3 so identical bodies are stored
+//! once; the index of stored objects (redb) with each object's HTTP freshness metadata (a
+//! `CachePolicy` the caller built); LRU eviction under a byte budget; crash safety; and
+//! coalescing of concurrent fills of one key, with readers that follow a body while it is
+//! still being written.
+//!
+//! Must not: touch the network, or decide HTTP semantics (the caller says what is cacheable and
+//! checks freshness with the stored policy).
+//!
+//! A fill becomes durable in this order: temp file → fsync → rename into `blobs/` → fsync the
+//! directory → index commit. `Store::open` removes whatever a crash left between those steps,
+//! and `Store::get` checks the body's length before serving it, so a truncated or half-written
+//! body is never served.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod blobs;
+mod catalog;
+mod error;
+mod fill;
+mod index;
+mod lru;
+mod meta;
+mod store;
+
+pub use error::Error;
+pub use fill::{Fill, FillGuard, FillWait, Outcome, TAIL_CHUNK, Tail, Writer};
+pub use meta::{MAX_META_LEN, Meta};
+pub use store::{Config, Hit, MAX_FILLS, MAX_OBJECTS, Stats, Store};
+
+#[cfg(test)]
+mod tests;

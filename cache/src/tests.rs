@@ -1,0 +1,605 @@
+//! Store-level tests against real files in temp dirs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use http_cache_semantics::CachePolicy;
+use reef_proto::ContentKey;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::{Config, Error, Fill, Meta, Outcome, Store, Tail, Writer};
+
+fn key(n: u8) -> ContentKey {
+    ContentKey::from_bytes([n; 32])
+}
+
+fn meta(url: &str) -> Meta {
+    let req = http::Request::get(url).body(()).unwrap();
+    let res = http::Response::builder()
+        .header("cache-control", "max-age=60")
+        .body(())
+        .unwrap();
+    Meta::new(
+        url.to_string(),
+        CachePolicy::new(&req, &res),
+        200,
+        vec![("content-type".into(), b"text/plain".to_vec())],
+    )
+}
+
+/// Deterministic bytes that differ per seed, so a mix-up between bodies shows.
+fn body(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn open(dir: &Path, max_bytes: u64) -> Store {
+    Store::open(Config {
+        dir: dir.to_path_buf(),
+        max_bytes,
+    })
+    .unwrap()
+}
+
+fn leader(store: &Store, k: ContentKey) -> crate::FillGuard {
+    match store.fill(k) {
+        Fill::Leader(g) => g,
+        Fill::Follower(_) => panic!("expected to lead"),
+    }
+}
+
+fn follower(store: &Store, k: ContentKey) -> crate::FillWait {
+    match store.fill(k) {
+        Fill::Follower(w) => w,
+        Fill::Leader(_) => panic!("expected to follow"),
+    }
+}
+
+async fn start(store: &Store, k: ContentKey) -> Writer {
+    leader(store, k).start(meta("http://a/x")).await.unwrap()
+}
+
+async fn put(store: &Store, k: ContentKey, data: &[u8]) -> Meta {
+    let mut w = start(store, k).await;
+    for chunk in data.chunks(10_000) {
+        w.write(chunk).await.unwrap();
+    }
+    w.commit().await.unwrap()
+}
+
+async fn read(store: &Store, k: ContentKey) -> Option<Vec<u8>> {
+    let mut hit = store.get(&k).await.unwrap()?;
+    let mut out = Vec::new();
+    hit.file.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out.len() as u64, hit.meta.body_len);
+    Some(out)
+}
+
+async fn drain(tail: &mut Tail) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = tail.next_chunk().await? {
+        assert!(chunk.len() <= crate::TAIL_CHUNK);
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn temps(dir: &Path) -> usize {
+    files_under(&dir.join("tmp")).len()
+}
+
+fn blobs(dir: &Path) -> Vec<PathBuf> {
+    files_under(&dir.join("blobs"))
+}
+
+fn blob_path(dir: &Path, m: &Meta) -> PathBuf {
+    let hex = blake3::Hash::from_bytes(m.body_hash).to_hex();
+    dir.join("blobs").join(&hex[..2]).join(hex.as_str())
+}
+
+#[tokio::test]
+async fn round_trip_keeps_exact_bytes_and_fills_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10 << 20);
+    let data = body(1, 300_000);
+    let before = SystemTime::now();
+    let m = put(&store, key(1), &data).await;
+    assert_eq!(m.body_len, data.len() as u64);
+    assert_eq!(m.body_hash, *blake3::hash(&data).as_bytes());
+    assert!(m.stored_at >= before);
+
+    let hit = store.get(&key(1)).await.unwrap().unwrap();
+    assert_eq!(hit.meta.url, "http://a/x");
+    assert_eq!(hit.meta.body_hash, m.body_hash);
+    assert!(!hit.meta.policy.is_stale(SystemTime::now()));
+    drop(hit);
+    assert_eq!(read(&store, key(1)).await.unwrap(), data);
+
+    let s = store.stats();
+    assert_eq!((s.objects, s.bytes, s.max_bytes), (1, 300_000, 10 << 20));
+    assert_eq!(store.keys(), vec![key(1)]);
+    assert_eq!(temps(dir.path()), 0);
+}
+
+#[tokio::test]
+async fn empty_body_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    put(&store, key(1), b"").await;
+    assert_eq!(read(&store, key(1)).await.unwrap(), b"");
+}
+
+#[tokio::test]
+async fn miss_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    assert!(store.get(&key(9)).await.unwrap().is_none());
+    assert!(store.tail(&key(9)).is_none());
+}
+
+#[tokio::test]
+async fn remove_deletes_entry_and_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    put(&store, key(1), b"hello").await;
+    assert_eq!(blobs(dir.path()).len(), 1);
+    assert!(store.remove(&key(1)).await.unwrap());
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert!(blobs(dir.path()).is_empty());
+    assert_eq!(store.stats().bytes, 0);
+    assert!(!store.remove(&key(1)).await.unwrap());
+}
+
+#[tokio::test]
+async fn replacing_a_key_serves_the_new_body_and_frees_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    put(&store, key(1), b"old body").await;
+    put(&store, key(1), b"new").await;
+    assert_eq!(read(&store, key(1)).await.unwrap(), b"new");
+    assert_eq!(blobs(dir.path()).len(), 1);
+    assert_eq!(store.stats().bytes, 3);
+    assert_eq!(store.stats().objects, 1);
+}
+
+#[tokio::test]
+async fn eviction_drops_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 300);
+    put(&store, key(1), &body(1, 100)).await;
+    put(&store, key(2), &body(2, 100)).await;
+    put(&store, key(3), &body(3, 100)).await;
+    // Touching 1 makes 2 the oldest.
+    assert!(store.get(&key(1)).await.unwrap().is_some());
+    put(&store, key(4), &body(4, 100)).await;
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+    assert_eq!(store.stats().bytes, 300);
+    put(&store, key(5), &body(5, 150)).await;
+    // 3 (oldest), then 1 had to go to fit 150 more bytes.
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(keys, vec![key(4), key(5)]);
+    assert_eq!(store.stats().bytes, 250);
+    assert_eq!(blobs(dir.path()).len(), 2);
+    assert_eq!(read(&store, key(4)).await.unwrap(), body(4, 100));
+}
+
+#[tokio::test]
+async fn evicting_an_object_being_read_keeps_the_reader_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 100);
+    let data = body(1, 100);
+    put(&store, key(1), &data).await;
+    let mut hit = store.get(&key(1)).await.unwrap().unwrap();
+    put(&store, key(2), &body(2, 100)).await;
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    let mut out = Vec::new();
+    hit.file.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, data);
+}
+
+#[tokio::test]
+async fn too_large_body_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 100);
+    let mut w = start(&store, key(1)).await;
+    w.write(&[1; 60]).await.unwrap();
+    assert!(matches!(w.write(&[2; 60]).await, Err(Error::TooLarge)));
+    // A writer that failed can never commit a truncated body.
+    assert!(matches!(w.write(&[3; 10]).await, Err(Error::Aborted)));
+    assert!(matches!(w.commit().await, Err(Error::Aborted)));
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert_eq!(temps(dir.path()), 0);
+    assert!(blobs(dir.path()).is_empty());
+    // Exactly the budget is fine.
+    put(&store, key(1), &[7; 100]).await;
+    assert_eq!(read(&store, key(1)).await.unwrap(), vec![7; 100]);
+}
+
+#[tokio::test]
+async fn aborted_writer_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let mut w = start(&store, key(1)).await;
+    w.write(b"partial").await.unwrap();
+    assert_eq!(temps(dir.path()), 1);
+    drop(w);
+    assert_eq!(temps(dir.path()), 0);
+    assert!(blobs(dir.path()).is_empty());
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert!(store.keys().is_empty());
+    assert!(store.tail(&key(1)).is_none());
+    // The key can be filled again.
+    put(&store, key(1), b"whole").await;
+    assert_eq!(read(&store, key(1)).await.unwrap(), b"whole");
+}
+
+#[tokio::test]
+async fn reopen_keeps_objects_and_orders_eviction_by_stored_at() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), 1000);
+        put(&store, key(1), &body(1, 100)).await;
+        put(&store, key(2), &body(2, 100)).await;
+        put(&store, key(3), &body(3, 100)).await;
+        // Recency is not persisted, so this touch is forgotten across the restart.
+        assert!(store.get(&key(1)).await.unwrap().is_some());
+    }
+    let store = open(dir.path(), 1000);
+    assert_eq!(store.stats().objects, 3);
+    assert_eq!(store.stats().bytes, 300);
+    for n in 1..=3 {
+        assert_eq!(read(&store, key(n)).await.unwrap(), body(n, 100));
+    }
+    drop(store);
+
+    // A smaller budget at open evicts the oldest stored first.
+    let store = open(dir.path(), 200);
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(keys, vec![key(2), key(3)]);
+    assert_eq!(blobs(dir.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn crash_leftovers_are_cleaned_at_open_and_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated;
+    {
+        let store = open(dir.path(), 10_000);
+        put(&store, key(1), &body(1, 1000)).await;
+        let m = put(&store, key(2), &body(2, 1000)).await;
+        put(&store, key(3), &body(3, 1000)).await;
+        truncated = blob_path(dir.path(), &m);
+    }
+    // A fill cut off before its rename, a blob renamed but never indexed, a body cut short,
+    // and something that is not a blob at all.
+    fs::write(
+        dir.path().join("tmp/0123abcd.00000000000000ff.part"),
+        b"half a body",
+    )
+    .unwrap();
+    let stray = blake3::hash(b"stray").to_hex();
+    let stray_path = dir
+        .path()
+        .join("blobs")
+        .join(&stray[..2])
+        .join(stray.as_str());
+    fs::write(&stray_path, b"stray").unwrap();
+    fs::write(dir.path().join("blobs/ab/not-a-blob"), b"?").unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&truncated).unwrap();
+    f.set_len(500).unwrap();
+    drop(f);
+
+    let store = open(dir.path(), 10_000);
+    assert_eq!(temps(dir.path()), 0);
+    assert!(!stray_path.exists());
+    assert!(!dir.path().join("blobs/ab/not-a-blob").exists());
+    assert!(!truncated.exists());
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+    let mut keys = store.keys();
+    keys.sort();
+    assert_eq!(keys, vec![key(1), key(3)]);
+    assert_eq!(store.stats().bytes, 2000);
+    assert_eq!(read(&store, key(1)).await.unwrap(), body(1, 1000));
+    assert_eq!(read(&store, key(3)).await.unwrap(), body(3, 1000));
+    drop(store);
+
+    // The cleanup was persisted: a second open finds nothing more to drop.
+    let store = open(dir.path(), 10_000);
+    assert_eq!(store.stats().objects, 2);
+}
+
+#[tokio::test]
+async fn get_drops_an_entry_whose_body_was_damaged_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000);
+    let m = put(&store, key(1), &body(1, 1000)).await;
+    let m2 = put(&store, key(2), &body(2, 1000)).await;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(blob_path(dir.path(), &m))
+        .unwrap()
+        .set_len(999)
+        .unwrap();
+    fs::remove_file(blob_path(dir.path(), &m2)).unwrap();
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+    assert!(store.keys().is_empty());
+    assert_eq!(store.stats().bytes, 0);
+    assert!(blobs(dir.path()).is_empty());
+    drop(store);
+    assert_eq!(open(dir.path(), 10_000).stats().objects, 0);
+}
+
+#[tokio::test]
+async fn identical_bodies_are_stored_once_and_removal_keeps_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000);
+    let data = body(7, 5000);
+    let a = put(&store, key(1), &data).await;
+    let b = put(&store, key(2), &data).await;
+    assert_eq!(a.body_hash, b.body_hash);
+    assert_eq!(blobs(dir.path()).len(), 1);
+    assert_eq!(store.stats().objects, 2);
+    assert_eq!(store.stats().bytes, 5000);
+    assert_eq!(temps(dir.path()), 0);
+
+    assert!(store.remove(&key(1)).await.unwrap());
+    assert_eq!(read(&store, key(2)).await.unwrap(), data);
+    assert_eq!(blobs(dir.path()).len(), 1);
+    drop(store);
+
+    // Sharing is rebuilt at open.
+    let store = open(dir.path(), 10_000);
+    put(&store, key(3), &data).await;
+    assert!(store.remove(&key(2)).await.unwrap());
+    assert_eq!(read(&store, key(3)).await.unwrap(), data);
+    assert!(store.remove(&key(3)).await.unwrap());
+    assert!(blobs(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_stream_the_leaders_bytes_while_it_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10 << 20);
+    let data = body(3, 400_000);
+    let half = 150_000;
+
+    let guard = leader(&store, key(1));
+    let (tx, mut rx) = mpsc::channel::<()>(16);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let wait = follower(&store, key(1));
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let Outcome::Streaming(mut tail) = wait.wait().await else {
+                panic!("expected streaming");
+            };
+            assert_eq!(tail.meta().body_len, 0);
+            let mut got = Vec::new();
+            while got.len() < half {
+                got.extend_from_slice(&tail.next_chunk().await.unwrap().unwrap());
+            }
+            // The leader holds the rest back until every follower has seen the first part.
+            tx.send(()).await.unwrap();
+            got.extend(drain(&mut tail).await.unwrap());
+            got
+        }));
+    }
+    drop(tx);
+
+    let mut w = guard.start(meta("http://a/x")).await.unwrap();
+    w.write(&data[..half]).await.unwrap();
+    for _ in 0..10 {
+        rx.recv().await.unwrap();
+    }
+    for chunk in data[half..].chunks(30_000) {
+        w.write(chunk).await.unwrap();
+    }
+    w.commit().await.unwrap();
+
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), data);
+    }
+    assert_eq!(read(&store, key(1)).await.unwrap(), data);
+    // Once committed, the next caller leads a new fill.
+    assert!(matches!(store.fill(key(1)), Fill::Leader(_)));
+}
+
+#[tokio::test]
+async fn skip_tells_followers_to_fetch_uncached() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let guard = leader(&store, key(1));
+    let waits: Vec<_> = (0..10).map(|_| follower(&store, key(1))).collect();
+    guard.skip();
+    for w in waits {
+        assert!(matches!(w.wait().await, Outcome::Uncached));
+    }
+    assert!(matches!(store.fill(key(1)), Fill::Leader(_)));
+}
+
+#[tokio::test]
+async fn dropped_leader_fails_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let guard = leader(&store, key(1));
+    let waits: Vec<_> = (0..10).map(|_| follower(&store, key(1))).collect();
+    let pending = tokio::spawn(follower(&store, key(1)).wait());
+    drop(guard);
+    for w in waits {
+        assert!(matches!(w.wait().await, Outcome::Failed));
+    }
+    assert!(matches!(pending.await.unwrap(), Outcome::Failed));
+    assert!(matches!(store.fill(key(1)), Fill::Leader(_)));
+}
+
+#[tokio::test]
+async fn aborted_writer_fails_tails_midway() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let guard = leader(&store, key(1));
+    let wait = follower(&store, key(1));
+    let mut w = guard.start(meta("http://a/x")).await.unwrap();
+    w.write(b"first part").await.unwrap();
+    let Outcome::Streaming(mut tail) = wait.wait().await else {
+        panic!("expected streaming");
+    };
+    assert_eq!(
+        tail.next_chunk().await.unwrap().unwrap(),
+        &b"first part"[..]
+    );
+    let reader = tokio::spawn(async move { tail.next_chunk().await });
+    drop(w);
+    assert!(matches!(reader.await.unwrap(), Err(Error::Aborted)));
+    // A follower arriving after the abort leads instead.
+    assert!(matches!(store.fill(key(1)), Fill::Leader(_)));
+    assert_eq!(temps(dir.path()), 0);
+}
+
+#[tokio::test]
+async fn tail_reads_an_in_progress_fill_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let guard = leader(&store, key(1));
+    // Nothing to read until the leader knows the response is cacheable.
+    assert!(store.tail(&key(1)).is_none());
+    let mut w = guard.start(meta("http://a/tail")).await.unwrap();
+    w.write(b"abc").await.unwrap();
+    let mut early = store.tail(&key(1)).unwrap();
+    assert_eq!(early.meta().url, "http://a/tail");
+    assert_eq!(early.next_chunk().await.unwrap().unwrap(), &b"abc"[..]);
+    w.write(b"def").await.unwrap();
+    let mut late = store.tail(&key(1)).unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(drain(&mut early).await.unwrap(), b"def");
+    assert_eq!(drain(&mut late).await.unwrap(), b"abcdef");
+    assert!(store.tail(&key(1)).is_none());
+}
+
+#[tokio::test]
+async fn fills_beyond_the_cap_fetch_without_storing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let guards: Vec<_> = (0..crate::MAX_FILLS)
+        .map(|i| {
+            leader(
+                &store,
+                ContentKey::from_bytes([
+                    (i % 256) as u8,
+                    (i / 256) as u8,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ]),
+            )
+        })
+        .collect();
+    let extra = leader(&store, key(200));
+    assert!(matches!(
+        extra.start(meta("http://a/x")).await,
+        Err(Error::Busy)
+    ));
+    drop(guards);
+    put(&store, key(200), b"ok").await;
+}
+
+#[tokio::test]
+async fn oversized_meta_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let big = "x".repeat(crate::MAX_META_LEN);
+    let m = Meta::new(big, meta("http://a/x").policy, 200, Vec::new());
+    assert!(matches!(
+        leader(&store, key(1)).start(m).await,
+        Err(Error::MetaTooLarge { .. })
+    ));
+    assert_eq!(temps(dir.path()), 0);
+}
+
+#[tokio::test]
+async fn meta_encoding_round_trips_and_rejects_unknown_versions() {
+    let m = meta("http://a/x");
+    let bytes = crate::meta::encode(&m).unwrap();
+    let back = crate::meta::decode(&bytes).unwrap();
+    assert_eq!(back.url, m.url);
+    assert_eq!(back.stored_at, m.stored_at);
+    let mut wrong = bytes.clone();
+    wrong[0] = 99;
+    assert!(matches!(
+        crate::meta::decode(&wrong),
+        Err(Error::Corrupt(_))
+    ));
+    assert!(matches!(crate::meta::decode(&[]), Err(Error::Corrupt(_))));
+}
+
+#[tokio::test]
+async fn a_second_store_on_a_live_directory_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    let mut w = start(&store, key(1)).await;
+    w.write(b"in progress").await.unwrap();
+    let second = Store::open(Config {
+        dir: dir.path().to_path_buf(),
+        max_bytes: 1000,
+    });
+    assert!(matches!(second, Err(Error::Db(_))));
+    assert_eq!(temps(dir.path()), 1);
+    w.commit().await.unwrap();
+    assert_eq!(read(&store, key(1)).await.unwrap(), b"in progress");
+}

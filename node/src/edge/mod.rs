@@ -1,0 +1,8 @@
+//! The HTTP edge: accepts HTTP/1.1 and h2c clients, routes each request through the fetch
+//! pipeline (or to the peer object endpoint), and labels every response with where it came from.
+
+mod route;
+mod server;
+
+pub use route::Edge;
+pub use server::serve;

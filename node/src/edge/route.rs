@@ -1,0 +1,171 @@
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use reef_proto::{CanonicalUrl, ContentKey, UrlError};
+use tracing::{Instrument, debug, info_span};
+
+use crate::body::{self, Body, BoxError};
+use crate::fetch::{FetchError, Fetcher, OBJECT_PATH, Served, Source, Upstreams, strip_hop_by_hop};
+
+/// Request header budget (names, values and request target); beyond it → 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+pub struct Edge {
+    fetcher: Fetcher,
+    upstreams: Upstreams,
+    via: HeaderValue,
+    next_request_id: AtomicU64,
+}
+
+impl Edge {
+    /// `node_name` goes into `Via` (e.g. the short peer id).
+    pub fn new(fetcher: Fetcher, upstreams: Upstreams, node_name: &str) -> Self {
+        let via = HeaderValue::from_str(&format!("1.1 reef-{node_name}"))
+            .unwrap_or(HeaderValue::from_static("1.1 reef"));
+        Self {
+            fetcher,
+            upstreams,
+            via,
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("request", request_id = id, method = %req.method(), %client);
+        async move {
+            let started = Instant::now();
+            let target = req.uri().to_string();
+            let mut resp = match self.route(req).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(&e),
+            };
+            let headers = resp.headers_mut();
+            headers.append(header::VIA, self.via.clone());
+            headers
+                .entry(header::AGE)
+                .or_insert(HeaderValue::from_static("0"));
+            headers.insert("x-request-id", HeaderValue::from(id));
+            debug!(
+                target: "reef::access",
+                %target,
+                status = resp.status().as_u16(),
+                source = ?resp.headers().get("x-reef-source"),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "served"
+            );
+            resp
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Phase: resolve what is asked for, then hand it to the right path.
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, FetchError> {
+        let header_bytes: usize = req.uri().to_string().len()
+            + req
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Ok(text_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!(
+                    "request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
+                ),
+            ));
+        }
+        if req.uri().scheme().is_none() {
+            if let Some(key) = req.uri().path().strip_prefix(OBJECT_PATH) {
+                return Ok(self.serve_object(key).await);
+            }
+            return Err(FetchError::BadRequest(
+                "send an absolute http:// URL (forward-proxy form), e.g. curl -x http://NODE http://origin/path"
+                    .into(),
+            ));
+        }
+        let url = match CanonicalUrl::from_uri(req.uri()) {
+            Ok(url) => url,
+            Err(e @ UrlError::TooLong) => {
+                return Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()));
+            }
+            Err(e) => return Err(FetchError::BadRequest(e.to_string())),
+        };
+        let (parts, body) = req.into_parts();
+        match parts.method {
+            Method::GET | Method::HEAD => {
+                let served = self.fetcher.get(url, &parts).await?;
+                Ok(labelled(served))
+            }
+            Method::CONNECT => Err(FetchError::Method("CONNECT".into())),
+            ref method => {
+                // Unsafe and other methods go to the origin untouched and are never cached.
+                let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+                let resp = self
+                    .upstreams
+                    .origin(method.clone(), &url, &parts.headers, body)
+                    .await?;
+                let (mut head, incoming) = resp.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let body = incoming
+                    .map_err(|e| -> BoxError { Box::new(e) })
+                    .boxed_unsync();
+                Ok(labelled(Served {
+                    head,
+                    body,
+                    source: Source::Origin,
+                    hit: false,
+                }))
+            }
+        }
+    }
+
+    /// What a peer asks of us: our copy of a content key, or 404. Never fetched on its behalf.
+    async fn serve_object(&self, key_hex: &str) -> Response<Body> {
+        let Ok(key) = key_hex.parse::<ContentKey>() else {
+            return text_response(StatusCode::BAD_REQUEST, "a content key is 64 hex digits");
+        };
+        match self.fetcher.serve_object(key).await {
+            Some((head, body)) => Response::from_parts(head, body),
+            None => text_response(StatusCode::NOT_FOUND, "not held by this node"),
+        }
+    }
+}
+
+fn labelled(served: Served) -> Response<Body> {
+    let mut resp = Response::from_parts(served.head, served.body);
+    let headers = resp.headers_mut();
+    headers.insert(
+        "x-cache",
+        HeaderValue::from_static(if served.hit { "HIT" } else { "MISS" }),
+    );
+    headers.insert(
+        "x-reef-source",
+        HeaderValue::from_static(served.source.as_str()),
+    );
+    resp
+}
+
+fn error_response(err: &FetchError) -> Response<Body> {
+    let mut resp = text_response(err.status(), &err.to_string());
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static("MISS"));
+    resp
+}
+
+/// A short plain-text answer: one line saying why.
+pub fn text_response(status: StatusCode, reason: &str) -> Response<Body> {
+    let line: String = reason.lines().collect::<Vec<_>>().join(" ");
+    let mut resp = Response::new(body::full(format!("{line}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

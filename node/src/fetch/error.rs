@@ -1,0 +1,43 @@
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Why a request could not be served, and whose fault it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("method {0} is not supported by this proxy")]
+    Method(String),
+    #[error("cannot reach origin {authority}: {reason}")]
+    OriginUnreachable { authority: String, reason: String },
+    #[error("origin {authority} did not answer within {after:?}")]
+    OriginTimeout { authority: String, after: Duration },
+    #[error("origin {authority} failed: {reason}")]
+    Origin { authority: String, reason: String },
+    #[error("the fetch this request was waiting on failed")]
+    Coalesced,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl FetchError {
+    /// Client faults are 4xx, upstream faults 502/504, our own 500.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Method(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::OriginUnreachable { .. } | Self::Origin { .. } | Self::Coalesced => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the same request may succeed if the client tries again.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Self::BadRequest(_) | Self::Method(_))
+    }
+}

@@ -1,0 +1,458 @@
+//! The fetch pipeline, one function per phase: local cache → coalesced fill from the nearest
+//! peer that holds the object → origin; the body is stored while it streams to the client,
+//! and the node then announces itself as a holder.
+
+mod announce;
+mod error;
+mod headers;
+mod holders;
+mod source;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
+use http_body_util::BodyExt;
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use hyper::body::Incoming;
+use reef_cache::{Fill, Meta, Outcome, Store};
+use reef_proto::{CanonicalUrl, ContentKey};
+use tracing::{Instrument, debug, info_span, warn};
+
+pub use announce::Announcer;
+pub use error::FetchError;
+pub use headers::strip_hop_by_hop;
+pub use source::Source;
+pub use upstream::{OBJECT_PATH, Upstreams};
+
+use crate::body::{self, Body};
+
+/// How many holders to ask the DHT for; more only adds lookup time.
+const MAX_HOLDERS: usize = 8;
+/// A DHT lookup slower than this costs more than fetching from the origin would.
+const HOLDER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// An upstream body that stalls this long is abandoned (and never stored).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who we are, for ranking holders and for `Via`.
+#[derive(Debug, Clone)]
+pub struct LocalInfo {
+    pub provider: String,
+    pub region: String,
+}
+
+/// A response ready to be decorated and sent by the edge.
+pub struct Served {
+    pub head: response::Parts,
+    pub body: Body,
+    pub source: Source,
+    pub hit: bool,
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    overlay: reef_overlay::Client,
+    upstreams: Upstreams,
+    local: LocalInfo,
+    announcer: Announcer,
+    /// Where each in-progress fill gets its bytes, so coalesced followers can say so too.
+    /// Bounded by the number of fills in progress: entries leave when the fill ends.
+    fill_sources: Mutex<HashMap<ContentKey, Source>>,
+}
+
+impl Fetcher {
+    pub fn new(
+        store: Store,
+        overlay: reef_overlay::Client,
+        upstreams: Upstreams,
+        local: LocalInfo,
+        announcer: Announcer,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                overlay,
+                upstreams,
+                local,
+                announcer,
+                fill_sources: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Serves a GET or HEAD for `url`; `req` carries the client's headers.
+    pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
+        let key = ContentKey::for_url(&url);
+        let head_only = req.method == Method::HEAD;
+        let policy_req = policy_request(&url, req);
+        if let Some(served) = self.lookup_local(key, &policy_req, head_only).await {
+            return Ok(served);
+        }
+        match self.inner.store.fill(key) {
+            Fill::Leader(guard) => {
+                // Another fill may have committed between our lookup and taking the lead.
+                if let Some(served) = self.lookup_local(key, &policy_req, head_only).await {
+                    guard.skip();
+                    return Ok(served);
+                }
+                self.lead_fill(guard, url, &policy_req, head_only).await
+            }
+            Fill::Follower(wait) => match wait.wait().await {
+                Outcome::Streaming(tail) => {
+                    let source = self.fill_source(&key);
+                    Ok(serve_tail(tail, source, head_only))
+                }
+                Outcome::Uncached => self.fetch_uncached(&url, &policy_req, head_only).await,
+                Outcome::Failed => Err(FetchError::Coalesced),
+            },
+        }
+    }
+
+    /// Phase: local cache. Only fresh copies are served; a stale one is refetched.
+    async fn lookup_local(
+        &self,
+        key: ContentKey,
+        policy_req: &request::Parts,
+        head_only: bool,
+    ) -> Option<Served> {
+        let hit = match self.inner.store.get(&key).await {
+            Ok(hit) => hit?,
+            Err(e) => {
+                warn!(key = %key.short(), error = %e, "cache read failed; treating as a miss");
+                return None;
+            }
+        };
+        let now = SystemTime::now();
+        if !matches!(
+            hit.meta.policy.before_request(policy_req, now),
+            BeforeRequest::Fresh(_)
+        ) {
+            debug!(key = %key.short(), "stored copy is stale");
+            return None;
+        }
+        let head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
+        let body = if head_only {
+            body::empty()
+        } else {
+            body::from_file(hit.file, hit.meta.body_len)
+        };
+        Some(Served {
+            head,
+            body,
+            source: Source::Local,
+            hit: true,
+        })
+    }
+
+    /// Phase: fill. We are the one fetch for this key; followers read what we store.
+    async fn lead_fill(
+        &self,
+        guard: reef_cache::FillGuard,
+        url: CanonicalUrl,
+        policy_req: &request::Parts,
+        head_only: bool,
+    ) -> Result<Served, FetchError> {
+        let key = guard.key();
+        let upstream = self.fetch_upstream(key, &url, policy_req).await?;
+        let (mut head, incoming) = upstream.response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let Some(policy) = self.storable_policy(policy_req, &head) else {
+            guard.skip();
+            return Ok(pass_through(head, incoming, upstream.source, head_only));
+        };
+        let headers = head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers);
+        let mut writer = match guard.start(meta).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(key = %key.short(), error = %e, "cannot store; serving without caching");
+                return Ok(pass_through(head, incoming, upstream.source, head_only));
+            }
+        };
+        let Some(tail) = self.inner.store.tail(&key) else {
+            return Err(FetchError::Internal(
+                "fill vanished before it could be read".into(),
+            ));
+        };
+        self.set_fill_source(key, Some(upstream.source));
+        let fetcher = self.clone();
+        let span = info_span!("fill", key = %key.short(), source = %upstream.source);
+        // The fill runs on its own so that a client hanging up does not abort it for the others.
+        tokio::spawn(
+            async move {
+                let result = pump(incoming, &mut writer).await;
+                fetcher.set_fill_source(key, None);
+                match result {
+                    Ok(()) => match writer.commit().await {
+                        Ok(meta) => {
+                            debug!(bytes = meta.body_len, "stored");
+                            fetcher.inner.announcer.announce(key);
+                        }
+                        Err(e) => warn!(error = %e, "commit failed"),
+                    },
+                    Err(reason) => warn!(%reason, "upstream body failed; nothing stored"),
+                }
+            }
+            .instrument(span),
+        );
+        Ok(serve_tail(tail, upstream.source, head_only))
+    }
+
+    /// A response that must not be stored: fetched and streamed through without caching.
+    async fn fetch_uncached(
+        &self,
+        url: &CanonicalUrl,
+        policy_req: &request::Parts,
+        head_only: bool,
+    ) -> Result<Served, FetchError> {
+        let resp = self
+            .inner
+            .upstreams
+            .origin(Method::GET, url, &policy_req.headers, body::empty())
+            .await?;
+        let (mut head, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        Ok(pass_through(head, incoming, Source::Origin, head_only))
+    }
+
+    /// Phase: upstream. The nearest holder that has a fresh copy, else the origin.
+    async fn fetch_upstream(
+        &self,
+        key: ContentKey,
+        url: &CanonicalUrl,
+        policy_req: &request::Parts,
+    ) -> Result<Upstream, FetchError> {
+        let lookup = self.inner.overlay.find_holders(key, MAX_HOLDERS);
+        let holders = match tokio::time::timeout(HOLDER_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(holders)) => holders,
+            Ok(Err(e)) => {
+                debug!(key = %key.short(), error = %e, "holder lookup failed");
+                Vec::new()
+            }
+            Err(_) => {
+                debug!(key = %key.short(), "holder lookup timed out");
+                Vec::new()
+            }
+        };
+        let local = &self.inner.local;
+        for holder in holders::rank(holders, &local.provider, &local.region) {
+            let peer = holder.peer;
+            match self.inner.upstreams.peer(&holder.record.http, key).await {
+                Ok(resp) if resp.status() == StatusCode::OK => {
+                    let (head, body) = resp.into_parts();
+                    if self.fresh_for(policy_req, &head) {
+                        debug!(%peer, key = %key.short(), "fetching from peer");
+                        return Ok(Upstream {
+                            response: hyper::Response::from_parts(head, body),
+                            source: Source::Peer,
+                        });
+                    }
+                    debug!(%peer, key = %key.short(), "peer copy not fresh enough; skipping");
+                }
+                Ok(resp) => debug!(%peer, status = %resp.status(), "peer does not have it"),
+                Err(reason) => debug!(%peer, %reason, "peer fetch failed; trying next"),
+            }
+        }
+        let response = self
+            .inner
+            .upstreams
+            .origin(Method::GET, url, &policy_req.headers, body::empty())
+            .await?;
+        Ok(Upstream {
+            response,
+            source: Source::Origin,
+        })
+    }
+
+    fn fresh_for(&self, policy_req: &request::Parts, head: &response::Parts) -> bool {
+        let now = SystemTime::now();
+        let policy = CachePolicy::new_options(policy_req, head, now, cache_options());
+        matches!(
+            policy.before_request(policy_req, now),
+            BeforeRequest::Fresh(_)
+        )
+    }
+
+    /// The policy to store the response under, or None when it must not be stored.
+    fn storable_policy(
+        &self,
+        policy_req: &request::Parts,
+        head: &response::Parts,
+    ) -> Option<CachePolicy> {
+        if head.status != StatusCode::OK {
+            return None;
+        }
+        // Variants are keyed by their selecting headers in a later version; until then a
+        // response that varies is not stored rather than served to the wrong client.
+        if head.headers.contains_key(header::VARY) {
+            return None;
+        }
+        let max = self.inner.store.stats().max_bytes;
+        if content_length(&head.headers).is_some_and(|len| len > max) {
+            return None;
+        }
+        let policy = CachePolicy::new_options(policy_req, head, SystemTime::now(), cache_options());
+        policy.is_storable().then_some(policy)
+    }
+
+    fn fill_source(&self, key: &ContentKey) -> Source {
+        let sources = self
+            .inner
+            .fill_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        sources.get(key).copied().unwrap_or(Source::Origin)
+    }
+
+    fn set_fill_source(&self, key: ContentKey, source: Option<Source>) {
+        let mut sources = self
+            .inner
+            .fill_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match source {
+            Some(s) => sources.insert(key, s),
+            None => sources.remove(&key),
+        };
+    }
+
+    /// The peer endpoint: our stored (or still arriving) copy of `key`, never fetched for the asker.
+    pub async fn serve_object(&self, key: ContentKey) -> Option<(response::Parts, Body)> {
+        match self.inner.store.get(&key).await {
+            Ok(Some(hit)) => {
+                let head = stored_head(&hit.meta, SystemTime::now(), Some(hit.meta.body_len));
+                return Some((head, body::from_file(hit.file, hit.meta.body_len)));
+            }
+            Ok(None) => {}
+            Err(e) => warn!(key = %key.short(), error = %e, "cache read failed"),
+        }
+        let tail = self.inner.store.tail(&key)?;
+        let head = stored_head(tail.meta(), SystemTime::now(), None);
+        Some((head, body::from_tail(tail)))
+    }
+}
+
+struct Upstream {
+    response: hyper::Response<Incoming>,
+    source: Source,
+}
+
+/// Shared-cache rules: `private` responses are not stored, `s-maxage` counts.
+fn cache_options() -> CacheOptions {
+    CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    }
+}
+
+/// The request as the freshness rules see it: the canonical URL with the client's headers.
+fn policy_request(url: &CanonicalUrl, req: &request::Parts) -> request::Parts {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = url.to_uri();
+    parts.headers = req.headers.clone();
+    parts
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Status and headers of a stored response, with `Age` brought up to `now`.
+/// `Date` stays the origin's, so hopping between nodes never makes a copy look younger.
+/// `committed_len` is the stored body's length; None while it is still arriving, when the
+/// origin's own `Content-Length` (if any) stands.
+fn stored_head(meta: &Meta, now: SystemTime, committed_len: Option<u64>) -> response::Parts {
+    let (mut head, ()) = http::Response::new(()).into_parts();
+    head.status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
+    for (name, value) in &meta.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            head.headers.append(n, v);
+        }
+    }
+    head.headers.insert(
+        header::AGE,
+        HeaderValue::from(meta.policy.age(now).as_secs()),
+    );
+    if let Some(len) = committed_len {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    head
+}
+
+fn serve_tail(tail: reef_cache::Tail, source: Source, head_only: bool) -> Served {
+    let head = stored_head(tail.meta(), SystemTime::now(), None);
+    let body = if head_only {
+        body::empty()
+    } else {
+        body::from_tail(tail)
+    };
+    Served {
+        head,
+        body,
+        source,
+        hit: false,
+    }
+}
+
+fn pass_through(
+    head: response::Parts,
+    incoming: Incoming,
+    source: Source,
+    head_only: bool,
+) -> Served {
+    let body = if head_only {
+        body::empty()
+    } else {
+        incoming
+            .map_err(|e| -> body::BoxError { Box::new(e) })
+            .boxed_unsync()
+    };
+    Served {
+        head,
+        body,
+        source,
+        hit: false,
+    }
+}
+
+/// Copies the upstream body into the store; any error or stall aborts the fill.
+async fn pump(mut incoming: Incoming, writer: &mut reef_cache::Writer) -> Result<(), String> {
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, incoming.frame()).await {
+            Err(_) => return Err(format!("body stalled for {BODY_IDLE_TIMEOUT:?}")),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return Err(upstream::error_chain(&e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            let data: Bytes = data;
+            writer.write(&data).await.map_err(|e| e.to_string())?;
+        }
+    }
+}

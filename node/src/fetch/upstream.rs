@@ -1,0 +1,160 @@
+//! HTTP clients towards origins (http and https) and towards peer nodes' object endpoint.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request, Response, header};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reef_proto::{CanonicalUrl, ContentKey};
+
+use super::FetchError;
+use super::headers::{strip_for_full_fetch, strip_hop_by_hop};
+use crate::body::{self, Body};
+
+/// A TCP handshake to an origin on a healthy network takes well under this.
+const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Peers are other Reef nodes: if one is slow to connect, another holder or the origin is faster.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A peer answers from its disk; waiting longer than this is slower than going to the origin.
+const PEER_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle keep-alive connections are cheap to keep for a while and costly to re-handshake (TLS).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per upstream host; enough for a busy origin without hoarding sockets.
+const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// Path prefix of the endpoint on which nodes hand cached objects to each other.
+pub const OBJECT_PATH: &str = "/_reef/object/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientInitError {
+    #[error("cannot load the system's TLS root certificates: {0}")]
+    Roots(std::io::Error),
+}
+
+#[derive(Clone)]
+pub struct Upstreams {
+    origin: Client<HttpsConnector<HttpConnector>, Body>,
+    peer: Client<HttpConnector, Body>,
+    origin_timeout: Duration,
+}
+
+impl Upstreams {
+    /// `origin_timeout` bounds the wait for an origin's response headers.
+    pub fn new(origin_timeout: Duration) -> Result<Self, ClientInitError> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(ORIGIN_CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        // Honours SSL_CERT_FILE / SSL_CERT_DIR, which is how tests point at a test CA.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(ClientInitError::Roots)?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let origin = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+
+        let mut peer_conn = HttpConnector::new();
+        peer_conn.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
+        peer_conn.set_nodelay(true);
+        let peer = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(peer_conn);
+        Ok(Self {
+            origin,
+            peer,
+            origin_timeout,
+        })
+    }
+
+    /// A full (unconditional, whole-object) request to the origin, with the client's end-to-end headers.
+    pub async fn origin(
+        &self,
+        method: Method,
+        url: &CanonicalUrl,
+        client_headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response<Incoming>, FetchError> {
+        let mut headers = client_headers.clone();
+        strip_hop_by_hop(&mut headers);
+        strip_for_full_fetch(&mut headers);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url.to_uri())
+            .body(body)
+            .map_err(|e| FetchError::Internal(e.to_string()))?;
+        *req.headers_mut() = headers;
+        let authority = url.authority().to_string();
+        match tokio::time::timeout(self.origin_timeout, self.origin.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(authority, self.origin_timeout, &e)),
+            Err(_) => Err(FetchError::OriginTimeout {
+                authority,
+                after: self.origin_timeout,
+            }),
+        }
+    }
+
+    /// Asks the node at `http_addr` for its stored copy of `key`.
+    pub async fn peer(
+        &self,
+        http_addr: &str,
+        key: ContentKey,
+    ) -> Result<Response<Incoming>, String> {
+        let uri = format!("http://{http_addr}{OBJECT_PATH}{key}");
+        let req = Request::get(uri)
+            .header(
+                header::USER_AGENT,
+                concat!("reef/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(body::empty())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(PEER_HEADER_TIMEOUT, self.peer.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(_) => Err(format!("no answer within {PEER_HEADER_TIMEOUT:?}")),
+        }
+    }
+}
+
+fn classify(
+    authority: String,
+    timeout: Duration,
+    err: &hyper_util::client::legacy::Error,
+) -> FetchError {
+    let reason = error_chain(err);
+    if reason.contains("timed out") || reason.contains("deadline") {
+        FetchError::OriginTimeout {
+            authority,
+            after: timeout,
+        }
+    } else if err.is_connect() {
+        FetchError::OriginUnreachable { authority, reason }
+    } else {
+        FetchError::Origin { authority, reason }
+    }
+}
+
+/// The innermost causes say what really happened ("connection refused"), the outer ones where.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}

@@ -1,0 +1,18 @@
+//! The Reef node: configuration and CLI, the HTTP edge (forward proxy), the fetch pipeline
+//! (local cache → nearest peer that holds the object → origin), and the admin API.
+//!
+//! It talks to the overlay only through `reef_overlay::Client` and must not reach into the
+//! libp2p Swarm; it stores objects only through `reef_cache::Store`.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod edge;
+pub mod fetch;
+pub mod fetch_cmd;
+pub mod identity;
+pub mod node;
+pub mod runtime_file;
+pub mod telemetry;

@@ -1,0 +1,180 @@
+//! `reef`: run a node, fetch through one, or print a node's identity.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reef_node::config::{self, Config, FileConfig};
+use reef_node::fetch_cmd::{self, FetchArgs, FetchCmdError};
+use reef_node::node::{self, StartError};
+use reef_node::telemetry::{self, LogFormat};
+
+/// Exit code for bad input (flags, config, URLs), as the CLI contract says.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "reef", version, about = "Reef: a peer-to-peer CDN node")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: an HTTP caching proxy that joins the Reef overlay.
+    Run(RunArgs),
+    /// Fetch a URL through a node and print the body.
+    Fetch {
+        /// The URL to fetch (http:// or https://).
+        url: String,
+        /// The node to fetch through, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        via: String,
+        /// Write the body to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print where the response came from and how long it took (on stderr).
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Print the node's peer id, creating its key if needed.
+    Id {
+        #[arg(long, default_value = "reef-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML file with the same settings as these flags; flags win.
+    #[arg(long, env = "REEF_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the node keeps its key, cache and remembered peers [default: reef-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the HTTP edge (forward proxy) [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Address of the admin API [default: 127.0.0.1:9090].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Address other nodes use to fetch from this node's HTTP edge, when --http is 0.0.0.0.
+    #[arg(long)]
+    public_http: Option<SocketAddr>,
+    /// libp2p listen address, repeatable [default: QUIC and TCP on port 4001].
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Multiaddr (ending in /p2p/PEER_ID) of a node to join through, repeatable.
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Provider (organisation) name this node belongs to [default: its own].
+    #[arg(long)]
+    provider: Option<String>,
+    /// Region label, used to prefer nearby nodes [default: default].
+    #[arg(long)]
+    region: Option<String>,
+    /// Find nodes on the local network with mDNS (multicasts on the LAN).
+    #[arg(long)]
+    mdns: bool,
+    /// Cache budget in bytes or with a unit: 512MiB, 2GiB [default: 1GiB].
+    #[arg(long)]
+    cache_size: Option<String>,
+    /// Seconds to wait for an origin's response headers before answering 504 [default: 15].
+    #[arg(long)]
+    origin_timeout: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    // libp2p's QUIC brings rustls with two crypto back-ends; pick one for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("reef: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Fetch {
+                url,
+                via,
+                output,
+                verbose,
+            } => fetch_cmd::run(FetchArgs {
+                url,
+                via,
+                output,
+                verbose,
+            })
+            .await
+            .map_err(|e| match e {
+                FetchCmdError::Usage(m) => (EXIT_USAGE, m),
+                FetchCmdError::Failed(m) => (1, m),
+            }),
+            Command::Id { data_dir } => match reef_node::identity::load_or_create(&data_dir) {
+                Ok(key) => {
+                    println!("{}", key.public().to_peer_id());
+                    Ok(())
+                }
+                Err(e) => Err((EXIT_USAGE, e.to_string())),
+            },
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("reef: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), (u8, String)> {
+    let usage = |e: &dyn std::fmt::Display| (EXIT_USAGE, e.to_string());
+    let mut config = Config::defaults();
+    if let Some(path) = &args.config {
+        config = config
+            .with_file(FileConfig::load(path).map_err(|e| usage(&e))?)
+            .map_err(|e| usage(&e))?;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.http {
+        config.http = v;
+    }
+    if let Some(v) = args.admin {
+        config.admin = v;
+    }
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    config.bootstrap.extend(args.bootstrap);
+    if args.provider.is_some() {
+        config.provider = args.provider;
+    }
+    if let Some(v) = args.region {
+        config.region = v;
+    }
+    config.mdns |= args.mdns;
+    if let Some(v) = args.cache_size {
+        config.cache_size = config::parse_size(&v).map_err(|e| usage(&e))?;
+    }
+    if let Some(v) = args.origin_timeout {
+        config.origin_timeout = config::parse_secs("--origin-timeout", v).map_err(|e| usage(&e))?;
+    }
+    node::run(config, args.public_http)
+        .await
+        .map_err(|e| match e {
+            StartError::Input(m) => (EXIT_USAGE, m),
+            StartError::Runtime(m) => (1, m),
+        })
+}

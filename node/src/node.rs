@@ -1,0 +1,190 @@
+//! Assembling and running one node: identity, cache, overlay, edge and admin API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reef_overlay::Multiaddr;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::edge::{self, Edge};
+use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::{identity, runtime_file};
+
+/// How long after start we keep waiting to join before re-announcing cached objects anyway.
+const JOIN_WAIT_FOR_REANNOUNCE: Duration = Duration::from_secs(60);
+
+/// Errors that stop a node from starting, split by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad settings or files: the operator must fix something (exit code 2).
+    #[error("{0}")]
+    Input(String),
+    /// The machine refused (port taken, disk full...).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), StartError> {
+    let input = |what: &str, e: &dyn std::fmt::Display| StartError::Input(format!("{what}: {e}"));
+    let keypair = identity::load_or_create(&config.data_dir).map_err(|e| input("node key", &e))?;
+    let peer_id = keypair.public().to_peer_id();
+    let short = short_peer(&peer_id.to_string());
+    let provider = config
+        .provider
+        .clone()
+        .unwrap_or_else(|| format!("solo-{short}"));
+    let listen = parse_multiaddrs("--listen", &config.listen)?;
+    let bootstrap = parse_multiaddrs("--bootstrap", &config.bootstrap)?;
+
+    let http_listener = bind(config.http, "HTTP").await?;
+    let admin_listener = bind(config.admin, "admin").await?;
+    let http_addr = local_addr(&http_listener)?;
+    let admin_addr = local_addr(&admin_listener)?;
+    let advertised_http = public_http.unwrap_or(http_addr);
+    if advertised_http.ip().is_unspecified() {
+        warn!(%http_addr, "HTTP edge listens on all interfaces but --public-http is not set; peers cannot fetch from this node");
+    }
+
+    let cache_dir = config.data_dir.join("cache");
+    let cache_config = reef_cache::Config {
+        dir: cache_dir.clone(),
+        max_bytes: config.cache_size,
+    };
+    let store = tokio::task::spawn_blocking(move || reef_cache::Store::open(cache_config))
+        .await
+        .map_err(|e| StartError::Runtime(format!("cache open panicked: {e}")))?
+        .map_err(|e| {
+            StartError::Runtime(format!("cannot open cache in {}: {e}", cache_dir.display()))
+        })?;
+
+    let overlay = reef_overlay::spawn(reef_overlay::Config {
+        keypair,
+        listen,
+        bootstrap,
+        mdns: config.mdns,
+        peers_file: Some(config.data_dir.join("peers.json")),
+        local_record: reef_overlay::LocalInfo {
+            http: advertised_http.to_string(),
+            provider: provider.clone(),
+            region: config.region.clone(),
+        },
+    })
+    .await
+    .map_err(|e| StartError::Runtime(format!("cannot start the overlay: {e}")))?;
+
+    let upstreams =
+        Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let announcer = Announcer::new(overlay.clone());
+    let local = LocalInfo {
+        provider: provider.clone(),
+        region: config.region.clone(),
+    };
+    let fetcher = Fetcher::new(
+        store.clone(),
+        overlay.clone(),
+        upstreams.clone(),
+        local,
+        announcer.clone(),
+    );
+    let edge = Arc::new(Edge::new(fetcher, upstreams, &short));
+
+    let status = overlay
+        .status()
+        .await
+        .map_err(|e| StartError::Runtime(format!("overlay did not start: {e}")))?;
+    let runtime = runtime_file::Runtime {
+        peer_id: peer_id.to_string(),
+        pid: std::process::id(),
+        provider: provider.clone(),
+        region: config.region.clone(),
+        http: http_addr,
+        admin: admin_addr,
+        listen_addrs: status.listen_addrs.clone(),
+    };
+    runtime_file::write(&config.data_dir, &runtime)
+        .map_err(|e| StartError::Runtime(format!("cannot write runtime.json: {e}")))?;
+    info!(
+        target: "reef::ready",
+        peer_id = %peer_id, %provider, region = %config.region, http = %http_addr,
+        admin = %admin_addr, listen = ?status.listen_addrs, "node ready"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let edge_task = tokio::spawn(edge::serve(http_listener, edge, stop_rx.clone()));
+    let admin_state = Arc::new(AdminState {
+        overlay: overlay.clone(),
+        store: store.clone(),
+        provider,
+        region: config.region.clone(),
+        http: http_addr,
+        admin: admin_addr,
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
+    let reannounce = {
+        let overlay = overlay.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            if overlay.wait_joined(JOIN_WAIT_FOR_REANNOUNCE).await.is_err() {
+                warn!("not joined yet; announcing cached objects anyway");
+            }
+            announcer.announce_all(store.keys()).await;
+        })
+    };
+
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    reannounce.abort();
+    let _ = edge_task.await;
+    let _ = admin_task.await;
+    overlay.shutdown().await;
+    runtime_file::remove(&config.data_dir);
+    info!("stopped");
+    Ok(())
+}
+
+pub fn short_peer(peer_id: &str) -> String {
+    let start = peer_id.len().saturating_sub(8);
+    peer_id[start..].to_string()
+}
+
+fn parse_multiaddrs(flag: &str, texts: &[String]) -> Result<Vec<Multiaddr>, StartError> {
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Multiaddr>()
+                .map_err(|e| StartError::Input(format!("{flag} {t:?} is not a multiaddr: {e}")))
+        })
+        .collect()
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(e.to_string()))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,147 @@
+//! The composed libp2p behaviour and the swarm built around it.
+
+use std::time::Duration;
+
+use libp2p::{
+    StreamProtocol, Swarm, gossipsub, identify,
+    identity::Keypair,
+    kad, mdns, noise, ping,
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    tcp, yamux,
+};
+
+use crate::Error;
+
+/// Our own Kademlia protocol, so Reef's DHT never merges with the public IPFS DHT.
+pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/reef/kad/1.0.0");
+/// Identify protocol version; peers speaking another one are not Reef nodes.
+pub(crate) const IDENTIFY_PROTOCOL: &str = "/reef/id/1.0.0";
+/// Gossipsub topic carrying load reports (published by a later feature; subscribed from the start).
+pub(crate) const LOAD_TOPIC: &str = "reef/load/1";
+
+/// Connections with no active stream close after this; gossipsub and kad keep useful ones busy.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// One DHT query (all its requests) may take this long; lookups on the fetch path give up sooner.
+pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+/// TTL of our NodeRecord in other peers' stores; we re-put every 10 min, so 1 h survives misses.
+pub(crate) const NODE_RECORD_TTL: Duration = Duration::from_secs(60 * 60);
+/// How often peers re-replicate records they hold to the current closest peers (below the TTL).
+const RECORD_REPLICATION_INTERVAL: Duration = Duration::from_secs(20 * 60);
+/// Provider records expire after this unless re-announced; bounds how long an evicted object is
+/// still advertised.
+const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(4 * 60 * 60);
+/// kad re-announces the keys we provide this often (well below the TTL).
+const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Distinct keys (ours and others') held in the provider store; a cache node holds many objects.
+const MAX_PROVIDER_KEYS: usize = 16 * 1024;
+/// Value records held for others (node records, one per node in our part of the keyspace).
+const MAX_STORED_RECORDS: usize = 4 * 1024;
+/// Largest value we store for others; node records are far smaller.
+const MAX_RECORD_VALUE_BYTES: usize = 8 * 1024;
+/// Largest kad message; a GetProviders answer with 20 peers and their addresses fits easily.
+const KAD_MAX_PACKET_SIZE: usize = 64 * 1024;
+/// Largest gossip message; load reports are a few hundred bytes.
+const GOSSIP_MAX_TRANSMIT_SIZE: usize = 64 * 1024;
+/// Ping interval; each ping refreshes the RTT we rank holders by.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Builds the transport stack (TCP + noise + yamux, QUIC, DNS) and the behaviour.
+pub(crate) fn build_swarm(keypair: Keypair, mdns_on: bool) -> Result<Swarm<Behaviour>, Error> {
+    let behaviour = build_behaviour(&keypair, mdns_on)?;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| Error::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+fn build_behaviour(keypair: &Keypair, mdns_on: bool) -> Result<Behaviour, Error> {
+    let local = keypair.public().to_peer_id();
+
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_query_timeout(KAD_QUERY_TIMEOUT)
+        .set_record_ttl(Some(NODE_RECORD_TTL))
+        .set_replication_interval(Some(RECORD_REPLICATION_INTERVAL))
+        // We re-put our own NodeRecord with a fresh issued_at ourselves (event loop).
+        .set_publication_interval(None)
+        .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
+        .set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL))
+        .set_max_packet_size(KAD_MAX_PACKET_SIZE)
+        // Everything others PUT into our store is validated by the event loop first.
+        .set_record_filtering(kad::StoreInserts::FilterBoth);
+    let store_config = kad::store::MemoryStoreConfig {
+        max_records: MAX_STORED_RECORDS,
+        max_value_bytes: MAX_RECORD_VALUE_BYTES,
+        max_provided_keys: MAX_PROVIDER_KEYS,
+        max_providers_per_key: kad::K_VALUE.get(),
+    };
+    let store = kad::store::MemoryStore::with_config(local, store_config);
+    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+    // Loopback and LAN addresses are never confirmed external, so automatic mode would leave us a
+    // client that nobody can query (DEPENDENCIES.md pitfall 2).
+    kad.set_mode(Some(kad::Mode::Server));
+
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(GOSSIP_MAX_TRANSMIT_SIZE)
+        .message_id_fn(|m: &gossipsub::Message| {
+            let hash = blake3::hash(&m.data);
+            gossipsub::MessageId::from(&hash.as_bytes()[..20])
+        })
+        .build()
+        .map_err(|e| Error::Behaviour(format!("gossipsub config: {e}")))?;
+    let mut gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        gossip_config,
+    )
+    .map_err(|e| Error::Behaviour(format!("gossipsub: {e}")))?;
+    gossipsub
+        .subscribe(&gossipsub::IdentTopic::new(LOAD_TOPIC))
+        .map_err(|e| Error::Behaviour(format!("gossipsub subscribe: {e}")))?;
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_string(), keypair.public())
+            .with_agent_version(format!("reef/{}", env!("CARGO_PKG_VERSION"))),
+    );
+
+    let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL));
+
+    let mdns = if mdns_on {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local)
+                .map_err(|e| Error::Behaviour(format!("mdns: {e}")))?,
+        )
+    } else {
+        None
+    };
+
+    Ok(Behaviour {
+        kad,
+        gossipsub,
+        identify,
+        ping,
+        mdns: Toggle::from(mdns),
+    })
+}

@@ -1,0 +1,233 @@
+//! The cloneable handle through which the rest of the node talks to the overlay.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use libp2p::PeerId;
+use reef_proto::{ContentKey, NodeRecord};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::behaviour::KAD_QUERY_TIMEOUT;
+
+/// Commands queued for the event loop; a full queue applies back-pressure to callers.
+pub(crate) const COMMAND_QUEUE: usize = 64;
+/// A quick command (status, unprovide) that takes longer than this means the loop is wedged.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Announcing a key waits for kad's own query timeout plus time to queue the command.
+const PROVIDE_TIMEOUT: Duration = Duration::from_secs(KAD_QUERY_TIMEOUT.as_secs() + 5);
+/// Looking up holders is on the fetch path of a cache miss: better go to the origin than wait.
+const FIND_PROVIDERS_TIMEOUT: Duration = Duration::from_secs(3);
+/// One NodeRecord lookup; runs in parallel for all holders, so this bounds the second phase.
+const NODE_RECORD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Extra wait for the loop's answer after its own deadline, so the loop answers, not the timer.
+const REPLY_SLACK: Duration = Duration::from_secs(1);
+/// Most holders resolved per lookup; kad keeps at most 20 providers per key anyway.
+pub(crate) const MAX_HOLDERS: usize = 20;
+
+/// What the event loop can be asked to do.
+pub(crate) enum Command {
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Provide {
+        key: ContentKey,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Unprovide {
+        key: ContentKey,
+        reply: oneshot::Sender<()>,
+    },
+    /// Answers with providers other than ourselves and their last measured RTT.
+    GetProviders {
+        key: ContentKey,
+        limit: usize,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Vec<(PeerId, Option<Duration>)>, Error>>,
+    },
+    NodeRecord {
+        peer: PeerId,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Option<NodeRecord>, Error>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A node that holds a content key, with its verified record.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub peer: PeerId,
+    pub record: NodeRecord,
+    /// Last ping round-trip time, if we are connected to the holder.
+    pub rtt: Option<Duration>,
+}
+
+/// A snapshot of the overlay for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    /// Bound listen addresses, each ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: Vec<String>,
+    pub routing_table_size: usize,
+    pub joined: bool,
+}
+
+/// Handle to the overlay's event loop. Cheap to clone; the loop ends when the last clone is
+/// dropped or [`Client::shutdown`] is called.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    joined: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("local_peer_id", &self.local_peer_id)
+            .finish()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        local_peer_id: PeerId,
+        joined: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            commands,
+            local_peer_id,
+            joined,
+        }
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.request(|reply| Command::Status { reply }, COMMAND_TIMEOUT)
+            .await
+    }
+
+    /// Resolves once the node has joined: at least one peer connected and one kad bootstrap
+    /// query completed. `Err(Error::Timeout)` after `timeout`.
+    pub async fn wait_joined(&self, timeout: Duration) -> Result<(), Error> {
+        if self.commands.is_closed() {
+            return Err(Error::Stopped);
+        }
+        let mut joined = self.joined.clone();
+        match tokio::time::timeout(timeout, joined.wait_for(|j| *j)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Announces that we hold `key` (kad `start_providing`). Returns once the provider record
+    /// was sent to the closest peers; before the node has joined, once it is stored locally
+    /// (it is announced to the network as soon as the node joins).
+    pub async fn provide(&self, key: ContentKey) -> Result<(), Error> {
+        self.request(|reply| Command::Provide { key, reply }, PROVIDE_TIMEOUT)
+            .await?
+    }
+
+    /// Stops announcing `key`. Records already sent to other peers expire on their own.
+    pub async fn unprovide(&self, key: ContentKey) -> Result<(), Error> {
+        self.request(|reply| Command::Unprovide { key, reply }, COMMAND_TIMEOUT)
+            .await
+    }
+
+    /// Who holds `key`, other than us: up to `limit` providers (the DHT lookup ends early once
+    /// that many are found, and after 3 s at the latest), each with its verified NodeRecord
+    /// (holders whose record cannot be found are dropped) and last measured RTT. Sorted by
+    /// RTT, unknown last.
+    pub async fn find_holders(&self, key: ContentKey, limit: usize) -> Result<Vec<Holder>, Error> {
+        let limit = limit.min(MAX_HOLDERS);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + FIND_PROVIDERS_TIMEOUT;
+        let providers = self
+            .request(
+                |reply| Command::GetProviders {
+                    key,
+                    limit,
+                    deadline,
+                    reply,
+                },
+                FIND_PROVIDERS_TIMEOUT + REPLY_SLACK,
+            )
+            .await??;
+        let lookups = providers.into_iter().map(|(peer, rtt)| async move {
+            match self.node_record(peer).await {
+                Ok(Some(record)) => Some(Holder { peer, record, rtt }),
+                Ok(None) => {
+                    tracing::debug!(%peer, key = %key.short(), "holder has no node record");
+                    None
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, key = %key.short(), %error, "holder record lookup failed");
+                    None
+                }
+            }
+        });
+        let mut holders: Vec<Holder> = join_all(lookups).await.into_iter().flatten().collect();
+        holders.sort_by_key(|h| h.rtt.unwrap_or(Duration::MAX));
+        Ok(holders)
+    }
+
+    /// The verified NodeRecord of `peer` (from the cache, else the DHT); `None` if the DHT has
+    /// no valid one.
+    pub async fn node_record(&self, peer: PeerId) -> Result<Option<NodeRecord>, Error> {
+        let deadline = Instant::now() + NODE_RECORD_TIMEOUT;
+        self.request(
+            |reply| Command::NodeRecord {
+                peer,
+                deadline,
+                reply,
+            },
+            NODE_RECORD_TIMEOUT + REPLY_SLACK,
+        )
+        .await?
+    }
+
+    /// Saves the peers file and stops the event loop. Afterwards every method returns
+    /// [`Error::Stopped`].
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            // An error means the loop is already gone, which is what we want.
+            let _ = done.await;
+        }
+    }
+
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+        within: Duration,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(command(reply))
+                .await
+                .map_err(|_| Error::Stopped)?;
+            answer.await.map_err(|_| Error::Stopped)
+        };
+        tokio::time::timeout(within, exchange)
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+}

@@ -1,0 +1,47 @@
+//! What the node tells the overlay at start.
+
+use std::path::PathBuf;
+
+use libp2p::{Multiaddr, identity::Keypair};
+
+/// Everything [`crate::spawn`] needs.
+pub struct Config {
+    /// The node's identity; its PeerId names the node in the DHT and signs its NodeRecord.
+    pub keypair: Keypair,
+    /// Addresses to listen on, e.g. `/ip4/127.0.0.2/udp/0/quic-v1` and `/ip4/127.0.0.2/tcp/0`.
+    /// Port 0 picks a free port; [`crate::Client::status`] reports the real one.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through; each address must end in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover LAN neighbours by mDNS. It multicasts off the machine: never in tests.
+    pub mdns: bool,
+    /// Where to remember recently connected peers, so a restart rejoins without bootstrap flags.
+    pub peers_file: Option<PathBuf>,
+    /// What goes into the node's signed NodeRecord.
+    pub local_record: LocalInfo,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keypair is left out on purpose: it is secret.
+        f.debug_struct("Config")
+            .field("peer_id", &self.keypair.public().to_peer_id())
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("mdns", &self.mdns)
+            .field("peers_file", &self.peers_file)
+            .field("local_record", &self.local_record)
+            .finish()
+    }
+}
+
+/// The node's own facts published in its NodeRecord.
+#[derive(Debug, Clone)]
+pub struct LocalInfo {
+    /// `host:port` of the node's HTTP edge.
+    pub http: String,
+    /// The CDN provider (organisation) the node belongs to.
+    pub provider: String,
+    /// The node's region, used to rank holders.
+    pub region: String,
+}

@@ -1,0 +1,133 @@
+//! Reef's peer-to-peer overlay.
+//!
+//! This crate owns the libp2p Swarm (Kademlia on `/reef/kad/1.0.0`, gossipsub, identify, ping,
+//! and mDNS when asked for), the single event-loop task that drives it, and the cloneable
+//! [`Client`] through which the rest of the node uses it: join, announce and find content
+//! holders, resolve and verify signed NodeRecords, remember peers across restarts.
+//!
+//! It must not know about HTTP (it only carries the HTTP address inside records), must not be
+//! reached around (nobody else touches the Swarm), and must not block its event loop: queries
+//! are started on command and answered from their events, file writes go to blocking threads.
+//! Every queue and table is bounded.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod addrs;
+mod behaviour;
+mod client;
+mod config;
+mod error;
+mod event_loop;
+mod node_records;
+mod peers_file;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use client::{Client, Holder, Status};
+pub use config::{Config, LocalInfo};
+pub use error::Error;
+
+/// Binding a socket is local and quick; if it takes this long something is badly wrong.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the swarm, starts listening, waits until every listen address is bound (so that
+/// [`Client::status`] reports real ports right away), spawns the event loop, and dials the
+/// bootstrap and remembered peers.
+///
+/// Must be called within a tokio runtime.
+pub async fn spawn(config: Config) -> Result<Client, Error> {
+    let started = Instant::now();
+    let bootstrap = config
+        .bootstrap
+        .iter()
+        .map(|a| addrs::split_peer(a).ok_or_else(|| Error::BootstrapAddr(a.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let remembered = match &config.peers_file {
+        Some(path) => peers_file::load(path).await.unwrap_or_else(|error| {
+            warn!(%error, "ignoring the peers file");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+
+    let mut swarm = behaviour::build_swarm(config.keypair.clone(), config.mdns)?;
+    let local = *swarm.local_peer_id();
+    let mut waiting = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Listen(format!("{addr}: {e}")))?;
+        waiting.insert(id);
+    }
+    let bound = async {
+        while !waiting.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    debug!(%address, "listening");
+                    waiting.remove(&listener_id);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } if waiting.contains(&listener_id) => {
+                    let why = reason
+                        .err()
+                        .map_or_else(|| "closed".to_string(), |e| e.to_string());
+                    return Err(Error::Listen(why));
+                }
+                SwarmEvent::ListenerError { listener_id, error }
+                    if waiting.contains(&listener_id) =>
+                {
+                    return Err(Error::Listen(error.to_string()));
+                }
+                other => debug!(event = ?other, "swarm event before start"),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(LISTEN_TIMEOUT, bound)
+        .await
+        .map_err(|_| Error::Listen("timed out waiting for listen addresses".into()))??;
+
+    let (commands_tx, commands_rx) = mpsc::channel(client::COMMAND_QUEUE);
+    let (joined_tx, joined_rx) = watch::channel(false);
+    let mut event_loop = event_loop::EventLoop::new(
+        swarm,
+        event_loop::Parts {
+            keypair: config.keypair,
+            local_info: config.local_record,
+            commands: commands_rx,
+            joined_tx,
+            started,
+            peers_file: config.peers_file,
+        },
+    );
+    for (peer, base) in bootstrap {
+        event_loop.add_bootstrap(peer, base);
+    }
+    let remembered_count = remembered.len();
+    for (peer, addrs) in remembered {
+        event_loop.add_remembered(peer, addrs);
+    }
+    info!(
+        peer = %local,
+        bootstrap = config.bootstrap.len(),
+        remembered = remembered_count,
+        mdns = config.mdns,
+        "overlay started"
+    );
+    tokio::spawn(event_loop.run());
+    Ok(Client::new(commands_tx, local, joined_rx))
+}

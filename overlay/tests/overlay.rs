@@ -1,0 +1,362 @@
+//! In-process overlays over real loopback sockets (127.0.0.1, port 0, mDNS off).
+//!
+//! Tests wait on conditions with deadlines; they never sleep to synchronise.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use reef_overlay::{Client, Config, Error, Keypair, LocalInfo, Multiaddr, PeerId};
+use reef_proto::ContentKey;
+
+/// Joining over loopback takes well under a second; generous for a loaded 2-core machine.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for conditions that depend on DHT propagation.
+const CONDITION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(
+    keypair: Keypair,
+    name: &str,
+    bootstrap: Vec<Multiaddr>,
+    peers_file: Option<PathBuf>,
+) -> Config {
+    Config {
+        keypair,
+        listen: vec![
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+                .parse()
+                .expect("valid multiaddr"),
+            "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
+        ],
+        bootstrap,
+        mdns: false,
+        peers_file,
+        local_record: LocalInfo {
+            http: format!("{name}.test:8080"),
+            provider: format!("provider-of-{name}"),
+            region: format!("region-of-{name}"),
+        },
+    }
+}
+
+async fn start(name: &str, bootstrap: Vec<Multiaddr>) -> Result<Client> {
+    Ok(reef_overlay::spawn(config(Keypair::generate_ed25519(), name, bootstrap, None)).await?)
+}
+
+/// The node's listen address on the given transport (`"quic-v1"` or `"tcp"`), with `/p2p/`.
+async fn addr_of(client: &Client, transport: &str) -> Result<Multiaddr> {
+    let status = client.status().await?;
+    let addr = status
+        .listen_addrs
+        .iter()
+        .find(|a| a.contains(&format!("/{transport}")))
+        .with_context(|| format!("no {transport} address in {:?}", status.listen_addrs))?;
+    Ok(addr.parse()?)
+}
+
+/// Polls `check` until it yields `Some`, or fails after `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        // Poll interval, not synchronisation: the condition is re-checked until the deadline.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn key(n: u8) -> ContentKey {
+    ContentKey::from_bytes(*blake3::hash(&[n]).as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_join_provide_and_find() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    let a_quic = addr_of(&a, "quic-v1").await?;
+    let a_tcp = addr_of(&a, "tcp").await?;
+    let b = start("b", vec![a_quic.clone()]).await?;
+    let c = start("c", vec![a_quic]).await?;
+    let d = start("d", vec![a_tcp]).await?;
+    let nodes = [&a, &b, &c, &d];
+
+    for node in nodes {
+        node.wait_joined(JOIN_TIMEOUT).await.context("joining")?;
+    }
+    for node in nodes {
+        let status = node.status().await?;
+        ensure!(status.joined);
+        ensure!(status.peer_id == node.local_peer_id().to_string());
+        ensure!(
+            !status.connected_peers.is_empty(),
+            "{} has no peers",
+            status.peer_id
+        );
+        ensure!(status.routing_table_size > 0);
+        ensure!(status.listen_addrs.len() == 2, "{:?}", status.listen_addrs);
+        for addr in &status.listen_addrs {
+            ensure!(
+                addr.ends_with(&format!("/p2p/{}", status.peer_id)),
+                "{addr}"
+            );
+            ensure!(
+                !addr.contains("/tcp/0/") && !addr.contains("/udp/0/"),
+                "unbound port in {addr}"
+            );
+        }
+    }
+    eventually("a to see all three peers", CONDITION_TIMEOUT, || async {
+        Ok((a.status().await?.connected_peers.len() >= 3).then_some(()))
+    })
+    .await?;
+
+    // B holds a key; D finds B with B's own record.
+    let k = key(1);
+    b.provide(k).await?;
+    let holders = eventually("d to find b as a holder", CONDITION_TIMEOUT, || async {
+        let holders = d.find_holders(k, 5).await?;
+        Ok((!holders.is_empty()).then_some(holders))
+    })
+    .await?;
+    ensure!(holders.len() == 1, "{holders:?}");
+    let holder = &holders[0];
+    ensure!(holder.peer == b.local_peer_id());
+    ensure!(holder.record.http == "b.test:8080");
+    ensure!(holder.record.provider == "provider-of-b");
+    ensure!(holder.record.region == "region-of-b");
+    ensure!(holder.record.peer_id == b.local_peer_id().to_bytes());
+    ensure!(!holder.record.listen_addrs.is_empty());
+
+    // The holder never lists itself.
+    ensure!(b.find_holders(k, 5).await?.is_empty());
+
+    // Two holders.
+    c.provide(k).await?;
+    eventually("a to find b and c", CONDITION_TIMEOUT, || async {
+        let holders = a.find_holders(k, 5).await?;
+        Ok((holders.len() == 2).then_some(()))
+    })
+    .await?;
+
+    // A key nobody provides: an empty answer, quickly.
+    let started = Instant::now();
+    ensure!(d.find_holders(key(2), 5).await?.is_empty());
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Records of other nodes resolve and verify; unknown peers have none.
+    let record = eventually("d to resolve c's record", CONDITION_TIMEOUT, || async {
+        Ok(d.node_record(c.local_peer_id()).await?)
+    })
+    .await?;
+    ensure!(record.provider == "provider-of-c");
+    ensure!(d.node_record(PeerId::random()).await?.is_none());
+    let own = a
+        .node_record(a.local_peer_id())
+        .await?
+        .context("own record")?;
+    ensure!(own.region == "region-of-a");
+
+    // After unprovide, B no longer lists the key locally (remote records expire on their own).
+    b.unprovide(k).await?;
+
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_provided_before_joining_are_announced_on_join() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    let k = key(3);
+    // Alone: the record is stored locally and the call returns.
+    a.provide(k).await?;
+    ensure!(!a.status().await?.joined);
+
+    let b = start("b", vec![addr_of(&a, "quic-v1").await?]).await?;
+    a.wait_joined(JOIN_TIMEOUT).await?;
+    b.wait_joined(JOIN_TIMEOUT).await?;
+    let holders = eventually("b to find a", CONDITION_TIMEOUT, || async {
+        let holders = b.find_holders(k, 5).await?;
+        Ok((!holders.is_empty()).then_some(holders))
+    })
+    .await?;
+    ensure!(holders[0].peer == a.local_peer_id());
+    ensure!(holders[0].record.http == "a.test:8080");
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_rejoins_from_the_peers_file() -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let peers_file = dir.path().join("peers.json");
+    let a = start("a", vec![]).await?;
+    let a_addr = addr_of(&a, "quic-v1").await?;
+
+    let keypair = Keypair::generate_ed25519();
+    let x = reef_overlay::spawn(config(
+        keypair.clone(),
+        "x",
+        vec![a_addr],
+        Some(peers_file.clone()),
+    ))
+    .await?;
+    x.wait_joined(JOIN_TIMEOUT).await?;
+    // Identify has told X where A listens once A's record of X is in A's table both ways.
+    eventually(
+        "x to learn a's listen addresses",
+        CONDITION_TIMEOUT,
+        || async { Ok((x.status().await?.routing_table_size > 0).then_some(())) },
+    )
+    .await?;
+    x.shutdown().await;
+
+    let saved = std::fs::read_to_string(&peers_file)?;
+    ensure!(
+        saved.contains(&a.local_peer_id().to_string()),
+        "peers file: {saved}"
+    );
+
+    // Same key, same peers file, no bootstrap addresses.
+    let x = reef_overlay::spawn(config(keypair.clone(), "x", vec![], Some(peers_file))).await?;
+    ensure!(x.local_peer_id() == keypair.public().to_peer_id());
+    x.wait_joined(JOIN_TIMEOUT)
+        .await
+        .context("rejoining from the peers file")?;
+    let status = x.status().await?;
+    ensure!(
+        status
+            .connected_peers
+            .contains(&a.local_peer_id().to_string()),
+        "{status:?}"
+    );
+    x.shutdown().await;
+    a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_loop() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    let other = a.clone();
+    a.status().await?;
+    a.shutdown().await;
+
+    ensure!(matches!(other.status().await, Err(Error::Stopped)));
+    ensure!(matches!(a.provide(key(4)).await, Err(Error::Stopped)));
+    ensure!(matches!(a.unprovide(key(4)).await, Err(Error::Stopped)));
+    ensure!(matches!(
+        a.find_holders(key(4), 3).await,
+        Err(Error::Stopped)
+    ));
+    ensure!(matches!(
+        a.node_record(PeerId::random()).await,
+        Err(Error::Stopped)
+    ));
+    ensure!(matches!(
+        a.wait_joined(Duration::from_secs(1)).await,
+        Err(Error::Stopped)
+    ));
+    // A second shutdown is harmless.
+    a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn lone_node_is_not_joined() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    ensure!(matches!(
+        a.wait_joined(Duration::from_millis(300)).await,
+        Err(Error::Timeout)
+    ));
+    ensure!(a.find_holders(key(5), 3).await?.is_empty());
+    a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bootstrap_addresses_must_name_the_peer() -> Result<()> {
+    let cfg = config(
+        Keypair::generate_ed25519(),
+        "a",
+        vec!["/ip4/127.0.0.1/tcp/4001".parse()?],
+        None,
+    );
+    match reef_overlay::spawn(cfg).await {
+        Err(Error::BootstrapAddr(_)) => Ok(()),
+        other => bail!(
+            "expected BootstrapAddr, got {:?}",
+            other.map(|c| c.local_peer_id())
+        ),
+    }
+}
+
+#[tokio::test]
+async fn unbindable_listen_address_is_an_error() -> Result<()> {
+    let mut cfg = config(Keypair::generate_ed25519(), "a", vec![], None);
+    // TEST-NET-3 is not assigned to any local interface.
+    cfg.listen = vec!["/ip4/203.0.113.1/tcp/0".parse()?];
+    match reef_overlay::spawn(cfg).await {
+        Err(Error::Listen(_)) => Ok(()),
+        other => bail!(
+            "expected Listen, got {:?}",
+            other.map(|c| c.local_peer_id())
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_once_an_unreachable_bootstrap_peer_comes_up() -> Result<()> {
+    init_tracing();
+    // Learn a free port and identity for A, then take A down.
+    let a_key = Keypair::generate_ed25519();
+    let a = reef_overlay::spawn(config(a_key.clone(), "a", vec![], None)).await?;
+    let a_quic = addr_of(&a, "quic-v1").await?;
+    a.shutdown().await;
+
+    let b = start("b", vec![a_quic.clone()]).await?;
+    ensure!(matches!(
+        b.wait_joined(Duration::from_millis(700)).await,
+        Err(Error::Timeout)
+    ));
+
+    // A comes back on the same address; B's join retries find it.
+    let mut a_config = config(a_key, "a", vec![], None);
+    let mut base = a_quic.clone();
+    base.pop();
+    a_config.listen = vec![base];
+    let a = reef_overlay::spawn(a_config).await?;
+    b.wait_joined(JOIN_TIMEOUT)
+        .await
+        .context("joining after the bootstrap peer came up")?;
+    a.wait_joined(JOIN_TIMEOUT).await?;
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}

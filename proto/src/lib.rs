@@ -1,0 +1,15 @@
+//! Reef's shared vocabulary: content keys, canonical URLs and the records nodes exchange.
+//!
+//! This crate owns the wire and persisted types and their canonical encoding (postcard,
+//! versioned). It must not do I/O: no sockets, no files, no clocks beyond what a caller passes in.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod content_key;
+mod node_record;
+mod url;
+
+pub use content_key::BadKey;
+pub use content_key::ContentKey;
+pub use node_record::{MAX_NODE_RECORD_LEN, NodeRecord, RecordError};
+pub use url::{CanonicalUrl, MAX_URL_LEN, UrlError};

@@ -1,0 +1,34 @@
+//! `reef-testnet`: run a real Reef network on one machine.
+//!
+//! What this crate owns:
+//! - [`Origin`], an in-process HTTP/1.1 origin (optionally TLS) with deterministic,
+//!   streamed bodies and per-path hit counters, so tests can check bytes and count
+//!   how often the origin was really asked;
+//! - [`NodeProcess`], one real `reef` process: argument building, log file, readiness
+//!   (`runtime.json`), status polling over the admin API, graceful stop, crash (SIGKILL),
+//!   restart, and cleanup that leaves no orphan behind;
+//! - [`Testnet`], N nodes of K providers on their own loopback addresses plus an origin,
+//!   launched, joined and described in a JSON [`Manifest`];
+//! - [`client`], a tiny hyper client that fetches through a node used as forward proxy;
+//! - the `reef-testnet` binary (`up`, `demo`).
+//!
+//! What it must not do: reimplement node logic. Everything a node does (caching, the
+//! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
+//! them, talks to their public HTTP and admin interfaces, and reads the files they write.
+//! It never passes `--mdns`, so testnets on one host cannot find each other.
+//!
+//! Cleanup: every child is SIGKILLed and reaped when its [`NodeProcess`] is dropped, and
+//! is also started with `PR_SET_PDEATHSIG = SIGKILL` from a dedicated, never-exiting
+//! spawner thread, so even a SIGKILLed testnet process leaves no orphan `reef` behind.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod client;
+mod error;
+mod node;
+pub mod origin;
+mod testnet;
+
+pub use error::Error;
+pub use node::{NodeProcess, NodeSpec, Runtime, locate_reef_binary};
+pub use origin::Origin;
+pub use testnet::{Manifest, ManifestNode, Options, Testnet, node_ip, provider_region};

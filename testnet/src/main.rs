@@ -1,0 +1,264 @@
+//! `reef-testnet`: start a Reef network of real `reef` processes on loopback.
+//!
+//! `up` launches it and waits for Ctrl-C / SIGTERM; `demo` does the same with 5 nodes of
+//! 2 providers and first shows where fetched objects come from (origin, peer, local).
+//! Every process it started is stopped on exit; should this process die abruptly, the
+//! nodes die with it (PR_SET_PDEATHSIG), and a panic unwinds through `Testnet`'s drop.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use reef_testnet::client::{self, ResponseHeaders};
+use reef_testnet::{Options, Testnet, locate_reef_binary, origin};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// Time allowed for one demo fetch, 10 MiB on loopback through a debug build included.
+const DEMO_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often `up` checks whether a node died on its own, to say so once.
+const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Exit code for every failure (clap's usage errors use it too).
+const EXIT_FAILURE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "reef-testnet",
+    version,
+    about = "Run a local Reef testnet of real nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Launch N nodes of K providers plus a demo origin and run until Ctrl-C.
+    Up(UpArgs),
+    /// Launch 5 nodes of 2 providers, show fetches via origin / peer / local, keep running.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Number of nodes.
+    #[arg(long)]
+    nodes: usize,
+    /// Number of providers, assigned round-robin.
+    #[arg(long, default_value_t = 1)]
+    providers: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Root directory for node data, logs and manifest.json
+    /// [default: a new reef-testnet-<pid> under the temp dir, kept after exit].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Extra arguments for every node, after `--`.
+    #[arg(last = true)]
+    node_args: Vec<String>,
+}
+
+impl CommonArgs {
+    fn options(self, nodes: usize, providers: usize) -> anyhow::Result<Options> {
+        let bin = locate_reef_binary(self.bin)?;
+        let dir = self.dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("reef-testnet-{}", std::process::id()))
+        });
+        Ok(Options {
+            bin,
+            nodes,
+            providers,
+            dir,
+            extra_args: self.node_args,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("reef-testnet: error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reef-testnet: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Registered before anything starts, so a SIGTERM during launch is not lost.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (opts, demo) = match cli.command {
+        Cmd::Up(args) => (args.common.options(args.nodes, args.providers)?, false),
+        Cmd::Demo(args) => (args.common.options(5, 2)?, true),
+    };
+    println!(
+        "launching {} nodes of {} providers in {}",
+        opts.nodes,
+        opts.providers,
+        opts.dir.display()
+    );
+    let testnet = tokio::select! {
+        launched = Testnet::launch(opts) => launched.context("launching the testnet")?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while launching"),
+        _ = sigterm.recv() => anyhow::bail!("terminated while launching"),
+    };
+    print_nodes(&testnet);
+    if demo {
+        // A failing demo fetch is reported in the table; only a broken testnet stops here.
+        run_demo(&testnet).await;
+    }
+    println!("testnet running — Ctrl-C to stop");
+    wait_for_stop(&testnet, &mut sigterm).await;
+    println!("stopping…");
+    testnet.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop(testnet: &Testnet, sigterm: &mut tokio::signal::unix::Signal) {
+    let mut reported = vec![false; testnet.nodes.len()];
+    let mut tick = tokio::time::interval(LIVENESS_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = sigterm.recv() => return,
+            _ = tick.tick() => {
+                for (i, node) in testnet.nodes.iter().enumerate() {
+                    if !reported[i] && let Some(status) = node.exit_status() {
+                        reported[i] = true;
+                        tracing::warn!(node = %Testnet::node_name(i), %status, log = %node.log_path().display(), "node exited on its own");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn short(peer_id: &str) -> String {
+    let n = peer_id.chars().count();
+    if n <= 12 {
+        peer_id.to_owned()
+    } else {
+        let tail: String = peer_id.chars().skip(n - 6).collect();
+        format!("{}…{tail}", peer_id.chars().take(5).collect::<String>())
+    }
+}
+
+fn print_nodes(testnet: &Testnet) {
+    println!();
+    println!(
+        "{:<8} {:<8} {:<6} {:<14} {:<22} {:<22}",
+        "name", "provider", "region", "peer", "http", "admin"
+    );
+    for (i, node) in testnet.nodes.iter().enumerate() {
+        let rt = node.runtime();
+        println!(
+            "{:<8} {:<8} {:<6} {:<14} {:<22} {:<22}",
+            Testnet::node_name(i),
+            rt.provider,
+            rt.region,
+            short(&rt.peer_id),
+            rt.http.to_string(),
+            rt.admin.to_string()
+        );
+    }
+    println!();
+    println!("origin:   {}", testnet.origin.url("/"));
+    println!("manifest: {}", testnet.manifest_path().display());
+    println!(
+        "try:      curl -sv -x http://{} {} -o /dev/null",
+        testnet.nodes[0].runtime().http,
+        testnet.origin.url("/bytes/1048576")
+    );
+    println!();
+}
+
+async fn run_demo(testnet: &Testnet) {
+    const PATHS: [&str; 3] = ["/bytes/1024", "/bytes/1048576", "/bytes/10485760"];
+    let n = testnet.nodes.len();
+    // First via node-0 (origin), then via every other node (peer), then node-0 again (local).
+    let order: Vec<usize> = std::iter::once(0)
+        .chain(1..n)
+        .chain(std::iter::once(0))
+        .collect();
+    println!(
+        "{:<18} {:<7} {:<7} {:<6} {:>10} {:>8} {:<6}",
+        "url", "node", "source", "cache", "bytes", "ms", "body"
+    );
+    for path in PATHS {
+        let url = testnet.origin.url(path);
+        let len = path
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        let expected = origin::expected_digest(path, len);
+        for &i in &order {
+            let node = &testnet.nodes[i];
+            let name = Testnet::node_name(i);
+            match client::fetch_digest(Some(node.runtime().http), &url, DEMO_FETCH_TIMEOUT).await {
+                Ok(r) => {
+                    let body = if !r.status.is_success() {
+                        format!("HTTP {}", r.status.as_u16())
+                    } else if r.digest == expected && r.len == len {
+                        "ok".into()
+                    } else {
+                        "WRONG".into()
+                    };
+                    println!(
+                        "{:<18} {:<7} {:<7} {:<6} {:>10} {:>8} {:<6}",
+                        path,
+                        name,
+                        r.source().unwrap_or("-"),
+                        r.x_cache().unwrap_or("-"),
+                        r.len,
+                        r.elapsed.as_millis(),
+                        body
+                    );
+                }
+                Err(e) => println!("{path:<18} {name:<7} error: {e}"),
+            }
+        }
+        println!(
+            "{:<18} origin served it {} time(s)",
+            "",
+            testnet.origin.hits(path)
+        );
+    }
+    println!();
+}

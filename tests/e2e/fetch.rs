@@ -1,0 +1,142 @@
+//! The fetch path across nodes: origin once, then peers, then local copies.
+
+use reef_testnet::origin::expected_body;
+
+use crate::support::{JOIN_TIMEOUT, get_via, launch};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_fetch_goes_to_origin_then_every_other_node_fetches_from_a_peer() {
+    let net = launch(5, &[]).await;
+    let path = "/bytes/100000";
+    let url = net.testnet.origin.url(path);
+
+    let first = get_via(net.http(0), &url).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.source(), "origin");
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert!(
+        first.header("via").contains("reef-"),
+        "Via: {}",
+        first.header("via")
+    );
+    assert!(!first.header("age").is_empty());
+    assert_eq!(first.body, expected_body(path, 100_000));
+
+    for node in 1..5 {
+        let got = get_via(net.http(node), &url).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.source(), "peer", "node {node}");
+        assert_eq!(got.body, expected_body(path, 100_000), "node {node}");
+    }
+    assert_eq!(
+        net.testnet.origin.hits(path),
+        1,
+        "the origin was asked once"
+    );
+
+    let again = get_via(net.http(0), &url).await;
+    assert_eq!(again.source(), "local");
+    assert_eq!(again.header("x-cache"), "HIT");
+    assert_eq!(again.body, expected_body(path, 100_000));
+    assert_eq!(net.testnet.origin.hits(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_reach_the_origin_once() {
+    let net = launch(2, &[]).await;
+    // A slow origin keeps the window wide open for the followers to pile up.
+    let path = "/slow/300/250000";
+    let url = net.testnet.origin.url(path);
+    let node = net.http(1);
+    let requests: Vec<_> = (0..20).map(|_| tokio::spawn(get_via(node, &url))).collect();
+    for r in requests {
+        let got = r.await.expect("task");
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.body, expected_body(path, 250_000));
+    }
+    assert_eq!(net.testnet.origin.hits(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_is_skipped() {
+    let mut net = launch(3, &[]).await;
+    let path = "/bytes/5000";
+    let url = net.testnet.origin.url(path);
+    assert_eq!(get_via(net.http(0), &url).await.source(), "origin");
+    net.testnet.nodes[0].kill();
+
+    let got = get_via(net.http(2), &url).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, expected_body(path, 5000));
+    assert_eq!(got.source(), "origin", "the only holder is dead");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins_without_flags() {
+    let mut net = launch(3, &[]).await;
+    let path = "/bytes/20000";
+    let url = net.testnet.origin.url(path);
+    assert_eq!(get_via(net.http(2), &url).await.source(), "origin");
+    let peer_id = net.testnet.nodes[2].runtime().peer_id.clone();
+
+    let node = &mut net.testnet.nodes[2];
+    node.stop().await.expect("graceful stop");
+    // No bootstrap addresses: it must rejoin through the peers it remembered.
+    node.restart(Vec::new()).await.expect("restart");
+    assert_eq!(node.runtime().peer_id, peer_id);
+    node.wait_joined(JOIN_TIMEOUT)
+        .await
+        .expect("rejoins through remembered peers");
+
+    let got = get_via(net.http(2), &url).await;
+    assert_eq!(got.source(), "local");
+    assert_eq!(got.header("x-cache"), "HIT");
+    assert_eq!(got.body, expected_body(path, 20000));
+    assert_eq!(net.testnet.origin.hits(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_responses_are_not_stored_or_shared() {
+    let net = launch(2, &[]).await;
+    for path in ["/nostore/1000", "/private/1000"] {
+        let url = net.testnet.origin.url(path);
+        for node in [0, 0, 1] {
+            let got = get_via(net.http(node), &url).await;
+            assert_eq!(got.status, 200);
+            assert_eq!(got.source(), "origin", "{path}");
+            assert_eq!(got.body, expected_body(path, 1000));
+        }
+        assert_eq!(
+            net.testnet.origin.hits(path),
+            3,
+            "{path} is fetched every time"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_streams_through_without_being_held_in_memory() {
+    let net = launch(1, &["--cache-size", "2GiB"]).await;
+    const SIZE: u64 = 1 << 30;
+    let path = format!("/bytes/{SIZE}");
+    let url = net.testnet.origin.url(&path);
+    let node = &net.testnet.nodes[0];
+
+    let got = crate::support::stream_via(net.http(0), &url, &path, SIZE).await;
+    assert!(got, "body matches the origin's bytes");
+    let peak_kib = peak_rss_kib(node.runtime().pid);
+    assert!(
+        peak_kib < 100 * 1024,
+        "peak RSS {peak_kib} KiB while serving 1 GiB"
+    );
+}
+
+/// VmHWM: the process's peak resident set size.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM line")
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: real `reef` processes on loopback, a real origin, real sockets.
+//!
+//! Each test launches its own small testnet (nodes on 127.0.0.x with ports picked by the
+//! kernel) and waits on readiness, never on sleeps; everything it starts is killed on drop.
+
+mod cli;
+mod errors;
+mod fetch;
+mod support;
+mod tls;

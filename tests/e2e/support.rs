@@ -1,0 +1,109 @@
+//! Shared helpers: launching a testnet of the real binary and talking HTTP to its nodes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use reef_testnet::{Options, Testnet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Generous bound on any single request in a test; a hang fails the test instead of the run.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn reef_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_reef"))
+}
+
+pub struct Net {
+    pub testnet: Testnet,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn launch(nodes: usize, extra_args: &[&str]) -> Net {
+    let dir = tempfile::Builder::new()
+        .prefix("reef-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let testnet = Testnet::launch(Options {
+        bin: reef_bin(),
+        nodes,
+        providers: 1,
+        dir: dir.path().to_path_buf(),
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+    })
+    .await
+    .expect("testnet launches");
+    Net { testnet, dir }
+}
+
+impl Net {
+    pub fn http(&self, node: usize) -> SocketAddr {
+        self.testnet.nodes[node].runtime().http
+    }
+}
+
+pub struct Fetched {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn source(&self) -> &str {
+        self.header("x-reef-source")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// GET `url` through the node at `node` as a forward proxy (absolute-form request target).
+pub async fn get_via(node: SocketAddr, url: &str) -> Fetched {
+    request_via(node, Request::get(url)).await
+}
+
+pub async fn request_via(node: SocketAddr, builder: http::request::Builder) -> Fetched {
+    let req = builder.body(Empty::<Bytes>::new()).expect("request");
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let stream = TcpStream::connect(node).await.expect("connect to node");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Fetched {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+    .expect("request finished in time")
+}
+
+/// Sends raw bytes and returns the raw response (for requests a client library would refuse to send).
+pub async fn raw_exchange(node: SocketAddr, request: &[u8]) -> String {
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut stream = TcpStream::connect(node).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .expect("raw exchange finished in time")
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command from the README, and what CI runs: installs what the tests need, then runs
+# every unit, in-process and end-to-end test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    echo "installing cargo-nextest (once)…"
+    cargo install --locked cargo-nextest
+fi
+
+# One profile for everything (dev, see Cargo.toml) so nothing is built twice.
+exec cargo nextest run --workspace --no-fail-fast "$@"
