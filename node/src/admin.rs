@@ -16,6 +16,7 @@ use tokio::sync::watch;
 pub struct AdminState {
     pub overlay: reef_overlay::Client,
     pub store: Store,
+    pub announcer: crate::fetch::Announcer,
     pub provider: String,
     pub region: String,
     pub http: SocketAddr,
@@ -34,6 +35,7 @@ struct StatusBody {
     routing_table_size: usize,
     joined: bool,
     cache: reef_cache::Stats,
+    announcements: crate::fetch::AnnounceStats,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -82,6 +84,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         routing_table_size: overlay.routing_table_size,
         joined: overlay.joined,
         cache: state.store.stats(),
+        announcements: state.announcer.stats(),
     })
     .into_response()
 }

@@ -1,7 +1,6 @@
 //! Assembling and running one node: identity, cache, overlay, edge and admin API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +120,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let admin_state = Arc::new(AdminState {
         overlay: overlay.clone(),
         store: store.clone(),
+        announcer: announcer.clone(),
         provider,
         region: config.region.clone(),
         http: http_addr,

@@ -27,6 +27,9 @@ const REPLY_SLACK: Duration = Duration::from_secs(1);
 /// Most holders resolved per lookup; kad keeps at most 20 providers per key anyway.
 pub(crate) const MAX_HOLDERS: usize = 20;
 
+/// The answer to a provider lookup: holders other than ourselves and their last ping RTT.
+pub(crate) type ProvidersReply = oneshot::Sender<Result<Vec<(PeerId, Option<Duration>)>, Error>>;
+
 /// What the event loop can be asked to do.
 pub(crate) enum Command {
     Status {
@@ -45,7 +48,7 @@ pub(crate) enum Command {
         key: ContentKey,
         limit: usize,
         deadline: Instant,
-        reply: oneshot::Sender<Result<Vec<(PeerId, Option<Duration>)>, Error>>,
+        reply: ProvidersReply,
     },
     NodeRecord {
         peer: PeerId,

@@ -164,7 +164,7 @@ impl RecentPeers {
             .iter()
             .filter(|(_, r)| !r.addrs.is_empty())
             .collect();
-        peers.sort_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen));
+        peers.sort_by_key(|(_, r)| std::cmp::Reverse(r.last_seen));
         peers
             .into_iter()
             .take(n)

@@ -197,14 +197,16 @@ async fn keys_provided_before_joining_are_announced_on_join() -> Result<()> {
     let b = start("b", vec![addr_of(&a, "quic-v1").await?]).await?;
     a.wait_joined(JOIN_TIMEOUT).await?;
     b.wait_joined(JOIN_TIMEOUT).await?;
-    let holders = eventually("b to find a", CONDITION_TIMEOUT, || async {
-        let holders = b.find_holders(k, 5).await?;
-        Ok((!holders.is_empty()).then_some(holders))
-    })
-    .await?;
+    // Joining starts the announcement of `k` and the put of A's record; a key provided now
+    // completes after them (each is one hop to B).
+    a.provide(key(30)).await?;
+    a.shutdown().await;
+
+    // With A gone, B can only know from its own store that A holds `k`, and who A is.
+    let holders = b.find_holders(k, 1).await?;
+    ensure!(holders.len() == 1, "{holders:?}");
     ensure!(holders[0].peer == a.local_peer_id());
     ensure!(holders[0].record.http == "a.test:8080");
-    a.shutdown().await;
     b.shutdown().await;
     Ok(())
 }

@@ -29,6 +29,10 @@ pub mod origin;
 mod testnet;
 
 pub use error::Error;
-pub use node::{NodeProcess, NodeSpec, Runtime, locate_reef_binary};
+pub use node::{
+    NodeProcess, NodeSpec, READY_TIMEOUT, Runtime, STATUS_TIMEOUT, STOP_TIMEOUT, locate_reef_binary,
+};
 pub use origin::Origin;
-pub use testnet::{Manifest, ManifestNode, Options, Testnet, node_ip, provider_region};
+pub use testnet::{
+    JOIN_TIMEOUT, Manifest, ManifestNode, Options, Testnet, node_ip, provider_region,
+};

@@ -88,6 +88,7 @@ impl CommonArgs {
             providers,
             dir,
             extra_args: self.node_args,
+            env: Vec::new(),
         })
     }
 }
@@ -182,19 +183,19 @@ fn short(peer_id: &str) -> String {
 fn print_nodes(testnet: &Testnet) {
     println!();
     println!(
-        "{:<8} {:<8} {:<6} {:<14} {:<22} {:<22}",
-        "name", "provider", "region", "peer", "http", "admin"
+        "{:<8} {:<8} {:<6} {:<14} {:<22} admin",
+        "name", "provider", "region", "peer", "http"
     );
     for (i, node) in testnet.nodes.iter().enumerate() {
         let rt = node.runtime();
         println!(
-            "{:<8} {:<8} {:<6} {:<14} {:<22} {:<22}",
+            "{:<8} {:<8} {:<6} {:<14} {:<22} {}",
             Testnet::node_name(i),
             rt.provider,
             rt.region,
             short(&rt.peer_id),
             rt.http.to_string(),
-            rt.admin.to_string()
+            rt.admin
         );
     }
     println!();
@@ -217,8 +218,8 @@ async fn run_demo(testnet: &Testnet) {
         .chain(std::iter::once(0))
         .collect();
     println!(
-        "{:<18} {:<7} {:<7} {:<6} {:>10} {:>8} {:<6}",
-        "url", "node", "source", "cache", "bytes", "ms", "body"
+        "{:<18} {:<7} {:<7} {:<6} {:>10} {:>8} body",
+        "url", "node", "source", "cache", "bytes", "ms"
     );
     for path in PATHS {
         let url = testnet.origin.url(path);
@@ -241,7 +242,7 @@ async fn run_demo(testnet: &Testnet) {
                         "WRONG".into()
                     };
                     println!(
-                        "{:<18} {:<7} {:<7} {:<6} {:>10} {:>8} {:<6}",
+                        "{:<18} {:<7} {:<7} {:<6} {:>10} {:>8} {}",
                         path,
                         name,
                         r.source().unwrap_or("-"),

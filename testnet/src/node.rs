@@ -59,6 +59,8 @@ pub struct NodeSpec {
     pub bootstrap: Vec<String>,
     /// Appended after the standard arguments.
     pub extra_args: Vec<String>,
+    /// Extra environment for the process (e.g. `SSL_CERT_FILE` for a test CA).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -345,7 +347,7 @@ impl NodeProcess {
         self.lock().try_exited()
     }
 
-    /// The last [`LOG_TAIL_BYTES`] of the log, for error messages.
+    /// The last few KiB of the log, starting at a line, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log_path())
     }
@@ -496,6 +498,7 @@ async fn start(spec: &NodeSpec) -> Result<(Proc, Runtime), Error> {
 
     let mut cmd = Command::new(&spec.bin);
     cmd.args(&args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr);
@@ -649,6 +652,7 @@ mod tests {
                 "/ip4/127.0.0.10/udp/4001/quic-v1/p2p/12D3KooWA".into(),
             ],
             extra_args: vec!["--foo".into(), "bar".into()],
+            env: vec![],
         }
     }
 

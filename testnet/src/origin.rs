@@ -321,9 +321,10 @@ async fn serve(
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
+        // Forget finished connections so the set only holds live ones.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = &mut stop => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,

@@ -39,6 +39,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Appended to every node's command line.
     pub extra_args: Vec<String>,
+    /// Extra environment for every node.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running testnet. Dropping it kills every node (SIGKILL) and the origin;
@@ -186,7 +188,19 @@ impl Testnet {
         self.dir.join("manifest.json")
     }
 
-    /// The node named `node-<i>`'s conventional name.
+    /// Bootstrap multiaddrs for (re)starting node `except`: those of the first two other
+    /// nodes that are still running. Use with [`NodeProcess::restart`].
+    pub fn bootstrap_addrs(&self, except: usize) -> Vec<String> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, node)| *i != except && node.exit_status().is_none())
+            .take(2)
+            .flat_map(|(_, node)| node.runtime().listen_addrs.iter().cloned())
+            .collect()
+    }
+
+    /// The conventional name of node `i`: `node-<i>`.
     pub fn node_name(i: usize) -> String {
         format!("node-{i}")
     }
@@ -255,6 +269,7 @@ fn spec_for(opts: &Options, i: usize) -> Result<NodeSpec, Error> {
         region,
         bootstrap: Vec::new(),
         extra_args: opts.extra_args.clone(),
+        env: opts.env.clone(),
     })
 }
 

@@ -129,6 +129,7 @@ fn spec(bin: PathBuf, dir: PathBuf) -> NodeSpec {
         region: "r0".into(),
         bootstrap: vec![],
         extra_args: vec![],
+        env: vec![],
     }
 }
 
@@ -288,6 +289,7 @@ async fn launch_assigns_ips_providers_and_bootstrap_and_shuts_down() {
         providers: 2,
         dir: root.clone(),
         extra_args: vec!["--extra".into()],
+        env: vec![],
     })
     .await
     .unwrap();
@@ -339,6 +341,20 @@ async fn launch_assigns_ips_providers_and_bootstrap_and_shuts_down() {
     assert_eq!(manifest.nodes[2].log, root.join("node-2/node.log"));
     assert!(manifest.nodes.iter().all(|n| n.dns.is_none()));
 
+    let mut testnet = testnet;
+    assert_eq!(testnet.bootstrap_addrs(0).len(), 2);
+    assert!(testnet.bootstrap_addrs(0)[0].contains("node1"));
+    testnet.nodes[1].kill();
+    let boot = testnet.bootstrap_addrs(0);
+    assert!(
+        boot[0].contains("node2") && boot[1].contains("node3"),
+        "{boot:?}"
+    );
+    let boot = testnet.bootstrap_addrs(1);
+    testnet.nodes[1].restart(boot).await.unwrap();
+    let args1 = args(1);
+    assert!(args1.contains(boot0) && !args1.contains(boot1), "{args1}");
+
     let pids: Vec<u32> = testnet.nodes.iter().map(|n| n.pid()).collect();
     assert!(pids.iter().all(|&p| alive(p)));
     testnet.shutdown().await;
@@ -359,6 +375,7 @@ async fn launch_rejects_bad_options() {
             } else {
                 vec![extra.into()]
             },
+            env: vec![],
         })
         .await
         .unwrap_err();
@@ -380,6 +397,7 @@ async fn launch_failure_kills_what_started() {
         providers: 1,
         dir: root.clone(),
         extra_args: vec![],
+        env: vec![],
     })
     .await
     .unwrap_err();

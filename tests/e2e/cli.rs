@@ -79,6 +79,7 @@ async fn fetch_prints_the_body_or_writes_a_file_and_tells_the_source() {
     );
     assert_eq!(out.stdout, expected_body(path, 3000));
     assert!(String::from_utf8_lossy(&out.stderr).contains("source=origin"));
+    crate::support::wait_announced(&net, 0, 1).await;
 
     let file = net.dir.path().join("out.bin");
     let via1 = format!("http://{}", net.http(1));

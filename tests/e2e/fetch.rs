@@ -2,7 +2,7 @@
 
 use reef_testnet::origin::expected_body;
 
-use crate::support::{JOIN_TIMEOUT, get_via, launch};
+use crate::support::{JOIN_TIMEOUT, get_via, launch, stream_matches, wait_announced};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_fetch_goes_to_origin_then_every_other_node_fetches_from_a_peer() {
@@ -21,6 +21,7 @@ async fn first_fetch_goes_to_origin_then_every_other_node_fetches_from_a_peer() 
     );
     assert!(!first.header("age").is_empty());
     assert_eq!(first.body, expected_body(path, 100_000));
+    wait_announced(&net, 0, 1).await;
 
     for node in 1..5 {
         let got = get_via(net.http(node), &url).await;
@@ -48,7 +49,12 @@ async fn concurrent_cold_requests_reach_the_origin_once() {
     let path = "/slow/300/250000";
     let url = net.testnet.origin.url(path);
     let node = net.http(1);
-    let requests: Vec<_> = (0..20).map(|_| tokio::spawn(get_via(node, &url))).collect();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get_via(node, &url).await })
+        })
+        .collect();
     for r in requests {
         let got = r.await.expect("task");
         assert_eq!(got.status, 200, "{}", got.text());
@@ -63,6 +69,7 @@ async fn a_killed_holder_is_skipped() {
     let path = "/bytes/5000";
     let url = net.testnet.origin.url(path);
     assert_eq!(get_via(net.http(0), &url).await.source(), "origin");
+    wait_announced(&net, 0, 1).await;
     net.testnet.nodes[0].kill();
 
     let got = get_via(net.http(2), &url).await;
@@ -122,8 +129,10 @@ async fn a_gigabyte_streams_through_without_being_held_in_memory() {
     let url = net.testnet.origin.url(&path);
     let node = &net.testnet.nodes[0];
 
-    let got = crate::support::stream_via(net.http(0), &url, &path, SIZE).await;
-    assert!(got, "body matches the origin's bytes");
+    assert!(
+        stream_matches(net.http(0), &url, SIZE).await,
+        "body matches the origin's bytes"
+    );
     let peak_kib = peak_rss_kib(node.runtime().pid);
     assert!(
         peak_kib < 100 * 1024,

@@ -26,6 +26,10 @@ pub struct Net {
 }
 
 pub async fn launch(nodes: usize, extra_args: &[&str]) -> Net {
+    launch_with_env(nodes, extra_args, &[]).await
+}
+
+pub async fn launch_with_env(nodes: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Net {
     let dir = tempfile::Builder::new()
         .prefix("reef-e2e-")
         .tempdir()
@@ -36,6 +40,10 @@ pub async fn launch(nodes: usize, extra_args: &[&str]) -> Net {
         providers: 1,
         dir: dir.path().to_path_buf(),
         extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     })
     .await
     .expect("testnet launches");
@@ -106,4 +114,30 @@ pub async fn raw_exchange(node: SocketAddr, request: &[u8]) -> String {
     })
     .await
     .expect("raw exchange finished in time")
+}
+
+/// Waits until node `node` has announced at least `count` objects in the DHT, so that the
+/// next node to miss can find them (announcing happens after the response, in the background).
+pub async fn wait_announced(net: &Net, node: usize, count: u64) {
+    net.testnet.nodes[node]
+        .wait_status("announcements", JOIN_TIMEOUT, |s| {
+            s["announcements"]["done"].as_u64().unwrap_or(0) >= count
+        })
+        .await
+        .expect("the object was announced");
+}
+
+/// GETs a large object through a node, checking its bytes against the origin's as they stream.
+pub async fn stream_matches(node: SocketAddr, url: &str, size: u64) -> bool {
+    let got = reef_testnet::client::fetch_digest(Some(node), url, Duration::from_secs(600))
+        .await
+        .expect("streamed fetch");
+    let path = url
+        .splitn(4, '/')
+        .nth(3)
+        .map(|p| format!("/{p}"))
+        .unwrap_or_default();
+    got.status == StatusCode::OK
+        && got.len == size
+        && got.digest == reef_testnet::origin::expected_digest(&path, size)
 }

@@ -22,7 +22,7 @@ use reef_cache::{Fill, Meta, Outcome, Store};
 use reef_proto::{CanonicalUrl, ContentKey};
 use tracing::{Instrument, debug, info_span, warn};
 
-pub use announce::Announcer;
+pub use announce::{AnnounceStats, Announcer};
 pub use error::FetchError;
 pub use headers::strip_hop_by_hop;
 pub use source::Source;

@@ -1,6 +1,5 @@
 //! HTTP clients towards origins (http and https) and towards peer nodes' object endpoint.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, header};
