@@ -138,7 +138,7 @@ impl Config {
     }
 }
 
-pub fn parse_secs(field: &'static str, secs: f64) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_secs(field: &'static str, secs: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reef_node::config::{self, Config, FileConfig};
+use reef_node::config::{Config, FileConfig};
 use reef_node::fetch_cmd::{self, FetchArgs, FetchCmdError};
 use reef_node::node::{self, StartError};
 use reef_node::telemetry::{self, LogFormat};
@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: an HTTP caching proxy that joins the Reef overlay.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Fetch a URL through a node and print the body.
     Fetch {
         /// The URL to fetch (http:// or https://).
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Fetch {
                 url,
                 via,
@@ -139,38 +139,27 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), (u8, String)> {
     let usage = |e: &dyn std::fmt::Display| (EXIT_USAGE, e.to_string());
-    let mut config = Config::defaults();
-    if let Some(path) = &args.config {
-        config = config
-            .with_file(FileConfig::load(path).map_err(|e| usage(&e))?)
-            .map_err(|e| usage(&e))?;
-    }
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
-    }
-    if let Some(v) = args.http {
-        config.http = v;
-    }
-    if let Some(v) = args.admin {
-        config.admin = v;
-    }
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    config.bootstrap.extend(args.bootstrap);
-    if args.provider.is_some() {
-        config.provider = args.provider;
-    }
-    if let Some(v) = args.region {
-        config.region = v;
-    }
-    config.mdns |= args.mdns;
-    if let Some(v) = args.cache_size {
-        config.cache_size = config::parse_size(&v).map_err(|e| usage(&e))?;
-    }
-    if let Some(v) = args.origin_timeout {
-        config.origin_timeout = config::parse_secs("--origin-timeout", v).map_err(|e| usage(&e))?;
-    }
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(|e| usage(&e))?,
+        None => FileConfig::default(),
+    };
+    // Flags are one more layer over the file, applied by the same rules.
+    let flags = FileConfig {
+        data_dir: args.data_dir,
+        http: args.http,
+        admin: args.admin,
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        provider: args.provider,
+        region: args.region,
+        mdns: args.mdns.then_some(true),
+        cache_size: args.cache_size.map(toml::Value::String),
+        origin_timeout: args.origin_timeout,
+    };
+    let config = Config::defaults()
+        .with_file(file)
+        .and_then(|c| c.with_file(flags))
+        .map_err(|e| usage(&e))?;
     node::run(config, args.public_http)
         .await
         .map_err(|e| match e {

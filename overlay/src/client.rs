@@ -58,6 +58,9 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Runs a closure on the loop's state: lets in-crate tests look inside a running node.
+    #[cfg(test)]
+    Inspect(Box<dyn FnOnce(&mut crate::event_loop::EventLoop) + Send>),
 }
 
 /// A node that holds a content key, with its verified record.
@@ -214,6 +217,23 @@ impl Client {
             // An error means the loop is already gone, which is what we want.
             let _ = done.await;
         }
+    }
+
+    /// Test hook: runs `f` on the running event loop and returns its result.
+    #[cfg(test)]
+    pub(crate) async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::event_loop::EventLoop) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        self.request(
+            |reply| {
+                Command::Inspect(Box::new(move |el| {
+                    let _ = reply.send(f(el));
+                }))
+            },
+            COMMAND_TIMEOUT,
+        )
+        .await
     }
 
     async fn request<T>(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use libp2p::{Multiaddr, identity::Keypair};
 
 /// Everything [`crate::spawn`] needs.
+#[derive(Clone)]
 pub struct Config {
     /// The node's identity; its PeerId names the node in the DHT and signs its NodeRecord.
     pub keypair: Keypair,

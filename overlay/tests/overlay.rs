@@ -186,32 +186,6 @@ async fn four_nodes_join_provide_and_find() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_provided_before_joining_are_announced_on_join() -> Result<()> {
-    init_tracing();
-    let a = start("a", vec![]).await?;
-    let k = key(3);
-    // Alone: the record is stored locally and the call returns.
-    a.provide(k).await?;
-    ensure!(!a.status().await?.joined);
-
-    let b = start("b", vec![addr_of(&a, "quic-v1").await?]).await?;
-    a.wait_joined(JOIN_TIMEOUT).await?;
-    b.wait_joined(JOIN_TIMEOUT).await?;
-    // Joining starts the announcement of `k` and the put of A's record; a key provided now
-    // completes after them (each is one hop to B).
-    a.provide(key(30)).await?;
-    a.shutdown().await;
-
-    // With A gone, B can only know from its own store that A holds `k`, and who A is.
-    let holders = b.find_holders(k, 1).await?;
-    ensure!(holders.len() == 1, "{holders:?}");
-    ensure!(holders[0].peer == a.local_peer_id());
-    ensure!(holders[0].record.http == "a.test:8080");
-    b.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_rejoins_from_the_peers_file() -> Result<()> {
     init_tracing();
     let dir = tempfile::tempdir()?;
@@ -360,5 +334,33 @@ async fn joins_once_an_unreachable_bootstrap_peer_comes_up() -> Result<()> {
     a.wait_joined(JOIN_TIMEOUT).await?;
     a.shutdown().await;
     b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_every_client_ends_the_loop() -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let peers_file = dir.path().join("peers.json");
+    let a = reef_overlay::spawn(config(
+        Keypair::generate_ed25519(),
+        "a",
+        vec![],
+        Some(peers_file.clone()),
+    ))
+    .await?;
+    let b = a.clone();
+    drop(a);
+    b.status().await?;
+    ensure!(
+        !peers_file.exists(),
+        "a lone node saves only on its 30 s tick or when it stops"
+    );
+    drop(b);
+    // The loop saves the peers file as it ends.
+    eventually("the loop to end", CONDITION_TIMEOUT, || async {
+        Ok(peers_file.exists().then_some(()))
+    })
+    .await?;
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::CanonicalUrl;
+use crate::url::hex_val;
 
 /// Domain separation so a content key can never collide with another blake3 use of ours.
 const CONTEXT: &str = "reef 2026-11 content key v1";
@@ -63,20 +64,11 @@ impl FromStr for ContentKey {
         }
         let mut out = [0u8; 32];
         for (i, pair) in s.chunks_exact(2).enumerate() {
-            let hi = hex_digit(pair[0]).ok_or(BadKey)?;
-            let lo = hex_digit(pair[1]).ok_or(BadKey)?;
+            let hi = hex_val(pair[0]).ok_or(BadKey)?;
+            let lo = hex_val(pair[1]).ok_or(BadKey)?;
             out[i] = (hi << 4) | lo;
         }
         Ok(Self(out))
-    }
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`Testnet`], N nodes of K providers on their own loopback addresses plus an origin,
 //!   launched, joined and described in a JSON [`Manifest`];
 //! - [`client`], a tiny hyper client that fetches through a node used as forward proxy;
-//! - the `reef-testnet` binary (`up`, `demo`).
+//! - [`bench`], the foundation measurements (join time, DHT lookup, peer fetch, origin
+//!   offload, idle memory) behind `reef-testnet bench`;
+//! - the `reef-testnet` binary (`up`, `demo`, `bench`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
 //! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
@@ -22,6 +24,7 @@
 //! spawner thread, so even a SIGKILLed testnet process leaves no orphan `reef` behind.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod client;
 mod error;
 mod node;
@@ -30,7 +33,8 @@ mod testnet;
 
 pub use error::Error;
 pub use node::{
-    NodeProcess, NodeSpec, READY_TIMEOUT, Runtime, STATUS_TIMEOUT, STOP_TIMEOUT, locate_reef_binary,
+    Announcements, NodeProcess, NodeSpec, READY_TIMEOUT, Runtime, STATUS_TIMEOUT, STOP_TIMEOUT,
+    locate_reef_binary,
 };
 pub use origin::Origin;
 pub use testnet::{

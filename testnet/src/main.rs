@@ -1,7 +1,8 @@
 //! `reef-testnet`: start a Reef network of real `reef` processes on loopback.
 //!
 //! `up` launches it and waits for Ctrl-C / SIGTERM; `demo` does the same with 5 nodes of
-//! 2 providers and first shows where fetched objects come from (origin, peer, local).
+//! 2 providers and first shows where fetched objects come from (origin, peer, local);
+//! `bench` measures the foundation figures and prints them as markdown.
 //! Every process it started is stopped on exit; should this process die abruptly, the
 //! nodes die with it (PR_SET_PDEATHSIG), and a panic unwinds through `Testnet`'s drop.
 
@@ -12,12 +13,18 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
-use reef_testnet::{Options, Testnet, locate_reef_binary, origin};
+use reef_testnet::{
+    Announcements, NodeProcess, Options, Testnet, bench, locate_reef_binary, origin,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 /// Time allowed for one demo fetch, 10 MiB on loopback through a debug build included.
 const DEMO_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time allowed for node-0 to announce what it fetched from the origin: one DHT provider
+/// put on loopback takes milliseconds, a loaded debug build far less than this.
+const DEMO_ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often `up` checks whether a node died on its own, to say so once.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,6 +49,49 @@ enum Cmd {
     Up(UpArgs),
     /// Launch 5 nodes of 2 providers, show fetches via origin / peer / local, keep running.
     Demo(DemoArgs),
+    /// Measure join time, DHT lookups, peer fetches, origin offload and idle memory on
+    /// loopback; print a markdown report.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Testnet size for the lookup, offload and memory phases (at least 2).
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    nodes: usize,
+    /// Providers among the nodes, assigned round-robin.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    providers: usize,
+    /// Objects per set (the lookup phase and each offload run use a new set).
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    objects: usize,
+    /// Fresh nodes that join a seed node, one after another, for the join time.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    join_runs: usize,
+    /// Concurrent fetches per node in the offload phase.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    concurrency: usize,
+    /// Seed of each node's random fetch order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Root directory for node data and logs, kept afterwards
+    /// [default: a new reef-bench-<pid> under the temp dir, removed after a successful run].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args)]
@@ -126,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (opts, demo) = match cli.command {
         Cmd::Up(args) => (args.common.options(args.nodes, args.providers)?, false),
         Cmd::Demo(args) => (args.common.options(5, 2)?, true),
+        Cmd::Bench(args) => return run_bench(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -167,6 +218,93 @@ async fn wait_for_stop(testnet: &Testnet, sigterm: &mut tokio::signal::unix::Sig
                 }
             }
         }
+    }
+}
+
+/// Waits until `node` finished announcing one more object than `before` and says so if
+/// that failed: the next nodes then cannot find it in the DHT and go to the origin.
+async fn wait_announced(node: &NodeProcess, name: &str, before: Announcements) {
+    match node
+        .wait_announced(before.settled() + 1, DEMO_ANNOUNCE_TIMEOUT)
+        .await
+    {
+        Ok(now) if now.done > before.done => {}
+        Ok(now) => println!(
+            "{:<18} {name} could not announce it (failed {}, skipped {}); the next fetches may go to the origin",
+            "",
+            now.failed - before.failed,
+            now.skipped - before.skipped
+        ),
+        Err(e) => {
+            tracing::warn!(node = name, error = %e, "waiting for the announcement failed");
+            println!(
+                "{:<18} {name} did not announce it within {DEMO_ANNOUNCE_TIMEOUT:?}; the next fetches may go to the origin",
+                ""
+            );
+        }
+    }
+}
+
+async fn run_bench(
+    args: BenchArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let bin = locate_reef_binary(args.bin)?;
+    let (dir, temporary) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("reef-bench-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = bench::BenchOptions {
+        bin,
+        nodes: args.nodes,
+        providers: args.providers,
+        objects: args.objects,
+        join_runs: args.join_runs,
+        concurrency: args.concurrency,
+        seed: args.seed,
+        dir: dir.clone(),
+        command: std::env::args()
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    eprintln!(
+        "reef-testnet: benchmarking; node data and logs in {}",
+        dir.display()
+    );
+    // Dropping the benchmark mid-way (signal) drops its nodes, which kills them.
+    let report = tokio::select! {
+        report = bench::run(&opts) => report.with_context(|| {
+            format!("benchmark failed; node data and logs are in {}", dir.display())
+        })?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = sigterm.recv() => anyhow::bail!("terminated"),
+    };
+    let text = report.markdown();
+    print!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("reef-testnet: report written to {}", out.display());
+    }
+    if temporary && let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
+    }
+    Ok(())
+}
+
+/// `arg` as a POSIX shell word: unchanged when safe, else single-quoted.
+fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/:._-=@,+".contains(c))
+    {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 
@@ -229,11 +367,21 @@ async fn run_demo(testnet: &Testnet) {
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
         let expected = origin::expected_digest(path, len);
-        for &i in &order {
+        for (k, &i) in order.iter().enumerate() {
             let node = &testnet.nodes[i];
             let name = Testnet::node_name(i);
+            // The first fetch goes to the origin; node-0 announces the object in the
+            // background once it is stored, so take the counters' baseline now and wait for
+            // the announcement before the other nodes look for it.
+            let announced_before = if k == 0 {
+                node.announcements().await.ok()
+            } else {
+                None
+            };
+            let mut stored = false;
             match client::fetch_digest(Some(node.runtime().http), &url, DEMO_FETCH_TIMEOUT).await {
                 Ok(r) => {
+                    stored = r.status.is_success();
                     let body = if !r.status.is_success() {
                         format!("HTTP {}", r.status.as_u16())
                     } else if r.digest == expected && r.len == len {
@@ -253,6 +401,9 @@ async fn run_demo(testnet: &Testnet) {
                     );
                 }
                 Err(e) => println!("{path:<18} {name:<7} error: {e}"),
+            }
+            if let Some(before) = announced_before.filter(|_| stored) {
+                wait_announced(node, &name, before).await;
             }
         }
         println!(

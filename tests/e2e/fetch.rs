@@ -2,7 +2,9 @@
 
 use reef_testnet::origin::expected_body;
 
-use crate::support::{JOIN_TIMEOUT, get_via, launch, stream_matches, wait_announced};
+use crate::support::{
+    JOIN_TIMEOUT, REQUEST_TIMEOUT, get_via, launch, stream_matches, wait_announced,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_fetch_goes_to_origin_then_every_other_node_fetches_from_a_peer() {
@@ -22,6 +24,26 @@ async fn first_fetch_goes_to_origin_then_every_other_node_fetches_from_a_peer() 
     assert!(!first.header("age").is_empty());
     assert_eq!(first.body, expected_body(path, 100_000));
     wait_announced(&net, 0, 1).await;
+
+    // The admin API of another node finds the holder through the DHT.
+    let admin = net.testnet.nodes[3].runtime().admin;
+    let query = format!("http://{admin}/api/holders?url={url}");
+    let holders = reef_testnet::client::fetch(None, http::Method::GET, &query, REQUEST_TIMEOUT)
+        .await
+        .expect("holders query");
+    assert_eq!(holders.status, 200);
+    let holders: serde_json::Value = serde_json::from_slice(&holders.body).expect("json");
+    let holder_ids: Vec<_> = holders["holders"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|h| h["peer_id"].clone())
+        .collect();
+    assert_eq!(
+        holder_ids,
+        [net.testnet.nodes[0].runtime().peer_id.as_str()],
+        "{holders}"
+    );
 
     for node in 1..5 {
         let got = get_via(net.http(node), &url).await;

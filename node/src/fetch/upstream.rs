@@ -55,22 +55,12 @@ impl Upstreams {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let origin = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let origin = pooled(https);
 
         let mut peer_conn = HttpConnector::new();
         peer_conn.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
         peer_conn.set_nodelay(true);
-        let peer = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(peer_conn);
+        let peer = pooled(peer_conn);
         Ok(Self {
             origin,
             peer,
@@ -126,6 +116,18 @@ impl Upstreams {
             Err(_) => Err(format!("no answer within {PEER_HEADER_TIMEOUT:?}")),
         }
     }
+}
+
+fn pooled<C>(connector: C) -> Client<C, Body>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
 }
 
 fn classify(

@@ -1,0 +1,240 @@
+//! Swarm and behaviour events, and validation of what peers ask us to store.
+
+use std::collections::HashMap;
+
+use libp2p::{
+    Multiaddr, PeerId, gossipsub, identify,
+    kad::{self, store::RecordStore},
+    mdns, ping,
+    swarm::SwarmEvent,
+};
+use tracing::{debug, warn};
+
+use super::EventLoop;
+use crate::addrs;
+use crate::behaviour::{BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+use crate::node_records;
+
+/// Listen addresses fed from one identify message into kad; more is noise or abuse.
+const MAX_IDENTIFY_ADDRS: usize = 8;
+/// Addresses kept from one provider record stored for another peer.
+const MAX_PROVIDER_ADDRS: usize = 8;
+
+impl EventLoop {
+    // ---- swarm events ----
+
+    pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.on_ping_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id: peer,
+                endpoint,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address();
+                let loopback = addrs::is_loopback(remote);
+                *self.via_loopback.entry(peer).or_insert(loopback) |= loopback;
+                let dialled = endpoint.is_dialer().then(|| {
+                    addrs::split_peer(remote).map_or_else(|| remote.clone(), |(_, base)| base)
+                });
+                let usable = dialled.filter(|a| addrs::is_usable(a, loopback));
+                self.recent.seen(peer, usable, std::time::Instant::now());
+                debug!(%peer, %remote, "connected");
+                self.join_soon();
+                self.check_joined();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id: peer,
+                num_established,
+                cause,
+                ..
+            } => {
+                debug!(%peer, ?cause, "connection closed");
+                if num_established == 0 {
+                    self.rtt.remove(&peer);
+                    self.via_loopback.remove(&peer);
+                    self.recent.seen(peer, [], std::time::Instant::now());
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => debug!(%address, "listening"),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                debug!(%address, "listen address expired")
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_identify_event(&mut self, event: identify::Event) {
+        let identify::Event::Received {
+            peer_id: peer,
+            info,
+            ..
+        } = event
+        else {
+            return;
+        };
+        if info.protocol_version != IDENTIFY_PROTOCOL {
+            debug!(%peer, version = %info.protocol_version, "not a reef node");
+            return;
+        }
+        let loopback = self.via_loopback.get(&peer).copied().unwrap_or(false);
+        let usable: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .map(|a| addrs::split_peer(a).map_or_else(|| a.clone(), |(_, base)| base))
+            .filter(|a| addrs::is_usable(a, loopback))
+            .take(MAX_IDENTIFY_ADDRS)
+            .collect();
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for addr in &usable {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+        }
+        debug!(%peer, agent = %info.agent_version, addrs = usable.len(), "identified");
+        self.recent.seen(peer, usable, std::time::Instant::now());
+    }
+
+    pub(super) fn on_ping_event(&mut self, event: ping::Event) {
+        match event.result {
+            // Only connected peers: the table stays bounded by the connection count.
+            Ok(rtt) if self.swarm.is_connected(&event.peer) => {
+                self.rtt.insert(event.peer, rtt);
+            }
+            Ok(_) => {}
+            Err(error) => debug!(peer = %event.peer, %error, "ping failed"),
+        }
+    }
+
+    pub(super) fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        if let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            ..
+        } = event
+        {
+            // Nothing consumes load reports yet: do not forward what nobody validated.
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    gossipsub::MessageAcceptance::Ignore,
+                );
+        }
+    }
+
+    pub(super) fn on_mdns_event(&mut self, event: mdns::Event) {
+        if let mdns::Event::Discovered(found) = event {
+            let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+            for (peer, addr) in found {
+                by_peer.entry(peer).or_default().push(addr);
+            }
+            for (peer, addrs) in by_peer {
+                self.add_and_dial(peer, addrs, "mdns");
+            }
+        }
+    }
+
+    pub(super) fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => self.on_query_progress(id, result, step),
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.on_inbound_record(source, record),
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => self.on_inbound_provider(record),
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                ..
+            } => {
+                debug!(%peer, "added to the routing table");
+                self.join_soon();
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer asks us to store a record (FilterBoth): only valid node records get in, and a
+    /// newer record is never replaced by an older one.
+    pub(super) fn on_inbound_record(&mut self, source: PeerId, record: kad::Record) {
+        let Some(peer) = node_records::peer_of_key(&record.key) else {
+            debug!(%source, "refusing a record under a key we do not know");
+            return;
+        };
+        if peer == self.local {
+            // We publish our own record; nobody else may write it.
+            return;
+        }
+        let now = node_records::unix_now();
+        let incoming = match node_records::verify(&peer, &record.value, now) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                debug!(%source, %peer, %error, "refusing an invalid node record");
+                return;
+            }
+        };
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Some(existing) = store.get(&record.key)
+            && let Ok(existing) = node_records::verify(&peer, &existing.value, now)
+            && existing.issued_at > incoming.issued_at
+        {
+            debug!(%source, %peer, "refusing an older node record");
+            return;
+        }
+        if let Err(error) = store.put(record) {
+            debug!(%source, %peer, %error, "cannot store a node record");
+            return;
+        }
+        self.records
+            .insert(peer, incoming, std::time::Instant::now());
+    }
+
+    /// A peer announces it provides a key (kad already checked the announcer is the sender).
+    pub(super) fn on_inbound_provider(&mut self, mut record: kad::ProviderRecord) {
+        if record.key.as_ref().len() != 32 {
+            debug!(provider = %record.provider, "refusing a provider record that is not for a content key");
+            return;
+        }
+        let loopback = self
+            .via_loopback
+            .get(&record.provider)
+            .copied()
+            .unwrap_or(false);
+        record.addresses.retain(|a| addrs::is_usable(a, loopback));
+        record.addresses.truncate(MAX_PROVIDER_ADDRS);
+        let provider = record.provider;
+        if let Err(error) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
+            debug!(%provider, %error, "cannot store a provider record");
+        }
+    }
+}

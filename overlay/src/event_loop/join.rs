@@ -1,0 +1,194 @@
+//! Joining the overlay, publishing our NodeRecord, announcing early keys, saving the peers file.
+
+use std::time::Duration;
+
+use libp2p::{
+    PeerId,
+    kad::{self, QueryId, store::RecordStore},
+};
+use reef_proto::NodeRecord;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::EventLoop;
+use crate::addrs;
+use crate::node_records;
+use crate::peers_file;
+
+/// First retry of joining (re-dial known peers, kad bootstrap) when the last attempt failed.
+pub(super) const JOIN_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Join retries back off to this; once joined, kad's own periodic bootstrap (5 min) takes over.
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Our NodeRecord is re-put this often (records live 1 h in other peers' stores).
+pub(super) const RECORD_REPUBLISH_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// A failed NodeRecord put is retried sooner than the next round: without it nobody can
+/// resolve us as a holder.
+pub(super) const RECORD_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// Keys provided before joining are announced this many at a time, so joining starts no storm.
+const ANNOUNCE_CONCURRENCY: usize = 16;
+
+impl EventLoop {
+    // ---- joining and publishing ----
+
+    /// One step towards joining: dial known peers if we have none, start a kad bootstrap if
+    /// none is running, and try again later (with backoff) until joined.
+    pub(super) fn join_attempt(&mut self) {
+        self.next_join_attempt = None;
+        if self.joined {
+            return;
+        }
+        if self.swarm.connected_peers().next().is_none() {
+            self.redial_known();
+        }
+        if !self.bootstrap_done && self.bootstrap_query.is_none() {
+            // Err means the routing table is still empty: nothing to ask yet.
+            if let Ok(id) = self.swarm.behaviour_mut().kad.bootstrap() {
+                debug!(query = ?id, "kad bootstrap started");
+                self.bootstrap_query = Some(id);
+            }
+        }
+        self.next_join_attempt = Some(Instant::now() + self.join_backoff);
+        self.join_backoff = (self.join_backoff * 2).min(JOIN_RETRY_MAX);
+    }
+
+    /// A peer just became reachable: try to join now rather than at the next backoff step.
+    pub(super) fn join_soon(&mut self) {
+        if !self.joined && self.bootstrap_query.is_none() {
+            self.join_backoff = JOIN_RETRY_MIN;
+            self.next_join_attempt = Some(Instant::now());
+        }
+    }
+
+    pub(super) fn on_bootstrap_progress(&mut self, id: QueryId, last: bool) {
+        if !last {
+            return;
+        }
+        if self.bootstrap_query == Some(id) {
+            self.bootstrap_query = None;
+        }
+        if self.bootstrap_done {
+            return;
+        }
+        // A bootstrap that ends with an empty routing table reached nobody: not joined.
+        if self.routing_table_size() > 0 {
+            debug!(query = ?id, "kad bootstrap completed");
+            self.bootstrap_done = true;
+            self.check_joined();
+        }
+    }
+
+    pub(super) fn check_joined(&mut self) {
+        if self.joined || !self.bootstrap_done || self.swarm.connected_peers().next().is_none() {
+            return;
+        }
+        self.joined = true;
+        self.next_join_attempt = None;
+        self.joined_tx.send_replace(true);
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        let connected = self.swarm.connected_peers().count();
+        let routing_table = self.routing_table_size();
+        info!(
+            target: "reef::join",
+            peer = %self.local,
+            elapsed_ms,
+            connected,
+            routing_table,
+            "joined the overlay"
+        );
+        self.put_own_record();
+        self.announce_next();
+        self.save_peers();
+    }
+
+    pub(super) fn own_record(&self) -> NodeRecord {
+        let local = self.local;
+        NodeRecord {
+            peer_id: local.to_bytes(),
+            http: self.local_info.http.clone(),
+            provider: self.local_info.provider.clone(),
+            region: self.local_info.region.clone(),
+            listen_addrs: self
+                .swarm
+                .listeners()
+                .map(|a| addrs::with_peer(a, local).to_string())
+                .collect(),
+            issued_at: node_records::unix_now(),
+        }
+    }
+
+    pub(super) fn put_own_record(&mut self) {
+        self.next_record_put = None;
+        if self.record_put_query.is_some() {
+            return;
+        }
+        let record = self.own_record();
+        let value = match node_records::sign(&self.keypair, &record) {
+            Ok(value) => value,
+            Err(error) => {
+                warn!(%error, "cannot sign our node record");
+                self.next_record_put = Some(Instant::now() + RECORD_REPUBLISH_INTERVAL);
+                return;
+            }
+        };
+        let record = kad::Record::new(node_records::record_key(&self.local), value);
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, kad::Quorum::One)
+        {
+            Ok(id) => self.record_put_query = Some(id),
+            Err(error) => {
+                warn!(%error, "cannot store our node record");
+                self.next_record_put = Some(Instant::now() + RECORD_RETRY_DELAY);
+            }
+        }
+    }
+
+    /// Announces keys provided before we joined, a few at a time.
+    pub(super) fn announce_next(&mut self) {
+        while self.joined && self.announcing.len() < ANNOUNCE_CONCURRENCY {
+            let Some(rkey) = self.unannounced.pop_front() else {
+                return;
+            };
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            let still_provided = kad
+                .store_mut()
+                .providers(&rkey)
+                .iter()
+                .any(|p| p.provider == self.local);
+            if !still_provided {
+                continue;
+            }
+            match kad.start_providing(rkey) {
+                Ok(id) => {
+                    debug!(query = ?id, "announcing a key provided before joining");
+                    self.announcing.insert(id);
+                }
+                Err(error) => debug!(%error, "cannot re-announce a key"),
+            }
+        }
+    }
+
+    // ---- peers file ----
+
+    pub(super) fn save_peers(&mut self) {
+        let Some(path) = self.peers_file.clone() else {
+            return;
+        };
+        if self.save_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in connected {
+            self.recent.seen(peer, [], now);
+        }
+        let contents = self.recent.to_json();
+        self.save_task = Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = peers_file::save_blocking(&path, &contents) {
+                warn!(%error, "cannot save the peers file");
+            }
+        }));
+    }
+}

@@ -1,0 +1,142 @@
+//! Answering commands from the progress events of the kad queries they started.
+
+use std::time::Duration;
+
+use libp2p::{
+    PeerId,
+    kad::{self, QueryId, QueryResult},
+};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::EventLoop;
+use super::join::{RECORD_REPUBLISH_INTERVAL, RECORD_RETRY_DELAY};
+use crate::Error;
+use crate::node_records;
+
+impl EventLoop {
+    pub(super) fn on_query_progress(
+        &mut self,
+        id: QueryId,
+        result: QueryResult,
+        step: kad::ProgressStep,
+    ) {
+        match result {
+            QueryResult::Bootstrap(result) => {
+                if let Err(error) = &result {
+                    debug!(query = ?id, %error, "kad bootstrap step failed");
+                }
+                self.on_bootstrap_progress(id, step.last);
+            }
+            QueryResult::StartProviding(result) => {
+                if let Some(reply) = self.pending_provide.remove(&id) {
+                    let _ = reply.send(result.map(|_| ()).map_err(|e| Error::Query(e.to_string())));
+                } else if self.announcing.remove(&id) {
+                    if let Err(error) = result {
+                        debug!(%error, "announcing a key provided before joining failed");
+                    }
+                    self.announce_next();
+                }
+            }
+            QueryResult::RepublishProvider(Err(error)) => {
+                debug!(%error, "provider republish failed")
+            }
+            QueryResult::GetProviders(result) => self.on_providers(id, result, step.last),
+            QueryResult::GetRecord(result) => self.on_record(id, result, step.last),
+            QueryResult::PutRecord(result) if self.record_put_query == Some(id) => {
+                self.record_put_query = None;
+                match result {
+                    Ok(_) => {
+                        debug!("node record published");
+                        self.next_record_put = Some(Instant::now() + RECORD_REPUBLISH_INTERVAL);
+                    }
+                    Err(error) => {
+                        warn!(%error, "publishing our node record failed; retrying");
+                        self.next_record_put = Some(Instant::now() + RECORD_RETRY_DELAY);
+                    }
+                }
+            }
+            QueryResult::RepublishRecord(Err(error)) => debug!(%error, "record republish failed"),
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_providers(
+        &mut self,
+        id: QueryId,
+        result: kad::GetProvidersResult,
+        last: bool,
+    ) {
+        let Some(query) = self.pending_providers.get_mut(&id) else {
+            return;
+        };
+        let done = match result {
+            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                let local = self.local;
+                query
+                    .found
+                    .extend(providers.into_iter().filter(|p| *p != local));
+                query.found.len() >= query.limit
+            }
+            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => true,
+            Err(error) => {
+                debug!(key = %query.key.short(), %error, "provider lookup ended early");
+                true
+            }
+        };
+        if done || last {
+            self.finish_providers(id);
+        }
+    }
+
+    pub(super) fn finish_providers(&mut self, id: QueryId) {
+        let Some(query) = self.pending_providers.remove(&id) else {
+            return;
+        };
+        self.stop_query(id);
+        let holders: Vec<(PeerId, Option<Duration>)> = query
+            .found
+            .into_iter()
+            .take(query.limit)
+            .map(|p| (p, self.rtt.get(&p).copied()))
+            .collect();
+        debug!(key = %query.key.short(), holders = holders.len(), "provider lookup done");
+        let _ = query.reply.send(Ok(holders));
+    }
+
+    pub(super) fn on_record(&mut self, id: QueryId, result: kad::GetRecordResult, last: bool) {
+        let Some(query) = self.pending_records.get(&id) else {
+            return;
+        };
+        let peer = query.peer;
+        let answer = match result {
+            Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                match node_records::verify(&peer, &found.record.value, node_records::unix_now()) {
+                    Ok(record) => {
+                        self.records
+                            .insert(peer, record.clone(), std::time::Instant::now());
+                        Some(Ok(Some(record)))
+                    }
+                    Err(error) => {
+                        debug!(%peer, from = ?found.peer, %error, "ignoring an invalid node record");
+                        None
+                    }
+                }
+            }
+            Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => Some(Ok(None)),
+            Err(kad::GetRecordError::NotFound { .. }) => Some(Ok(None)),
+            Err(kad::GetRecordError::Timeout { .. }) => Some(Err(Error::Timeout)),
+        };
+        let answer = match answer {
+            Some(answer) => answer,
+            None if last => Ok(None),
+            None => return,
+        };
+        if let Some(query) = self.pending_records.remove(&id) {
+            let _ = query.reply.send(answer);
+        }
+        if !last {
+            self.stop_query(id);
+        }
+    }
+}

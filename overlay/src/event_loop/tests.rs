@@ -1,0 +1,198 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use libp2p::{
+    Multiaddr, PeerId,
+    identity::Keypair,
+    kad::{self, RecordKey, store::RecordStore},
+};
+use reef_proto::{ContentKey, NodeRecord};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::*;
+use crate::behaviour::build_swarm;
+
+fn event_loop() -> EventLoop {
+    let keypair = Keypair::generate_ed25519();
+    let swarm = build_swarm(keypair.clone(), false).unwrap();
+    let (_tx, commands) = mpsc::channel(1);
+    let (joined_tx, _rx) = watch::channel(false);
+    EventLoop::new(
+        swarm,
+        Parts {
+            keypair,
+            local_info: LocalInfo {
+                http: "h:1".into(),
+                provider: "p".into(),
+                region: "r".into(),
+            },
+            commands,
+            joined_tx,
+            started: Instant::now(),
+            peers_file: None,
+        },
+    )
+}
+
+fn signed(keypair: &Keypair, claimed: PeerId, issued_at: u64) -> Vec<u8> {
+    let record = NodeRecord {
+        peer_id: claimed.to_bytes(),
+        http: "x:1".into(),
+        provider: "p".into(),
+        region: "r".into(),
+        listen_addrs: vec![],
+        issued_at,
+    };
+    node_records::sign(keypair, &record).unwrap()
+}
+
+fn stored(el: &mut EventLoop, peer: &PeerId) -> Option<kad::Record> {
+    let key = node_records::record_key(peer);
+    el.swarm
+        .behaviour_mut()
+        .kad
+        .store_mut()
+        .get(&key)
+        .map(|r| r.into_owned())
+}
+
+#[tokio::test]
+async fn inbound_records_are_validated_before_storing() {
+    let mut el = event_loop();
+    let source = PeerId::random();
+    let y = Keypair::generate_ed25519();
+    let y_peer = y.public().to_peer_id();
+    let now = node_records::unix_now();
+
+    // Forged: X signs a record claiming to be Y.
+    let x = Keypair::generate_ed25519();
+    let forged = kad::Record::new(node_records::record_key(&y_peer), signed(&x, y_peer, now));
+    el.on_inbound_record(source, forged);
+    assert!(stored(&mut el, &y_peer).is_none());
+
+    // Garbage under a node key, and anything under a key we do not know.
+    el.on_inbound_record(
+        source,
+        kad::Record::new(node_records::record_key(&y_peer), vec![1, 2, 3]),
+    );
+    el.on_inbound_record(
+        source,
+        kad::Record::new(b"/other/key".to_vec(), signed(&y, y_peer, now)),
+    );
+    assert!(stored(&mut el, &y_peer).is_none());
+    assert_eq!(
+        el.swarm.behaviour_mut().kad.store_mut().records().count(),
+        0
+    );
+
+    // Genuine: stored and cached.
+    let genuine = signed(&y, y_peer, now);
+    el.on_inbound_record(
+        source,
+        kad::Record::new(node_records::record_key(&y_peer), genuine.clone()),
+    );
+    assert_eq!(stored(&mut el, &y_peer).unwrap().value, genuine);
+    assert!(el.records.get(&y_peer, std::time::Instant::now()).is_some());
+
+    // An older (replayed) record does not replace the newer one.
+    let older = signed(&y, y_peer, now - 100);
+    el.on_inbound_record(
+        source,
+        kad::Record::new(node_records::record_key(&y_peer), older),
+    );
+    assert_eq!(stored(&mut el, &y_peer).unwrap().value, genuine);
+
+    // Nobody else may write our own record.
+    let local = el.local;
+    let ours = signed(&y, local, now);
+    el.on_inbound_record(
+        source,
+        kad::Record::new(node_records::record_key(&local), ours),
+    );
+    assert!(stored(&mut el, &local).is_none());
+}
+
+#[tokio::test]
+async fn inbound_provider_records_are_checked() {
+    let mut el = event_loop();
+    let provider = PeerId::random();
+    let short = kad::ProviderRecord::new(b"short".to_vec(), provider, vec![]);
+    el.on_inbound_provider(short);
+    assert!(
+        el.swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .providers(&RecordKey::new(b"short"))
+            .is_empty()
+    );
+
+    let key = RecordKey::new(&[7u8; 32]);
+    let addrs: Vec<Multiaddr> = vec![
+        "/ip4/192.0.2.1/tcp/1".parse().unwrap(),
+        "/ip4/0.0.0.0/tcp/1".parse().unwrap(),
+        "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+    ];
+    el.on_inbound_provider(kad::ProviderRecord::new(key.clone(), provider, addrs));
+    let stored = el.swarm.behaviour_mut().kad.store_mut().providers(&key);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].addresses,
+        vec!["/ip4/192.0.2.1/tcp/1".parse::<Multiaddr>().unwrap()]
+    );
+}
+
+fn test_config(name: &str, bootstrap: Vec<Multiaddr>) -> crate::Config {
+    crate::Config {
+        keypair: Keypair::generate_ed25519(),
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        bootstrap,
+        mdns: false,
+        peers_file: None,
+        local_record: LocalInfo {
+            http: format!("{name}:80"),
+            provider: "p".into(),
+            region: "r".into(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_provided_before_joining_are_announced_on_join() {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let a = crate::spawn(test_config("a", vec![])).await.unwrap();
+    let k = ContentKey::from_bytes([9; 32]);
+    // Alone: stored locally, and the call returns.
+    a.provide(k).await.unwrap();
+    assert!(!a.status().await.unwrap().joined);
+
+    let a_addr: Multiaddr = a.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let b = crate::spawn(test_config("b", vec![a_addr])).await.unwrap();
+    a.wait_joined(TIMEOUT).await.unwrap();
+    b.wait_joined(TIMEOUT).await.unwrap();
+
+    // Only A's announcement on joining can put A's provider record into B's store (B never
+    // looks the key up, and kad's own re-announcement is an hour away).
+    let a_peer = a.local_peer_id();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let stored = b
+            .inspect(move |el| {
+                let key = RecordKey::new(k.as_bytes());
+                let store = el.swarm.behaviour_mut().kad.store_mut();
+                store.providers(&key).iter().any(|p| p.provider == a_peer)
+            })
+            .await
+            .unwrap();
+        if stored {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A's key never reached B");
+        // Poll interval, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
