@@ -1,30 +1,17 @@
 //! `DATA_DIR/runtime.json`: the addresses a running node actually bound, for launchers and
 //! tests that start nodes on port 0. Written atomically once every listener is up.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-pub const FILE_NAME: &str = "runtime.json";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Runtime {
-    pub peer_id: String,
-    pub pid: u32,
-    pub provider: String,
-    pub region: String,
-    pub http: SocketAddr,
-    pub admin: SocketAddr,
-    pub listen_addrs: Vec<String>,
-}
+use reef_proto::RUNTIME_FILE;
+pub use reef_proto::Runtime;
 
 pub fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join(FILE_NAME)
+    data_dir.join(RUNTIME_FILE)
 }
 
 pub fn write(data_dir: &Path, runtime: &Runtime) -> std::io::Result<()> {
-    let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
+    let tmp = data_dir.join(format!("{RUNTIME_FILE}.tmp"));
     let json = serde_json::to_vec_pretty(runtime).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, path(data_dir))

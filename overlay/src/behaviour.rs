@@ -21,6 +21,9 @@ pub(crate) const LOAD_TOPIC: &str = "reef/load/1";
 
 /// Connections with no active stream close after this; gossipsub and kad keep useful ones busy.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// A QUIC handshake takes one or two round trips; 3 s covers slow intercontinental paths
+/// while a dial to a departed peer (UDP gives no "refused") does not stall lookups for long.
+const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// One DHT query (all its requests) may take this long; lookups on the fetch path give up sooner.
 pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// TTL of our NodeRecord in other peers' stores; we re-put every 10 min, so 1 h survives misses.
@@ -65,7 +68,10 @@ pub(crate) fn build_swarm(keypair: Keypair, mdns_on: bool) -> Result<Swarm<Behav
             yamux::Config::default,
         )
         .map_err(|e| Error::Transport(e.to_string()))?
-        .with_quic()
+        .with_quic_config(|mut c| {
+            c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
+            c
+        })
         .with_dns()
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|_| behaviour)

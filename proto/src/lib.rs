@@ -7,9 +7,11 @@
 
 mod content_key;
 mod node_record;
+mod runtime;
 mod url;
 
 pub use content_key::BadKey;
 pub use content_key::ContentKey;
 pub use node_record::{MAX_NODE_RECORD_LEN, NodeRecord, RecordError};
+pub use runtime::{RUNTIME_FILE, Runtime};
 pub use url::{CanonicalUrl, MAX_URL_LEN, UrlError};

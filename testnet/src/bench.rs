@@ -95,7 +95,8 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks the sizes; [`run`] does too, before starting anything.
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: String| Err(Error::InvalidOptions(what));
         if self.nodes < 2 {
             return bad(format!("--nodes must be at least 2, got {}", self.nodes));
@@ -311,7 +312,13 @@ pub struct JoinRun {
 /// Phase 1.
 #[derive(Debug, Clone)]
 pub struct JoinResult {
-    pub runs: Vec<JoinRun>,
+    /// Each run with a new seed of its own (one live peer, nothing stale).
+    pub fresh: Vec<JoinRun>,
+    /// Each run against one long-lived seed that still lists every earlier (stopped)
+    /// joiner in its routing table.
+    pub churned: Vec<JoinRun>,
+    /// The churned run that did not join within the per-run timeout (later runs skipped).
+    pub churned_timed_out: Option<usize>,
 }
 
 /// One fetch through a node.
@@ -494,7 +501,6 @@ async fn measure_testnet(
         offload_concurrent(opts, testnet, &object_set(base + n, opts.objects)),
     )
     .await?;
-    phase("letting announcements settle", quiesce(testnet)).await?;
 
     info!("phase 3: origin hits, one node after another");
     let sequential = phase(
@@ -524,6 +530,7 @@ async fn phase<T>(what: &str, work: impl Future<Output = Result<T, Error>>) -> R
 
 async fn bench_join(opts: &BenchOptions) -> Result<JoinResult, Error> {
     let dir = opts.dir.join("join");
+    let runs = opts.join_runs;
     let (provider, region) = provider_region(0, 1);
     let spec = |name: String, ip, bootstrap| NodeSpec {
         bin: opts.bin.clone(),
@@ -535,36 +542,80 @@ async fn bench_join(opts: &BenchOptions) -> Result<JoinResult, Error> {
         extra_args: Vec::new(),
         env: Vec::new(),
     };
-    let mut seed = NodeProcess::spawn(spec("seed".into(), node_ip(0)?, Vec::new())).await?;
-    seed.wait_status("answering", JOIN_RUN_TIMEOUT, |_| true)
-        .await?;
-    let bootstrap = seed.runtime().listen_addrs.clone();
 
-    let mut runs = Vec::with_capacity(opts.join_runs);
-    for run in 0..opts.join_runs {
-        let spec = spec(format!("run-{run}"), node_ip(1 + run)?, bootstrap.clone());
-        let start = Instant::now();
-        let mut node = NodeProcess::spawn_polling(spec, JOIN_POLL).await?;
-        let ready = start.elapsed();
-        let joined = poll_joined(&node, start).await?;
-        let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
-        let overlay_ms = join_elapsed_ms(&log);
-        node.stop().await?;
-        info!(
-            run,
-            ready_ms = ready.as_millis() as u64,
-            joined_ms = joined.as_millis() as u64,
-            ?overlay_ms,
-            "join run"
+    // A new seed for every run: the joiner finds exactly one live peer.
+    let mut fresh = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let mut seed =
+            start_seed(spec(format!("fresh-{run}-seed"), node_ip(2 * run)?, vec![])).await?;
+        let joiner = spec(
+            format!("fresh-{run}"),
+            node_ip(2 * run + 1)?,
+            seed.runtime().listen_addrs.clone(),
         );
-        runs.push(JoinRun {
-            ready,
-            joined,
-            overlay_ms,
-        });
+        let result = join_once(joiner).await?;
+        info!(run, ?result, "join run, fresh seed");
+        fresh.push(result);
+        seed.stop().await?;
+    }
+
+    // One seed for all runs: it keeps the departed joiners in its routing table.
+    let mut churned = Vec::with_capacity(runs);
+    let mut churned_timed_out = None;
+    let first_ip = 2 * runs;
+    let mut seed = start_seed(spec("churn-seed".into(), node_ip(first_ip)?, vec![])).await?;
+    let bootstrap = seed.runtime().listen_addrs.clone();
+    for run in 0..runs {
+        let joiner = spec(
+            format!("churn-{run}"),
+            node_ip(first_ip + 1 + run)?,
+            bootstrap.clone(),
+        );
+        match join_once(joiner).await {
+            Ok(result) => {
+                info!(run, ?result, "join run, seed with departed peers");
+                churned.push(result);
+            }
+            Err(Error::NotReady { .. }) => {
+                warn!(
+                    run,
+                    timeout = ?JOIN_RUN_TIMEOUT,
+                    "a node did not join the seed in time; skipping the remaining runs"
+                );
+                churned_timed_out = Some(run);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
     seed.stop().await?;
-    Ok(JoinResult { runs })
+    Ok(JoinResult {
+        fresh,
+        churned,
+        churned_timed_out,
+    })
+}
+
+async fn start_seed(spec: NodeSpec) -> Result<NodeProcess, Error> {
+    let seed = NodeProcess::spawn(spec).await?;
+    seed.wait_status("answering", JOIN_RUN_TIMEOUT, |_| true)
+        .await?;
+    Ok(seed)
+}
+
+/// Spawns `spec`, times it until joined, stops it (SIGTERM).
+async fn join_once(spec: NodeSpec) -> Result<JoinRun, Error> {
+    let start = Instant::now();
+    let mut node = NodeProcess::spawn_polling(spec, JOIN_POLL).await?;
+    let ready = start.elapsed();
+    let joined = poll_joined(&node, start).await?;
+    let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
+    node.stop().await?;
+    Ok(JoinRun {
+        ready,
+        joined,
+        overlay_ms: join_elapsed_ms(&log),
+    })
 }
 
 /// Polls `/api/status` every [`JOIN_POLL`] until `joined == true`; the time since `start`.
@@ -671,6 +722,11 @@ fn tally(fetches: &[Fetch], into: &mut BTreeMap<String, usize>, first_error: &mu
     }
 }
 
+/// Whether a fetch with this outcome stored a new object, which the node then announces.
+fn stores(outcome: &str) -> bool {
+    outcome == "origin" || outcome == "peer"
+}
+
 /// The change of a node's announcement counters (in flight: the later value).
 fn delta(before: Announcements, after: Announcements) -> Announcements {
     Announcements {
@@ -722,10 +778,7 @@ async fn bench_lookup(testnet: &Testnet, objects: &[Object]) -> Result<LookupPha
     let loaded = Instant::now();
     let mut load_sources = BTreeMap::new();
     tally(&loads, &mut load_sources, &mut first_error);
-    let stored = loads
-        .iter()
-        .filter(|f| f.outcome == "origin" || f.outcome == "local")
-        .count() as u64;
+    let stored = loads.iter().filter(|f| stores(&f.outcome)).count() as u64;
     let after = seed
         .wait_announced(before.settled() + stored, ANNOUNCE_TIMEOUT)
         .await?;
@@ -871,6 +924,8 @@ async fn offload_concurrent(
     testnet: &Testnet,
     objects: &[Object],
 ) -> Result<OffloadResult, Error> {
+    // Earlier fetches may still be announcing; they must not count in this run.
+    quiesce(testnet).await?;
     let before = announcements_of(testnet).await?;
     let orders: Vec<Vec<usize>> = (0..testnet.nodes.len())
         .map(|i| shuffled(objects.len(), opts.seed.wrapping_add(i as u64)))
@@ -900,6 +955,8 @@ async fn offload_sequential(
     testnet: &Testnet,
     objects: &[Object],
 ) -> Result<OffloadResult, Error> {
+    // Earlier fetches may still be announcing; they must not count in this run.
+    quiesce(testnet).await?;
     let before = announcements_of(testnet).await?;
     let start = Instant::now();
     let mut fetches = Vec::with_capacity(objects.len() * testnet.nodes.len());
@@ -908,10 +965,7 @@ async fn offload_sequential(
         let before_node = before[i];
         let got = fetch_many(node, &testnet.origin, objects, &order, opts.concurrency).await;
         if i == 0 {
-            let stored = got
-                .iter()
-                .filter(|f| f.outcome == "origin" || f.outcome == "local")
-                .count() as u64;
+            let stored = got.iter().filter(|f| stores(&f.outcome)).count() as u64;
             node.wait_announced(before_node.settled() + stored, ANNOUNCE_TIMEOUT)
                 .await?;
         }
@@ -1088,64 +1142,78 @@ impl Report {
     }
 
     fn join_section(&self, out: &mut String) {
-        let runs = &self.join.runs;
+        let j = &self.join;
         let _ = writeln!(out, "### 1. Time from `reef run` to joined\n");
         let _ = writeln!(
             out,
-            "A seed node runs alone. {} times, a fresh node (new data dir, key and loopback \
-             address) is spawned with `--bootstrap` pointing at the seed; its `/api/status` \
-             is polled every {} ms until `joined == true`; then it is stopped (SIGTERM). \
-             The seed keeps every earlier node in its routing table, so later runs also see \
-             departed peers.\n",
-            runs.len(),
+            "Each run spawns a fresh node (new data dir, key and loopback address) with \
+             `--bootstrap` pointing at a seed node, polls its `/api/status` every {} ms from \
+             spawn until `joined == true`, then stops it (SIGTERM). **Fresh seed**: every run \
+             has a new seed of its own, so the joiner meets one live peer and nothing stale. \
+             **Seed with departed peers** (the same procedure against one long-lived seed): \
+             the seed keeps every earlier, now stopped, joiner in its routing table and hands \
+             them out, so the joiner of run *k* can be handed up to *k* dead peers.\n",
             JOIN_POLL.as_millis()
         );
         out.push_str(SUMMARY_HEADER);
-        let ready: Vec<f64> = runs.iter().map(|r| ms(r.ready)).collect();
-        let joined: Vec<f64> = runs.iter().map(|r| ms(r.joined)).collect();
-        let overlay: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.overlay_ms.map(|v| v as f64))
-            .collect();
-        out.push_str(&summary_row(
-            "spawn → `runtime.json` written (listeners bound)",
-            &ready,
-        ));
-        out.push_str(&summary_row(
-            "spawn → `/api/status` says `joined` (wall clock)",
-            &joined,
-        ));
-        out.push_str(&summary_row(
-            "overlay's own `elapsed_ms` (`reef::join` log line)",
-            &overlay,
-        ));
-        let per_run: Vec<String> = runs
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}{}",
-                    f(ms(r.joined)),
-                    r.overlay_ms.map_or(String::new(), |o| format!(" ({o})"))
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "\nPer run, wall ms to joined (overlay ms): {}.\n",
-            per_run.join(", ")
-        );
-        if overlay.len() < runs.len() {
+        for (label, runs) in [
+            ("fresh seed", &j.fresh),
+            ("seed with departed peers", &j.churned),
+        ] {
+            let ready: Vec<f64> = runs.iter().map(|r| ms(r.ready)).collect();
+            let joined: Vec<f64> = runs.iter().map(|r| ms(r.joined)).collect();
+            let overlay: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.overlay_ms.map(|v| v as f64))
+                .collect();
+            out.push_str(&summary_row(
+                &format!("{label}: spawn → `runtime.json` written (listeners bound)"),
+                &ready,
+            ));
+            out.push_str(&summary_row(
+                &format!("{label}: spawn → `/api/status` says `joined` (wall clock)"),
+                &joined,
+            ));
+            out.push_str(&summary_row(
+                &format!("{label}: overlay's own `elapsed_ms` (`reef::join` log line)"),
+                &overlay,
+            ));
+        }
+        out.push('\n');
+        for (label, runs) in [
+            ("fresh seed", &j.fresh),
+            ("seed with departed peers", &j.churned),
+        ] {
+            let per_run: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        f(ms(r.joined)),
+                        r.overlay_ms.map_or(" (–)".into(), |o| format!(" ({o})"))
+                    )
+                })
+                .collect();
             let _ = writeln!(
                 out,
-                "{} run(s) had no `reef::join` line with `elapsed_ms` in node.log.\n",
-                runs.len() - overlay.len()
+                "- {label}, per run, wall ms to joined (overlay ms): {}.",
+                per_run.join(", ")
+            );
+        }
+        if let Some(run) = j.churned_timed_out {
+            let _ = writeln!(
+                out,
+                "- seed with departed peers: run {run} did not join within {} s; later runs \
+                 were skipped.",
+                JOIN_RUN_TIMEOUT.as_secs()
             );
         }
         let _ = writeln!(
             out,
-            "p99 of {} runs is their maximum. The overlay's `elapsed_ms` counts from the \
-             overlay's start inside the process, so it leaves out exec, key and cache setup.\n",
-            runs.len()
+            "\nWith fewer than 100 runs, p99 is the maximum. The overlay's `elapsed_ms` counts \
+             from the overlay's start inside the process, so it leaves out exec, key and \
+             cache setup; a missing value (–) means no `reef::join` line with `elapsed_ms` \
+             was found in node.log.\n"
         );
     }
 
@@ -1306,8 +1374,8 @@ impl Report {
         let _ = writeln!(
             out,
             "Idle: measured {:.1} s after the testnet was up (all joined), {}; connected \
-             peers per node {cmin}–{cmax}. \"After\" is at the end of the benchmark, the \
-             caches holding {} objects per node.\n",
+             peers per node {cmin}–{cmax}. \"After\" is at the end of the benchmark, once all \
+             three object sets ({} objects) went through the testnet.\n",
             i.waited.as_secs_f64(),
             if i.stable {
                 format!(

@@ -34,7 +34,7 @@ mod testnet;
 pub use error::Error;
 pub use node::{
     Announcements, NodeProcess, NodeSpec, READY_TIMEOUT, Runtime, STATUS_TIMEOUT, STOP_TIMEOUT,
-    locate_reef_binary,
+    locate_reef_binary, read_runtime,
 };
 pub use origin::Origin;
 pub use testnet::{

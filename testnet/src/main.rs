@@ -57,7 +57,7 @@ enum Cmd {
 #[derive(Args)]
 struct BenchArgs {
     /// Testnet size for the lookup, offload and memory phases (at least 2).
-    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_two)]
     nodes: usize,
     /// Providers among the nodes, assigned round-robin.
     #[arg(long, default_value_t = 2, value_parser = at_least_one)]
@@ -87,8 +87,16 @@ struct BenchArgs {
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
+    at_least(s, 1)
+}
+
+fn at_least_two(s: &str) -> Result<usize, String> {
+    at_least(s, 2)
+}
+
+fn at_least(s: &str, min: usize) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n < min => Err(format!("must be at least {min}")),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
@@ -271,6 +279,7 @@ async fn run_bench(
             .collect::<Vec<_>>()
             .join(" "),
     };
+    opts.validate()?;
     eprintln!(
         "reef-testnet: benchmarking; node data and logs in {}",
         dir.display()

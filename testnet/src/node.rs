@@ -3,7 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -99,38 +99,25 @@ impl NodeSpec {
 
     /// `DIR/runtime.json`.
     pub fn runtime_path(&self) -> PathBuf {
-        self.dir.join("runtime.json")
+        self.dir.join(reef_proto::RUNTIME_FILE)
     }
 }
 
-/// What a node reports about itself in `DIR/runtime.json` once its listeners are bound.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Runtime {
-    pub peer_id: String,
-    pub pid: u32,
-    pub provider: String,
-    pub region: String,
-    pub http: SocketAddr,
-    pub admin: SocketAddr,
-    /// Full multiaddrs including `/p2p/<peer id>`.
-    pub listen_addrs: Vec<String>,
-}
+pub use reef_proto::Runtime;
 
-impl Runtime {
-    /// Reads `path`; `Ok(None)` if it does not exist yet.
-    pub fn read(path: &Path) -> Result<Option<Runtime>, Error> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| Error::Json {
-                context: format!("parsing {}", path.display()),
-                source,
-            })
-    }
+/// Reads a `runtime.json`; `Ok(None)` if it does not exist yet.
+pub fn read_runtime(path: &Path) -> Result<Option<Runtime>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| Error::Json {
+            context: format!("parsing {}", path.display()),
+            source,
+        })
 }
 
 /// The `announcements` counters of `GET /api/status`: how many stored objects the node
@@ -576,7 +563,7 @@ async fn start(spec: &NodeSpec, poll: Duration) -> Result<(Proc, Runtime), Error
     loop {
         // A half-written or foreign file is not an error: the node writes atomically, so
         // the next poll sees the real one.
-        if let Ok(Some(runtime)) = Runtime::read(&runtime_path)
+        if let Ok(Some(runtime)) = read_runtime(&runtime_path)
             && runtime.pid == pid
         {
             info!(dir = %spec.dir.display(), pid, peer = %runtime.peer_id, http = %runtime.http, "node ready");
@@ -771,9 +758,9 @@ mod tests {
     fn runtime_read_missing_and_bad() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runtime.json");
-        assert!(Runtime::read(&path).unwrap().is_none());
+        assert!(read_runtime(&path).unwrap().is_none());
         std::fs::write(&path, "{not json").unwrap();
-        assert!(matches!(Runtime::read(&path), Err(Error::Json { .. })));
+        assert!(matches!(read_runtime(&path), Err(Error::Json { .. })));
     }
 
     #[test]

@@ -408,7 +408,7 @@ async fn launch_failure_kills_what_started() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let rt = reef_testnet::Runtime::read(&root.join("node-0/runtime.json"))
+    let rt = reef_testnet::read_runtime(&root.join("node-0/runtime.json"))
         .unwrap()
         .unwrap();
     assert!(!alive(rt.pid), "node-0 left running after a failed launch");

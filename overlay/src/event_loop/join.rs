@@ -59,19 +59,19 @@ impl EventLoop {
         }
     }
 
+    /// The first step of a kad bootstrap is the lookup of our own id, which fills the routing
+    /// table with our neighbours; the later steps refresh distant buckets. Joining waits for
+    /// the first only: the refreshes may dial departed peers and wait out their timeouts.
     pub(super) fn on_bootstrap_progress(&mut self, id: QueryId, last: bool) {
-        if !last {
-            return;
-        }
-        if self.bootstrap_query == Some(id) {
+        if last && self.bootstrap_query == Some(id) {
             self.bootstrap_query = None;
         }
         if self.bootstrap_done {
             return;
         }
-        // A bootstrap that ends with an empty routing table reached nobody: not joined.
+        // A bootstrap step that leaves the routing table empty reached nobody: not joined.
         if self.routing_table_size() > 0 {
-            debug!(query = ?id, "kad bootstrap completed");
+            debug!(query = ?id, "kad bootstrap reached the overlay");
             self.bootstrap_done = true;
             self.check_joined();
         }

@@ -1,0 +1,20 @@
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the file, in a node's data dir, that holds its [`Runtime`].
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// What a running node actually bound, written (atomically) to `DATA_DIR/runtime.json` once
+/// every listener is up: the contract between `reef run` and whatever launched it on port 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub peer_id: String,
+    pub pid: u32,
+    pub provider: String,
+    pub region: String,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// Full multiaddrs including `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+}
