@@ -171,3 +171,18 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM line")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_methods_pass_through_to_the_origin_uncached() {
+    let net = launch(1, &[]).await;
+    let url = net.testnet.origin.url("/bytes/10");
+    for _ in 0..2 {
+        let got = crate::support::request_via(net.http(0), http::Request::post(&url)).await;
+        // The demo origin answers 405 to POST; the point is that the node relayed it.
+        assert_eq!(got.status, 405, "{}", got.text());
+        assert_eq!(got.source(), "origin");
+        assert_eq!(got.header("x-cache"), "MISS");
+    }
+    let status = net.testnet.nodes[0].status().await.expect("status");
+    assert_eq!(status["cache"]["objects"], 0, "{status}");
+}
