@@ -186,3 +186,33 @@ async fn other_methods_pass_through_to_the_origin_uncached() {
     let status = net.testnet.nodes[0].status().await.expect("status");
     assert_eq!(status["cache"]["objects"], 0, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stops_answering_is_skipped_after_its_timeout() {
+    let net = launch(3, &[]).await;
+    let path = "/bytes/6000";
+    let url = net.testnet.origin.url(path);
+    assert_eq!(get_via(net.http(0), &url).await.source(), "origin");
+    wait_announced(&net, 0, 1).await;
+
+    // Frozen, the holder's kernel still accepts connections but nothing answers.
+    let holder = net.testnet.nodes[0].runtime().pid as i32;
+    let _thaw = Thaw(holder);
+    // SAFETY: plain signal to a child process this test started.
+    assert_eq!(unsafe { libc::kill(holder, libc::SIGSTOP) }, 0);
+
+    let got = get_via(net.http(2), &url).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, expected_body(path, 6000));
+    assert_eq!(got.source(), "origin", "the frozen holder was given up on");
+}
+
+/// Resumes a stopped process even when the test fails, so that cleanup can kill it.
+struct Thaw(i32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}

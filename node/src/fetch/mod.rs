@@ -178,19 +178,22 @@ impl Fetcher {
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
         let meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers);
+        // Set before start(): start() wakes the followers, who read it.
+        self.set_fill_source(key, Some(upstream.source));
         let mut writer = match guard.start(meta).await {
             Ok(w) => w,
             Err(e) => {
+                self.set_fill_source(key, None);
                 warn!(key = %key.short(), error = %e, "cannot store; serving without caching");
                 return Ok(pass_through(head, incoming, upstream.source, head_only));
             }
         };
         let Some(tail) = self.inner.store.tail(&key) else {
+            self.set_fill_source(key, None);
             return Err(FetchError::Internal(
                 "fill vanished before it could be read".into(),
             ));
         };
-        self.set_fill_source(key, Some(upstream.source));
         let fetcher = self.clone();
         let span = info_span!("fill", key = %key.short(), source = %upstream.source);
         // The fill runs on its own so that a client hanging up does not abort it for the others.
