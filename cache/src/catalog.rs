@@ -1,5 +1,6 @@
-//! The in-memory index of committed objects: key → (blob, length, LRU position), plus how many
-//! entries and in-flight commits refer to each blob. Kept compact (no `Meta`); rebuilt at open.
+//! The in-memory index of committed objects: key → blob, plus how many entries and in-flight
+//! commits refer to each blob, and the eviction policy's view of the keys. Kept compact (no
+//! `Meta`); rebuilt at open.
 
 use std::collections::HashMap;
 use std::collections::hash_map;
@@ -7,12 +8,12 @@ use std::collections::hash_map;
 use reef_proto::ContentKey;
 
 use crate::blobs::BlobId;
-use crate::lru::{Lru, Tick};
+use crate::lru::Lru;
+use crate::policy::Policy;
 
 #[derive(Debug)]
 struct Entry {
     blob: BlobId,
-    tick: Tick,
 }
 
 #[derive(Debug)]
@@ -30,21 +31,41 @@ pub(crate) struct Removed {
     pub orphaned: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Catalog {
     entries: HashMap<ContentKey, Entry>,
     blobs: HashMap<BlobId, BlobRefs>,
-    lru: Lru,
+    /// Tracks exactly the keys of `entries`, each sized by its blob's length.
+    policy: Box<dyn Policy>,
     /// Bytes of distinct referenced blobs, i.e. what the cache occupies on disk.
     bytes: u64,
 }
 
+impl Default for Catalog {
+    fn default() -> Catalog {
+        Catalog::new(Box::new(Lru::new()))
+    }
+}
+
 impl Catalog {
-    /// Marks `key` most recently used and says which blob holds it.
+    pub fn new(policy: Box<dyn Policy>) -> Catalog {
+        Catalog {
+            entries: HashMap::new(),
+            blobs: HashMap::new(),
+            policy,
+            bytes: 0,
+        }
+    }
+
+    /// Tells the policy `key` was read and says which blob holds it.
     pub fn touch(&mut self, key: &ContentKey) -> Option<BlobId> {
-        let e = self.entries.get_mut(key)?;
-        e.tick = self.lru.touch(e.tick);
+        let e = self.entries.get(key)?;
+        self.policy.touch(key);
         Some(e.blob)
+    }
+
+    fn len_of(&self, blob: &BlobId) -> u64 {
+        self.blobs.get(blob).map_or(0, |b| b.len)
     }
 
     pub fn blob_of(&self, key: &ContentKey) -> Option<BlobId> {
@@ -86,16 +107,26 @@ impl Catalog {
 
     /// Adds (or replaces) an entry whose blob the caller has already pinned; the pin becomes the
     /// entry's reference. Returns what a replaced entry left behind.
+    /// Replacing a key keeps what the policy knows about it (a replacement counts as an access).
     pub fn insert_pinned(&mut self, key: ContentKey, blob: BlobId) -> Option<Removed> {
-        let old = self.remove(&key);
-        let tick = self.lru.push(key);
-        self.entries.insert(key, Entry { blob, tick });
+        let old = self.entries.remove(&key).map(|e| Removed {
+            blob: e.blob,
+            orphaned: self.unpin(&e.blob),
+        });
+        self.entries.insert(key, Entry { blob });
+        self.policy.insert(key, self.len_of(&blob));
         old
+    }
+
+    /// Like `insert_pinned` for an entry found at open; call these oldest stored first.
+    pub fn restore_pinned(&mut self, key: ContentKey, blob: BlobId) {
+        self.entries.insert(key, Entry { blob });
+        self.policy.restore(key, self.len_of(&blob));
     }
 
     pub fn remove(&mut self, key: &ContentKey) -> Option<Removed> {
         let e = self.entries.remove(key)?;
-        self.lru.remove(e.tick);
+        self.policy.remove(key);
         let orphaned = self.unpin(&e.blob);
         Some(Removed {
             blob: e.blob,
@@ -103,19 +134,22 @@ impl Catalog {
         })
     }
 
-    /// The least recently used keys to remove, oldest first, so that what remains fits in
+    /// The keys the policy picks to remove, in its order, so that what remains fits in
     /// `max_bytes` and `max_objects`. Blobs shared with surviving entries or pinned by a commit
     /// in progress free nothing, so this may pick more keys than a naive sum suggests.
-    pub fn victims(&self, max_bytes: u64, max_objects: usize) -> Vec<ContentKey> {
+    ///
+    /// The policy stops tracking the keys returned: the caller must `remove` each of them, or
+    /// hand them back with `unpick` if it cannot.
+    pub fn victims(&mut self, max_bytes: u64, max_objects: usize) -> Vec<ContentKey> {
         let mut bytes = self.bytes;
         let mut objects = self.entries.len();
         let mut dropped: HashMap<BlobId, u32> = HashMap::new();
         let mut out = Vec::new();
-        for key in self.lru.iter() {
-            if bytes <= max_bytes && objects <= max_objects {
+        while bytes > max_bytes || objects > max_objects {
+            let Some(key) = self.policy.victim() else {
                 break;
-            }
-            let Some(e) = self.entries.get(key) else {
+            };
+            let Some(e) = self.entries.get(&key) else {
                 continue;
             };
             objects -= 1;
@@ -126,9 +160,19 @@ impl Catalog {
             {
                 bytes -= b.len;
             }
-            out.push(*key);
+            out.push(key);
         }
         out
+    }
+
+    /// Gives keys picked by `victims` but not removed back to the policy.
+    pub fn unpick(&mut self, keys: &[ContentKey]) {
+        for key in keys {
+            if let Some(e) = self.entries.get(key) {
+                let len = self.len_of(&e.blob);
+                self.policy.restore(*key, len);
+            }
+        }
     }
 
     pub fn keys(&self) -> Vec<ContentKey> {
@@ -178,16 +222,56 @@ mod tests {
 
     #[test]
     fn victims_skip_nothing_but_account_for_sharing() {
-        let mut c = Catalog::default();
+        let mut c = Catalog::default(); // LRU
         add(&mut c, 1, 9, 100); // shares with 3
         add(&mut c, 2, 8, 50);
         add(&mut c, 3, 9, 100);
         assert_eq!(c.bytes(), 150);
         // Dropping key 1 frees nothing (3 still holds blob 9); dropping 2 frees 50.
         assert_eq!(c.victims(100, usize::MAX), vec![k(1), k(2)]);
-        assert_eq!(c.victims(150, 2), vec![k(1)]);
+        // Not removed: handed back, they become the most recent.
+        c.unpick(&[k(1), k(2)]);
+        assert_eq!(c.victims(150, 2), vec![k(3)]);
+        c.unpick(&[k(3)]);
+        // Order is now 1, 2, 3; reading 1 makes 2 the oldest.
         assert_eq!(c.touch(&k(1)), Some(blob(9)));
         assert_eq!(c.victims(100, usize::MAX), vec![k(2)]);
+        assert!(c.remove(&k(2)).unwrap().orphaned);
+        assert_eq!(c.bytes(), 100);
+        assert!(c.victims(100, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn victims_follow_the_policy_and_stay_in_step_with_entries() {
+        let mut c = Catalog::new(Box::new(crate::S3Fifo::new(300)));
+        add(&mut c, 1, 1, 100);
+        add(&mut c, 2, 2, 100);
+        add(&mut c, 3, 3, 100);
+        c.touch(&k(1));
+        add(&mut c, 4, 4, 100);
+        // S3-FIFO: 1 was read while on probation, so it moves on; 2 goes.
+        let v = c.victims(300, usize::MAX);
+        assert_eq!(v, vec![k(2)]);
+        for key in &v {
+            c.remove(key);
+        }
+        // Replacing a key's body keeps it known to the policy, with the new size.
+        c.pin(blob(5), 250);
+        c.insert_pinned(k(3), blob(5));
+        assert_eq!(c.bytes(), 450);
+        // 3 was "read" (replaced) on probation so it moves on; 4 goes, then main's head, 1.
+        let v = c.victims(300, usize::MAX);
+        assert_eq!(v, vec![k(4), k(1)]);
+        for key in &v {
+            c.remove(key);
+        }
+        assert!(c.bytes() <= 300);
+        // Every surviving entry is still tracked: evicting everything names each one once.
+        let mut rest = c.victims(0, 0);
+        rest.sort();
+        let mut keys = c.keys();
+        keys.sort();
+        assert_eq!(rest, keys);
     }
 
     #[test]

@@ -1,43 +1,65 @@
-//! Least-recently-used order. It only says what is oldest; removing is the caller's job.
+//! Least-recently-used order: the baseline eviction policy. It only says what is oldest;
+//! removing is the caller's job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use reef_proto::ContentKey;
 
-/// A position in the order; larger is more recent. Stored next to each entry so a touch is
-/// O(log n) without a linked list.
-pub(crate) type Tick = u64;
+use crate::policy::Policy;
 
+/// A position in the order; larger is more recent. Kept per key so a touch is O(log n)
+/// without a linked list.
+type Tick = u64;
+
+/// Plain LRU. Not scan-resistant: one pass over cold keys, or one object as large as the
+/// budget, flushes everything else.
 #[derive(Debug, Default)]
-pub(crate) struct Lru {
+pub struct Lru {
     by_tick: BTreeMap<Tick, ContentKey>,
+    ticks: HashMap<ContentKey, Tick>,
     next: Tick,
 }
 
 impl Lru {
-    /// Makes `key` the most recent and returns its new tick.
-    pub fn push(&mut self, key: ContentKey) -> Tick {
+    pub fn new() -> Lru {
+        Lru::default()
+    }
+
+    fn push(&mut self, key: ContentKey) {
         let tick = self.next;
         self.next += 1;
         self.by_tick.insert(tick, key);
-        tick
+        self.ticks.insert(key, tick);
+    }
+}
+
+impl Policy for Lru {
+    fn insert(&mut self, key: ContentKey, _size: u64) {
+        self.remove(&key);
+        self.push(key);
     }
 
-    pub fn remove(&mut self, tick: Tick) {
-        self.by_tick.remove(&tick);
-    }
-
-    /// Moves an entry to the most recent end.
-    pub fn touch(&mut self, tick: Tick) -> Tick {
-        match self.by_tick.remove(&tick) {
-            Some(key) => self.push(key),
-            None => tick,
+    fn touch(&mut self, key: &ContentKey) {
+        if let Some(tick) = self.ticks.remove(key) {
+            self.by_tick.remove(&tick);
+            self.push(*key);
         }
     }
 
-    /// Oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &ContentKey> {
-        self.by_tick.values()
+    fn remove(&mut self, key: &ContentKey) {
+        if let Some(tick) = self.ticks.remove(key) {
+            self.by_tick.remove(&tick);
+        }
+    }
+
+    fn victim(&mut self) -> Option<ContentKey> {
+        let (_, key) = self.by_tick.pop_first()?;
+        self.ticks.remove(&key);
+        Some(key)
+    }
+
+    fn len(&self) -> usize {
+        self.ticks.len()
     }
 }
 
@@ -52,12 +74,15 @@ mod tests {
     #[test]
     fn touch_moves_to_the_back() {
         let mut lru = Lru::default();
-        let a = lru.push(k(1));
-        let _b = lru.push(k(2));
-        let c = lru.push(k(3));
-        lru.touch(a);
-        lru.remove(c);
-        let order: Vec<_> = lru.iter().copied().collect();
-        assert_eq!(order, vec![k(2), k(1)]);
+        lru.insert(k(1), 1);
+        lru.insert(k(2), 1);
+        lru.insert(k(3), 1);
+        lru.touch(&k(1));
+        lru.remove(&k(3));
+        assert_eq!(lru.len(), 2);
+        assert_eq!(lru.victim(), Some(k(2)));
+        assert_eq!(lru.victim(), Some(k(1)));
+        assert_eq!(lru.victim(), None);
+        assert_eq!(lru.len(), 0);
     }
 }

@@ -18,9 +18,11 @@ use crate::catalog::Catalog;
 use crate::fill::{self, Fill, FillGuard, Slot, Tail};
 use crate::index::Index;
 use crate::meta::Meta;
+use crate::policy::{Policy, S3Fifo};
 
-/// Most committed objects kept, whatever their size: each costs ~150 bytes of memory in the
-/// catalog, and empty bodies would otherwise fill it without touching the byte budget.
+/// Most committed objects kept, whatever their size: each costs ~350 bytes of memory in the
+/// catalog and the eviction policy (ghost keys included), and empty bodies would otherwise fill
+/// it without touching the byte budget.
 pub const MAX_OBJECTS: usize = 1 << 20;
 
 /// Most fills in progress at once: each holds an open file descriptor and a temp file that the
@@ -77,7 +79,18 @@ impl Store {
     /// Opens (or creates) the cache in `config.dir` and repairs what a crash may have left:
     /// temp files, blobs no entry refers to, and entries whose blob is missing or has the wrong
     /// length. Blocks on disk; call it at start-up or on a blocking thread.
+    ///
+    /// Evicts with S3-FIFO (see `S3Fifo`): scan-resistant, and one huge object cannot flush the
+    /// objects that are read again and again.
     pub fn open(config: Config) -> Result<Store, Error> {
+        Store::open_with(config, |max_bytes| Box::new(S3Fifo::new(max_bytes)))
+    }
+
+    /// `open` with another eviction policy, made for the byte budget.
+    pub(crate) fn open_with(
+        config: Config,
+        policy: impl FnOnce(u64) -> Box<dyn Policy>,
+    ) -> Result<Store, Error> {
         fs::create_dir_all(&config.dir)?;
         let layout = Layout::new(&config.dir);
         layout.create_dirs(&config.dir)?;
@@ -113,12 +126,12 @@ impl Store {
         let referenced: HashSet<BlobId> = good.iter().map(|g| g.2).collect();
         let swept = layout.sweep(|b| referenced.contains(b))?;
 
-        // Recency is not persisted; the order objects were stored in is the best guess.
+        // Access history is not persisted; the order objects were stored in is the best guess.
         good.sort_by_key(|g| g.0);
-        let mut catalog = Catalog::default();
+        let mut catalog = Catalog::new(policy(config.max_bytes));
         for (_, key, blob, len) in good {
             catalog.pin(blob, len);
-            catalog.insert_pinned(key, blob);
+            catalog.restore_pinned(key, blob);
         }
 
         let store = Store {
@@ -279,7 +292,7 @@ impl Inner {
         Ok(removed.is_some())
     }
 
-    /// Removes least recently used objects until the catalog fits the budget.
+    /// Removes the objects the policy picks until the catalog fits the budget.
     fn evict(&self) -> Result<usize, Error> {
         let (count, orphans) = {
             let _gate = lock(&self.index_gate);
@@ -287,7 +300,10 @@ impl Inner {
             if victims.is_empty() {
                 return Ok(0);
             }
-            self.index.delete(&victims)?;
+            if let Err(e) = self.index.delete(&victims) {
+                lock(&self.catalog).unpick(&victims);
+                return Err(e);
+            }
             let mut catalog = lock(&self.catalog);
             let orphans: Vec<BlobId> = victims
                 .iter()

@@ -189,10 +189,18 @@ async fn replacing_a_key_serves_the_new_body_and_frees_the_old() {
     assert_eq!(store.stats().objects, 1);
 }
 
+fn open_lru(dir: &Path, max_bytes: u64) -> Store {
+    let config = Config {
+        dir: dir.to_path_buf(),
+        max_bytes,
+    };
+    Store::open_with(config, |_| Box::new(crate::Lru::new())).unwrap()
+}
+
 #[tokio::test]
-async fn eviction_drops_least_recently_used_first() {
+async fn lru_eviction_drops_least_recently_used_first() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 300);
+    let store = open_lru(dir.path(), 300);
     put(&store, key(1), &body(1, 100)).await;
     put(&store, key(2), &body(2, 100)).await;
     put(&store, key(3), &body(3, 100)).await;
@@ -212,9 +220,46 @@ async fn eviction_drops_least_recently_used_first() {
 }
 
 #[tokio::test]
+async fn default_eviction_keeps_objects_read_again_through_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    for n in 1..=5 {
+        put(&store, key(n), &body(n, 100)).await;
+        assert!(store.get(&key(n)).await.unwrap().is_some());
+    }
+    // Twenty objects fetched once each: ten times what is left of the budget.
+    for n in 100..120 {
+        put(&store, key(n), &body(n, 100)).await;
+        assert!(store.stats().bytes <= 1000);
+    }
+    for n in 1..=5 {
+        assert_eq!(read(&store, key(n)).await.unwrap(), body(n, 100));
+    }
+    assert_eq!(blobs(dir.path()).len(), store.keys().len());
+}
+
+#[tokio::test]
+async fn default_eviction_does_not_let_one_huge_object_flush_the_hot_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    for n in 1..=8 {
+        put(&store, key(n), &body(n, 100)).await;
+        assert!(store.get(&key(n)).await.unwrap().is_some());
+    }
+    // Larger than the small queue's tenth of the budget and than the free space.
+    put(&store, key(50), &body(50, 700)).await;
+    assert!(store.stats().bytes <= 1000);
+    for n in 1..=8 {
+        assert_eq!(read(&store, key(n)).await.unwrap(), body(n, 100));
+    }
+    assert!(store.get(&key(50)).await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn evicting_an_object_being_read_keeps_the_reader_working() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 100);
+    // LRU, so the object just read is the one evicted.
+    let store = open_lru(dir.path(), 100);
     let data = body(1, 100);
     put(&store, key(1), &data).await;
     let mut hit = store.get(&key(1)).await.unwrap().unwrap();

@@ -4,7 +4,9 @@
 //! kernel) and waits on readiness, never on sleeps; everything it starts is killed on drop.
 
 mod cli;
+mod crash;
 mod errors;
 mod fetch;
+mod semantics;
 mod support;
 mod tls;

@@ -141,3 +141,14 @@ pub async fn stream_matches(node: SocketAddr, url: &str, size: u64) -> bool {
         && got.len == size
         && got.digest == reef_testnet::origin::expected_digest(&path, size)
 }
+
+/// Waits until node `node` has committed at least `count` objects to its cache (a response
+/// streams to the client while it is written; the commit follows right after).
+pub async fn wait_stored(net: &Net, node: usize, count: u64) {
+    net.testnet.nodes[node]
+        .wait_status("cache commit", JOIN_TIMEOUT, |s| {
+            s["cache"]["objects"].as_u64().unwrap_or(0) >= count
+        })
+        .await
+        .expect("the object was stored");
+}

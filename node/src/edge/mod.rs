@@ -1,6 +1,9 @@
 //! The HTTP edge: accepts HTTP/1.1 and h2c clients, routes each request through the fetch
 //! pipeline (or to the peer object endpoint), and labels every response with where it came from.
 
+mod conditional;
+mod range;
+mod respond;
 mod route;
 mod server;
 

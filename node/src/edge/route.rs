@@ -8,8 +8,12 @@ use hyper::body::Incoming;
 use reef_proto::{CanonicalUrl, ContentKey, UrlError};
 use tracing::{Instrument, debug, info_span};
 
+use super::respond::respond;
 use crate::body::{self, Body, BoxError};
-use crate::fetch::{FetchError, Fetcher, OBJECT_PATH, Served, Source, Upstreams, strip_hop_by_hop};
+use crate::fetch::{
+    CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, Served, Source, Upstreams,
+    strip_hop_by_hop,
+};
 
 /// Request header budget (names, values and request target); beyond it → 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -100,7 +104,7 @@ impl Edge {
         match parts.method {
             Method::GET | Method::HEAD => {
                 let served = self.fetcher.get(url, &parts).await?;
-                Ok(labelled(served))
+                Ok(respond(served, &parts).await)
             }
             Method::CONNECT => Err(FetchError::Method("CONNECT".into())),
             ref method => {
@@ -115,12 +119,13 @@ impl Edge {
                 let body = incoming
                     .map_err(|e| -> BoxError { Box::new(e) })
                     .boxed_unsync();
-                Ok(labelled(Served {
+                let served = Served {
                     head,
-                    body,
+                    payload: Payload::Stream(body),
                     source: Source::Origin,
-                    hit: false,
-                }))
+                    cache: CacheStatus::Miss,
+                };
+                Ok(respond(served, &parts).await)
             }
         }
     }
@@ -135,20 +140,6 @@ impl Edge {
             None => text_response(StatusCode::NOT_FOUND, "not held by this node"),
         }
     }
-}
-
-fn labelled(served: Served) -> Response<Body> {
-    let mut resp = Response::from_parts(served.head, served.body);
-    let headers = resp.headers_mut();
-    headers.insert(
-        "x-cache",
-        HeaderValue::from_static(if served.hit { "HIT" } else { "MISS" }),
-    );
-    headers.insert(
-        "x-reef-source",
-        HeaderValue::from_static(served.source.as_str()),
-    );
-    resp
 }
 
 fn error_response(err: &FetchError) -> Response<Body> {

@@ -18,6 +18,8 @@ pub enum FetchError {
     Origin { authority: String, reason: String },
     #[error("the fetch this request was waiting on failed")]
     Coalesced,
+    #[error("not in this node's cache (the request said only-if-cached)")]
+    NotCached,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -31,7 +33,8 @@ impl FetchError {
             Self::OriginUnreachable { .. } | Self::Origin { .. } | Self::Coalesced => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            // RFC 9111 §5.2.1.7 names 504 for only-if-cached misses.
+            Self::OriginTimeout { .. } | Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

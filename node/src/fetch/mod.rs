@@ -44,12 +44,45 @@ pub struct LocalInfo {
     pub region: String,
 }
 
-/// A response ready to be decorated and sent by the edge.
+/// A response ready for the respond phase (conditionals, ranges, HEAD, labels).
 pub struct Served {
     pub head: response::Parts,
-    pub body: Body,
+    pub payload: Payload,
     pub source: Source,
-    pub hit: bool,
+    pub cache: CacheStatus,
+}
+
+/// The body of a served response: a stored file can be sliced for ranges, a stream cannot.
+pub enum Payload {
+    File { file: tokio::fs::File, len: u64 },
+    Stream(Body),
+}
+
+/// What `X-Cache` says: served from a fresh stored copy, fetched, or a stale copy served
+/// because the origin failed (`stale-if-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Stale => "STALE",
+        }
+    }
+}
+
+/// What the local cache has for a request.
+enum Local {
+    Fresh(Box<Served>),
+    /// A stored copy that may not be served as it is, kept for `stale-if-error`.
+    Stale(Box<reef_cache::Hit>),
+    Miss,
 }
 
 #[derive(Clone)]
@@ -95,43 +128,68 @@ impl Fetcher {
     /// Serves a GET or HEAD for `url`; `req` carries the client's headers.
     pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
         let key = ContentKey::for_url(&url);
-        let head_only = req.method == Method::HEAD;
         let policy_req = policy_request(&url, req);
-        if let Some(served) = self.lookup_local(key, &policy_req, head_only).await {
-            return Ok(served);
+        let stale = match self.lookup_local(key, &policy_req).await {
+            Local::Fresh(served) => return Ok(*served),
+            Local::Stale(hit) => Some(*hit),
+            Local::Miss => None,
+        };
+        if has_directive(&policy_req.headers, "only-if-cached") {
+            return Err(FetchError::NotCached);
         }
+        let fetched = self.fetch(key, url, &policy_req).await;
+        match stale {
+            Some(hit)
+                if upstream_failed(&fetched) && stale_if_error_allows(&hit.meta, &policy_req) =>
+            {
+                debug!(key = %key.short(), "origin failed; serving the stale copy (stale-if-error)");
+                let head = stored_head(&hit.meta, SystemTime::now(), Some(hit.meta.body_len));
+                Ok(Served {
+                    head,
+                    payload: Payload::File {
+                        file: hit.file,
+                        len: hit.meta.body_len,
+                    },
+                    source: Source::Local,
+                    cache: CacheStatus::Stale,
+                })
+            }
+            _ => fetched,
+        }
+    }
+
+    /// Phase: fetch, coalesced with any fetch of the same key already under way here.
+    async fn fetch(
+        &self,
+        key: ContentKey,
+        url: CanonicalUrl,
+        policy_req: &request::Parts,
+    ) -> Result<Served, FetchError> {
         match self.inner.store.fill(key) {
             Fill::Leader(guard) => {
                 // Another fill may have committed between our lookup and taking the lead.
-                if let Some(served) = self.lookup_local(key, &policy_req, head_only).await {
+                if let Local::Fresh(served) = self.lookup_local(key, policy_req).await {
                     guard.skip();
-                    return Ok(served);
+                    return Ok(*served);
                 }
-                self.lead_fill(guard, url, &policy_req, head_only).await
+                self.lead_fill(guard, url, policy_req).await
             }
             Fill::Follower(wait) => match wait.wait().await {
-                Outcome::Streaming(tail) => {
-                    let source = self.fill_source(&key);
-                    Ok(serve_tail(tail, source, head_only))
-                }
-                Outcome::Uncached => self.fetch_uncached(&url, &policy_req, head_only).await,
+                Outcome::Streaming(tail) => Ok(serve_tail(tail, self.fill_source(&key))),
+                Outcome::Uncached => self.fetch_uncached(&url, policy_req).await,
                 Outcome::Failed => Err(FetchError::Coalesced),
             },
         }
     }
 
-    /// Phase: local cache. Only fresh copies are served; a stale one is refetched.
-    async fn lookup_local(
-        &self,
-        key: ContentKey,
-        policy_req: &request::Parts,
-        head_only: bool,
-    ) -> Option<Served> {
+    /// Phase: local cache. Only a copy fresh enough for this request is served.
+    async fn lookup_local(&self, key: ContentKey, policy_req: &request::Parts) -> Local {
         let hit = match self.inner.store.get(&key).await {
-            Ok(hit) => hit?,
+            Ok(Some(hit)) => hit,
+            Ok(None) => return Local::Miss,
             Err(e) => {
                 warn!(key = %key.short(), error = %e, "cache read failed; treating as a miss");
-                return None;
+                return Local::Miss;
             }
         };
         let now = SystemTime::now();
@@ -140,20 +198,18 @@ impl Fetcher {
             BeforeRequest::Fresh(_)
         ) {
             debug!(key = %key.short(), "stored copy is stale");
-            return None;
+            return Local::Stale(Box::new(hit));
         }
         let head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
-        let body = if head_only {
-            body::empty()
-        } else {
-            body::from_file(hit.file, hit.meta.body_len)
-        };
-        Some(Served {
+        Local::Fresh(Box::new(Served {
             head,
-            body,
+            payload: Payload::File {
+                file: hit.file,
+                len: hit.meta.body_len,
+            },
             source: Source::Local,
-            hit: true,
-        })
+            cache: CacheStatus::Hit,
+        }))
     }
 
     /// Phase: fill. We are the one fetch for this key; followers read what we store.
@@ -162,7 +218,6 @@ impl Fetcher {
         guard: reef_cache::FillGuard,
         url: CanonicalUrl,
         policy_req: &request::Parts,
-        head_only: bool,
     ) -> Result<Served, FetchError> {
         let key = guard.key();
         let upstream = self.fetch_upstream(key, &url, policy_req).await?;
@@ -170,7 +225,7 @@ impl Fetcher {
         strip_hop_by_hop(&mut head.headers);
         let Some(policy) = self.storable_policy(policy_req, &head) else {
             guard.skip();
-            return Ok(pass_through(head, incoming, upstream.source, head_only));
+            return Ok(pass_through(head, incoming, upstream.source));
         };
         let headers = head
             .headers
@@ -185,7 +240,7 @@ impl Fetcher {
             Err(e) => {
                 self.set_fill_source(key, None);
                 warn!(key = %key.short(), error = %e, "cannot store; serving without caching");
-                return Ok(pass_through(head, incoming, upstream.source, head_only));
+                return Ok(pass_through(head, incoming, upstream.source));
             }
         };
         let Some(tail) = self.inner.store.tail(&key) else {
@@ -214,7 +269,7 @@ impl Fetcher {
             }
             .instrument(span),
         );
-        Ok(serve_tail(tail, upstream.source, head_only))
+        Ok(serve_tail(tail, upstream.source))
     }
 
     /// A response that must not be stored: fetched and streamed through without caching.
@@ -222,7 +277,6 @@ impl Fetcher {
         &self,
         url: &CanonicalUrl,
         policy_req: &request::Parts,
-        head_only: bool,
     ) -> Result<Served, FetchError> {
         let resp = self
             .inner
@@ -231,7 +285,7 @@ impl Fetcher {
             .await?;
         let (mut head, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        Ok(pass_through(head, incoming, Source::Origin, head_only))
+        Ok(pass_through(head, incoming, Source::Origin))
     }
 
     /// Phase: upstream. The nearest holder that has a fresh copy, else the origin.
@@ -370,6 +424,13 @@ fn policy_request(url: &CanonicalUrl, req: &request::Parts) -> request::Parts {
     parts.method = Method::GET;
     parts.uri = url.to_uri();
     parts.headers = req.headers.clone();
+    // What we store answers the full, unconditional request we send upstream; ranges and
+    // conditionals are answered from it in the respond phase.
+    headers::strip_for_full_fetch(&mut parts.headers);
+    // Stored responses are matched on Host too; clients spell it variously, the URL does not.
+    if let Ok(host) = HeaderValue::from_str(url.authority()) {
+        parts.headers.insert(header::HOST, host);
+    }
     parts
 }
 
@@ -408,40 +469,85 @@ fn stored_head(meta: &Meta, now: SystemTime, committed_len: Option<u64>) -> resp
     head
 }
 
-fn serve_tail(tail: reef_cache::Tail, source: Source, head_only: bool) -> Served {
+fn serve_tail(tail: reef_cache::Tail, source: Source) -> Served {
     let head = stored_head(tail.meta(), SystemTime::now(), None);
-    let body = if head_only {
-        body::empty()
-    } else {
-        body::from_tail(tail)
-    };
     Served {
         head,
-        body,
+        payload: Payload::Stream(body::from_tail(tail)),
         source,
-        hit: false,
+        cache: CacheStatus::Miss,
     }
 }
 
-fn pass_through(
-    head: response::Parts,
-    incoming: Incoming,
-    source: Source,
-    head_only: bool,
-) -> Served {
-    let body = if head_only {
-        body::empty()
-    } else {
-        incoming
-            .map_err(|e| -> body::BoxError { Box::new(e) })
-            .boxed_unsync()
-    };
+fn pass_through(head: response::Parts, incoming: Incoming, source: Source) -> Served {
+    let body = incoming
+        .map_err(|e| -> body::BoxError { Box::new(e) })
+        .boxed_unsync();
     Served {
         head,
-        body,
+        payload: Payload::Stream(body),
         source,
-        hit: false,
+        cache: CacheStatus::Miss,
     }
+}
+
+/// An origin failure that `stale-if-error` may cover: no answer, or a 5xx answer.
+fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
+    match fetched {
+        Ok(served) => served.head.status.is_server_error(),
+        Err(e) => e.status().is_server_error(),
+    }
+}
+
+/// RFC 5861 §4: a stale copy may stand in for an error for `stale-if-error` seconds past its
+/// freshness, unless the response forbids serving it stale (RFC 9111 §4.2.4).
+fn stale_if_error_allows(meta: &Meta, policy_req: &request::Parts) -> bool {
+    let stored = stored_head(meta, SystemTime::now(), None);
+    if ["must-revalidate", "proxy-revalidate", "no-cache"]
+        .iter()
+        .any(|d| has_directive(&stored.headers, d))
+    {
+        return false;
+    }
+    let window = [&stored.headers, &policy_req.headers]
+        .iter()
+        .filter_map(|h| directive_secs(h, "stale-if-error"))
+        .max();
+    let Some(window) = window else { return false };
+    // Freshness runs out linearly, so the TTL it had when stored says when it went stale.
+    let stale_since = meta.stored_at + meta.policy.time_to_live(meta.stored_at);
+    let staleness = SystemTime::now()
+        .duration_since(stale_since)
+        .unwrap_or_default();
+    staleness <= Duration::from_secs(window)
+}
+
+/// Cache-Control directives of `headers`, lower-cased, with their values.
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| match d.split_once('=') {
+            Some((k, v)) => (
+                k.trim().to_ascii_lowercase(),
+                Some(v.trim().trim_matches('"').to_string()),
+            ),
+            None => (d.trim().to_ascii_lowercase(), None),
+        })
+}
+
+fn has_directive(headers: &HeaderMap, name: &str) -> bool {
+    directives(headers).any(|(k, _)| k == name)
+}
+
+fn directive_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
+    directives(headers)
+        .find(|(k, _)| k == name)?
+        .1?
+        .parse()
+        .ok()
 }
 
 /// Copies the upstream body into the store; any error or stall aborts the fill.
