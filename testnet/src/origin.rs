@@ -410,7 +410,8 @@ fn route(path: &str) -> Route {
         None => Route::NotFound,
     };
     match segments.as_slice() {
-        ["bytes", n] => body(num(n), public(), None),
+        // Like /bytes, but also accepts writes (see `handle`), to exercise invalidation.
+        ["bytes", n] | ["writable", n] => body(num(n), public(), None),
         ["nostore", n] => body(num(n), "no-store".into(), None),
         ["private", n] => body(num(n), "private".into(), None),
         ["maxage", secs, n] => match num(secs) {
@@ -433,6 +434,13 @@ fn route(path: &str) -> Route {
 async fn handle(req: Request<Incoming>, stats: &Stats) -> Response<OriginBody> {
     let path = req.uri().path().to_owned();
     let head = req.method() == Method::HEAD;
+    let write = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if write && path.starts_with("/writable/") {
+        return text(StatusCode::NO_CONTENT, "", false);
+    }
     if req.method() != Method::GET && !head {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n", false);
         resp.headers_mut()

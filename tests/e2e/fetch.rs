@@ -216,3 +216,30 @@ impl Drop for Thaw {
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_unsafe_method_invalidates_the_stored_copy() {
+    let net = launch(1, &[]).await;
+    let node = net.http(0);
+    let path = "/writable/800";
+    let url = net.testnet.origin.url(path);
+    assert_eq!(get_via(node, &url).await.source(), "origin");
+    crate::support::wait_stored(&net, 0, 1).await;
+    assert_eq!(get_via(node, &url).await.header("x-cache"), "HIT");
+
+    // A failed write (405 from the origin) leaves the copy alone…
+    let other = net.testnet.origin.url("/bytes/800");
+    assert_eq!(get_via(node, &other).await.source(), "origin");
+    crate::support::wait_stored(&net, 0, 2).await;
+    let refused = crate::support::request_via(node, http::Request::post(&other)).await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(get_via(node, &other).await.header("x-cache"), "HIT");
+
+    // …a successful one drops it, and the next GET goes to the origin again.
+    let written = crate::support::request_via(node, http::Request::put(&url)).await;
+    assert_eq!(written.status, 204);
+    let after = get_via(node, &url).await;
+    assert_eq!(after.source(), "origin");
+    assert_eq!(after.body, expected_body(path, 800));
+    assert_eq!(net.testnet.origin.hits(path), 2);
+}

@@ -116,6 +116,10 @@ impl Edge {
                     .await?;
                 let (mut head, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
+                let succeeded = head.status.is_success() || head.status.is_redirection();
+                if succeeded && !method.is_safe() {
+                    self.fetcher.invalidate(&url).await;
+                }
                 let body = incoming
                     .map_err(|e| -> BoxError { Box::new(e) })
                     .boxed_unsync();

@@ -389,6 +389,25 @@ impl Fetcher {
         };
     }
 
+    /// RFC 9111 §4.4: after an unsafe method succeeds, the stored copy of its target is out of
+    /// date. Drop it and stop telling the overlay we hold it.
+    pub async fn invalidate(&self, url: &CanonicalUrl) {
+        let key = ContentKey::for_url(url);
+        match self.inner.store.remove(&key).await {
+            Ok(true) => {
+                debug!(key = %key.short(), "invalidated after an unsafe method");
+                let overlay = self.inner.overlay.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = overlay.unprovide(key).await {
+                        debug!(key = %key.short(), error = %e, "withdrawing the announcement failed");
+                    }
+                });
+            }
+            Ok(false) => {}
+            Err(e) => warn!(key = %key.short(), error = %e, "invalidation failed"),
+        }
+    }
+
     /// The peer endpoint: our stored (or still arriving) copy of `key`, never fetched for the asker.
     pub async fn serve_object(&self, key: ContentKey) -> Option<(response::Parts, Body)> {
         match self.inner.store.get(&key).await {
