@@ -200,6 +200,24 @@ impl Store {
         lock(&self.inner.fills).get(key).and_then(|s| Tail::of(s))
     }
 
+    /// Replaces the metadata of a committed object whose body is unchanged (a revalidation
+    /// answered 304). False, and nothing written, if the entry is gone or now holds another
+    /// body than `meta.body_hash` names.
+    pub async fn refresh(&self, key: &ContentKey, meta: Meta) -> Result<bool, Error> {
+        let inner = self.inner.clone();
+        let key = *key;
+        blocking(move || {
+            let encoded = crate::meta::encode(&meta)?;
+            let _gate = lock(&inner.index_gate);
+            if lock(&inner.catalog).blob_of(&key) != Some(BlobId::from_bytes(meta.body_hash)) {
+                return Ok(false);
+            }
+            inner.index.put(&key, &encoded)?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Removes a committed object; false if there was none.
     pub async fn remove(&self, key: &ContentKey) -> Result<bool, Error> {
         let inner = self.inner.clone();

@@ -648,3 +648,29 @@ async fn a_second_store_on_a_live_directory_is_refused_and_touches_nothing() {
     w.commit().await.unwrap();
     assert_eq!(read(&store, key(1)).await.unwrap(), b"in progress");
 }
+
+#[tokio::test]
+async fn refresh_replaces_metadata_but_only_for_the_same_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 20);
+    let k = key(201);
+    let stored = put(&store, k, b"same body").await;
+
+    let mut updated = stored.clone();
+    updated.headers = vec![("etag".into(), b"\"v2\"".to_vec())];
+    assert!(store.refresh(&k, updated).await.unwrap());
+    let hit = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(
+        hit.meta.headers,
+        vec![("etag".to_string(), b"\"v2\"".to_vec())]
+    );
+    assert_eq!(read(&store, k).await.unwrap(), b"same body");
+
+    // A refresh naming another body, or a key that is gone, writes nothing.
+    let mut other = stored.clone();
+    other.body_hash = [7; 32];
+    assert!(!store.refresh(&k, other).await.unwrap());
+    assert!(store.remove(&k).await.unwrap());
+    assert!(!store.refresh(&k, stored).await.unwrap());
+    assert!(store.get(&k).await.unwrap().is_none());
+}

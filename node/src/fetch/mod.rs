@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
 use http_body_util::BodyExt;
-use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 use hyper::body::Incoming;
 use reef_cache::{Fill, Meta, Outcome, Store};
 use reef_proto::{CanonicalUrl, ContentKey};
@@ -58,13 +58,14 @@ pub enum Payload {
     Stream(Body),
 }
 
-/// What `X-Cache` says: served from a fresh stored copy, fetched, or a stale copy served
-/// because the origin failed (`stale-if-error`).
+/// What `X-Cache` says about how the stored copy was used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
     Miss,
     Stale,
+    /// A stale stored copy the origin confirmed with 304; its headers were refreshed.
+    Revalidated,
 }
 
 impl CacheStatus {
@@ -73,6 +74,7 @@ impl CacheStatus {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
             Self::Stale => "STALE",
+            Self::Revalidated => "REVALIDATED",
         }
     }
 }
@@ -137,7 +139,7 @@ impl Fetcher {
         if has_directive(&policy_req.headers, "only-if-cached") {
             return Err(FetchError::NotCached);
         }
-        let fetched = self.fetch(key, url, &policy_req).await;
+        let fetched = self.fetch(key, url, &policy_req, stale.as_ref()).await;
         match stale {
             Some(hit)
                 if upstream_failed(&fetched) && stale_if_error_allows(&hit.meta, &policy_req) =>
@@ -164,6 +166,7 @@ impl Fetcher {
         key: ContentKey,
         url: CanonicalUrl,
         policy_req: &request::Parts,
+        stale: Option<&reef_cache::Hit>,
     ) -> Result<Served, FetchError> {
         match self.inner.store.fill(key) {
             Fill::Leader(guard) => {
@@ -172,11 +175,16 @@ impl Fetcher {
                     guard.skip();
                     return Ok(*served);
                 }
-                self.lead_fill(guard, url, policy_req).await
+                self.lead_fill(guard, url, policy_req, stale).await
             }
             Fill::Follower(wait) => match wait.wait().await {
                 Outcome::Streaming(tail) => Ok(serve_tail(tail, self.fill_source(&key))),
-                Outcome::Uncached => self.fetch_uncached(&url, policy_req).await,
+                // The leader stored nothing new: it revalidated our copy, or the response must
+                // not be stored. Look again before going upstream ourselves.
+                Outcome::Uncached => match self.lookup_local(key, policy_req).await {
+                    Local::Fresh(served) => Ok(*served),
+                    _ => self.fetch_uncached(&url, policy_req).await,
+                },
                 Outcome::Failed => Err(FetchError::Coalesced),
             },
         }
@@ -218,9 +226,22 @@ impl Fetcher {
         guard: reef_cache::FillGuard,
         url: CanonicalUrl,
         policy_req: &request::Parts,
+        stale: Option<&reef_cache::Hit>,
     ) -> Result<Served, FetchError> {
         let key = guard.key();
-        let upstream = self.fetch_upstream(key, &url, policy_req).await?;
+        let upstream = match stale.filter(|hit| has_validators(&hit.meta)) {
+            Some(hit) => match self.revalidate(key, &url, policy_req, hit).await? {
+                Revalidation::Confirmed(served) => {
+                    guard.skip();
+                    return Ok(*served);
+                }
+                Revalidation::Replaced(response) => Upstream {
+                    response,
+                    source: Source::Origin,
+                },
+            },
+            None => self.fetch_upstream(key, &url, policy_req).await?,
+        };
         let (mut head, incoming) = upstream.response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let Some(policy) = self.storable_policy(policy_req, &head) else {
@@ -270,6 +291,75 @@ impl Fetcher {
             .instrument(span),
         );
         Ok(serve_tail(tail, upstream.source))
+    }
+
+    /// Phase: revalidate. Asks the origin whether our stale copy is still current; a 304
+    /// refreshes its stored headers (RFC 9111 §4.3.4) and it is served without refetching.
+    async fn revalidate(
+        &self,
+        key: ContentKey,
+        url: &CanonicalUrl,
+        policy_req: &request::Parts,
+        hit: &reef_cache::Hit,
+    ) -> Result<Revalidation, FetchError> {
+        let conditional = match hit
+            .meta
+            .policy
+            .before_request(policy_req, SystemTime::now())
+        {
+            BeforeRequest::Stale { request, .. } => request.headers,
+            // Fresh by now (a clock step); a plain conditional on our validators still works.
+            BeforeRequest::Fresh(_) => policy_req.headers.clone(),
+        };
+        let response = self.inner.upstreams.revalidate(url, &conditional).await?;
+        if response.status() != StatusCode::NOT_MODIFIED {
+            return Ok(Revalidation::Replaced(response));
+        }
+        let (mut head, _) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let now = SystemTime::now();
+        let AfterResponse::NotModified(policy, _) =
+            hit.meta.policy.after_response(policy_req, &head, now)
+        else {
+            // A 304 for validators we do not hold: we may not use it; fetch the object.
+            let response = self
+                .inner
+                .upstreams
+                .origin(Method::GET, url, &policy_req.headers, body::empty())
+                .await?;
+            return Ok(Revalidation::Replaced(response));
+        };
+        let mut meta = hit.meta.clone();
+        meta.policy = policy;
+        meta.stored_at = now;
+        refresh_headers(&mut meta.headers, &head.headers);
+        match self.inner.store.refresh(&key, meta).await {
+            Ok(true) => {}
+            Ok(false) => debug!(key = %key.short(), "copy changed while revalidating"),
+            Err(e) => warn!(key = %key.short(), error = %e, "storing refreshed headers failed"),
+        }
+        match self.inner.store.get(&key).await {
+            Ok(Some(fresh)) => {
+                let head = stored_head(&fresh.meta, now, Some(fresh.meta.body_len));
+                Ok(Revalidation::Confirmed(Box::new(Served {
+                    head,
+                    payload: Payload::File {
+                        file: fresh.file,
+                        len: fresh.meta.body_len,
+                    },
+                    source: Source::Local,
+                    cache: CacheStatus::Revalidated,
+                })))
+            }
+            _ => {
+                let response = self
+                    .inner
+                    .upstreams
+                    .origin(Method::GET, url, &policy_req.headers, body::empty())
+                    .await?;
+                Ok(Revalidation::Replaced(response))
+            }
+        }
     }
 
     /// A response that must not be stored: fetched and streamed through without caching.
@@ -421,6 +511,39 @@ impl Fetcher {
         let tail = self.inner.store.tail(&key)?;
         let head = stored_head(tail.meta(), SystemTime::now(), None);
         Some((head, body::from_tail(tail)))
+    }
+}
+
+enum Revalidation {
+    /// The stored copy is current (304); served with refreshed headers.
+    Confirmed(Box<Served>),
+    /// The origin sent something else: store and serve that instead.
+    Replaced(hyper::Response<Incoming>),
+}
+
+fn has_validators(meta: &Meta) -> bool {
+    meta.headers
+        .iter()
+        .any(|(name, _)| name == "etag" || name == "last-modified")
+}
+
+/// RFC 9111 §3.2: fields of a 304 replace the stored ones of the same name, except those
+/// that describe the body's framing.
+fn refresh_headers(stored: &mut Vec<(String, Vec<u8>)>, fresh: &HeaderMap) {
+    const KEEP: [header::HeaderName; 4] = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_RANGE,
+    ];
+    for name in fresh.keys() {
+        if KEEP.contains(name) {
+            continue;
+        }
+        stored.retain(|(n, _)| n != name.as_str());
+        for value in fresh.get_all(name) {
+            stored.push((name.as_str().to_string(), value.as_bytes().to_vec()));
+        }
     }
 }
 

@@ -79,6 +79,31 @@ impl Upstreams {
         let mut headers = client_headers.clone();
         strip_hop_by_hop(&mut headers);
         strip_for_full_fetch(&mut headers);
+        self.send(method, url, headers, body).await
+    }
+
+    /// A conditional GET for a stored copy: `headers` carry its validators
+    /// (`If-None-Match` / `If-Modified-Since`), which are kept; ranges are not.
+    pub async fn revalidate(
+        &self,
+        url: &CanonicalUrl,
+        headers: &HeaderMap,
+    ) -> Result<Response<Incoming>, FetchError> {
+        let mut headers = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        for name in [header::RANGE, header::IF_RANGE, header::HOST] {
+            headers.remove(name);
+        }
+        self.send(Method::GET, url, headers, body::empty()).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &CanonicalUrl,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response<Incoming>, FetchError> {
         let mut req = Request::builder()
             .method(method)
             .uri(url.to_uri())
