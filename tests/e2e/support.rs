@@ -119,12 +119,24 @@ pub async fn raw_exchange(node: SocketAddr, request: &[u8]) -> String {
 /// Waits until node `node` has announced at least `count` objects in the DHT, so that the
 /// next node to miss can find them (announcing happens after the response, in the background).
 pub async fn wait_announced(net: &Net, node: usize, count: u64) {
+    wait_at_least(net, node, ["announcements", "done"], count).await;
+}
+
+/// Waits until node `node` has committed at least `count` objects to its cache (a response
+/// streams to the client while it is written; the commit follows right after).
+pub async fn wait_stored(net: &Net, node: usize, count: u64) {
+    wait_at_least(net, node, ["cache", "objects"], count).await;
+}
+
+/// Waits until the counter at `field` of the node's `/api/status` reaches `count`.
+async fn wait_at_least(net: &Net, node: usize, field: [&str; 2], count: u64) {
+    let what = field.join(".");
     net.testnet.nodes[node]
-        .wait_status("announcements", JOIN_TIMEOUT, |s| {
-            s["announcements"]["done"].as_u64().unwrap_or(0) >= count
+        .wait_status(&what, JOIN_TIMEOUT, |s| {
+            s[field[0]][field[1]].as_u64().unwrap_or(0) >= count
         })
         .await
-        .expect("the object was announced");
+        .unwrap_or_else(|e| panic!("{what} never reached {count}: {e}"));
 }
 
 /// GETs a large object through a node, checking its bytes against the origin's as they stream.
@@ -140,15 +152,4 @@ pub async fn stream_matches(node: SocketAddr, url: &str, size: u64) -> bool {
     got.status == StatusCode::OK
         && got.len == size
         && got.digest == reef_testnet::origin::expected_digest(&path, size)
-}
-
-/// Waits until node `node` has committed at least `count` objects to its cache (a response
-/// streams to the client while it is written; the commit follows right after).
-pub async fn wait_stored(net: &Net, node: usize, count: u64) {
-    net.testnet.nodes[node]
-        .wait_status("cache commit", JOIN_TIMEOUT, |s| {
-            s["cache"]["objects"].as_u64().unwrap_or(0) >= count
-        })
-        .await
-        .expect("the object was stored");
 }
