@@ -11,16 +11,22 @@ use crate::body::{self, Body};
 use crate::fetch::{Payload, Served};
 
 pub async fn respond(served: Served, req: &request::Parts) -> Response<Body> {
+    let labels = [
+        ("x-cache", served.cache.as_str()),
+        ("x-reef-source", served.source.as_str()),
+    ];
+    let mut resp = answer(served, req).await;
+    for (name, value) in labels {
+        resp.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    resp
+}
+
+async fn answer(served: Served, req: &request::Parts) -> Response<Body> {
     let Served {
-        mut head,
-        payload,
-        source,
-        cache,
+        mut head, payload, ..
     } = served;
-    head.headers
-        .insert("x-cache", HeaderValue::from_static(cache.as_str()));
-    head.headers
-        .insert("x-reef-source", HeaderValue::from_static(source.as_str()));
     let readable = req.method == Method::GET || req.method == Method::HEAD;
     if readable && head.status == StatusCode::OK && not_modified(&req.headers, &head.headers) {
         head.status = StatusCode::NOT_MODIFIED;
@@ -65,10 +71,6 @@ pub async fn respond(served: Served, req: &request::Parts) -> Response<Body> {
                     );
                     resp.headers_mut()
                         .insert(header::CONTENT_RANGE, content_range(&format!("*/{len}")));
-                    resp.headers_mut()
-                        .insert("x-cache", HeaderValue::from_static(cache.as_str()));
-                    resp.headers_mut()
-                        .insert("x-reef-source", HeaderValue::from_static(source.as_str()));
                     return resp;
                 }
             }

@@ -43,7 +43,8 @@ impl Edge {
         let span = info_span!("request", request_id = id, method = %req.method(), %client);
         async move {
             let started = Instant::now();
-            let target = req.uri().to_string();
+            // A clone shares the URI's bytes; it is only formatted if the access log is on.
+            let target = req.uri().clone();
             let mut resp = match self.route(req).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(&e),
@@ -70,7 +71,7 @@ impl Edge {
 
     /// Phase: resolve what is asked for, then hand it to the right path.
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, FetchError> {
-        let header_bytes: usize = req.uri().to_string().len()
+        let header_bytes: usize = uri_len(req.uri())
             + req
                 .headers()
                 .iter()
@@ -146,6 +147,13 @@ impl Edge {
     }
 }
 
+/// Length of the request target as sent, without formatting it.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+}
+
 fn error_response(err: &FetchError) -> Response<Body> {
     let mut resp = text_response(err.status(), &err.to_string());
     resp.headers_mut()
@@ -163,4 +171,22 @@ pub fn text_response(status: StatusCode, reason: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_len_matches_the_formatted_target() {
+        for t in [
+            "http://a.example:8080/p/q?x=1",
+            "/just/a/path?q",
+            "http://a.example/",
+            "/",
+        ] {
+            let uri: http::Uri = t.parse().unwrap();
+            assert_eq!(uri_len(&uri), uri.to_string().len(), "{t}");
+        }
+    }
 }

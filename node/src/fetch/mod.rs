@@ -37,7 +37,7 @@ const HOLDER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// An upstream body that stalls this long is abandoned (and never stored).
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Who we are, for ranking holders and for `Via`.
+/// Who we are, for ranking holders (same provider, then same region, first).
 #[derive(Debug, Clone)]
 pub struct LocalInfo {
     pub provider: String,
@@ -123,10 +123,6 @@ impl Fetcher {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     /// Serves a GET or HEAD for `url`; `req` carries the client's headers.
     pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
         let key = ContentKey::for_url(&url);
@@ -145,16 +141,7 @@ impl Fetcher {
                 if upstream_failed(&fetched) && stale_if_error_allows(&hit.meta, &policy_req) =>
             {
                 debug!(key = %key.short(), "origin failed; serving the stale copy (stale-if-error)");
-                let head = stored_head(&hit.meta, SystemTime::now(), Some(hit.meta.body_len));
-                Ok(Served {
-                    head,
-                    payload: Payload::File {
-                        file: hit.file,
-                        len: hit.meta.body_len,
-                    },
-                    source: Source::Local,
-                    cache: CacheStatus::Stale,
-                })
+                Ok(serve_hit(hit, SystemTime::now(), CacheStatus::Stale))
             }
             _ => fetched,
         }
@@ -208,16 +195,7 @@ impl Fetcher {
             debug!(key = %key.short(), "stored copy is stale");
             return Local::Stale(Box::new(hit));
         }
-        let head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
-        Local::Fresh(Box::new(Served {
-            head,
-            payload: Payload::File {
-                file: hit.file,
-                len: hit.meta.body_len,
-            },
-            source: Source::Local,
-            cache: CacheStatus::Hit,
-        }))
+        Local::Fresh(Box::new(serve_hit(hit, now, CacheStatus::Hit)))
     }
 
     /// Phase: fill. We are the one fetch for this key; followers read what we store.
@@ -322,11 +300,7 @@ impl Fetcher {
             hit.meta.policy.after_response(policy_req, &head, now)
         else {
             // A 304 for validators we do not hold: we may not use it; fetch the object.
-            let response = self
-                .inner
-                .upstreams
-                .origin(Method::GET, url, &policy_req.headers, body::empty())
-                .await?;
+            let response = self.origin_get(url, policy_req).await?;
             return Ok(Revalidation::Replaced(response));
         };
         let mut meta = hit.meta.clone();
@@ -339,27 +313,29 @@ impl Fetcher {
             Err(e) => warn!(key = %key.short(), error = %e, "storing refreshed headers failed"),
         }
         match self.inner.store.get(&key).await {
-            Ok(Some(fresh)) => {
-                let head = stored_head(&fresh.meta, now, Some(fresh.meta.body_len));
-                Ok(Revalidation::Confirmed(Box::new(Served {
-                    head,
-                    payload: Payload::File {
-                        file: fresh.file,
-                        len: fresh.meta.body_len,
-                    },
-                    source: Source::Local,
-                    cache: CacheStatus::Revalidated,
-                })))
-            }
+            Ok(Some(fresh)) => Ok(Revalidation::Confirmed(Box::new(serve_hit(
+                fresh,
+                now,
+                CacheStatus::Revalidated,
+            )))),
             _ => {
-                let response = self
-                    .inner
-                    .upstreams
-                    .origin(Method::GET, url, &policy_req.headers, body::empty())
-                    .await?;
+                let response = self.origin_get(url, policy_req).await?;
                 Ok(Revalidation::Replaced(response))
             }
         }
+    }
+
+    /// The whole object from the origin, with the client's end-to-end headers.
+    async fn origin_get(
+        &self,
+        url: &CanonicalUrl,
+        policy_req: &request::Parts,
+    ) -> Result<hyper::Response<Incoming>, FetchError> {
+        let headers = &policy_req.headers;
+        self.inner
+            .upstreams
+            .origin(Method::GET, url, headers, body::empty())
+            .await
     }
 
     /// A response that must not be stored: fetched and streamed through without caching.
@@ -368,11 +344,7 @@ impl Fetcher {
         url: &CanonicalUrl,
         policy_req: &request::Parts,
     ) -> Result<Served, FetchError> {
-        let resp = self
-            .inner
-            .upstreams
-            .origin(Method::GET, url, &policy_req.headers, body::empty())
-            .await?;
+        let resp = self.origin_get(url, policy_req).await?;
         let (mut head, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
         Ok(pass_through(head, incoming, Source::Origin))
@@ -416,11 +388,7 @@ impl Fetcher {
                 Err(reason) => debug!(%peer, %reason, "peer fetch failed; trying next"),
             }
         }
-        let response = self
-            .inner
-            .upstreams
-            .origin(Method::GET, url, &policy_req.headers, body::empty())
-            .await?;
+        let response = self.origin_get(url, policy_req).await?;
         Ok(Upstream {
             response,
             source: Source::Origin,
@@ -609,6 +577,20 @@ fn stored_head(meta: &Meta, now: SystemTime, committed_len: Option<u64>) -> resp
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     head
+}
+
+/// A committed local copy, served from its file (so the respond phase can slice ranges).
+fn serve_hit(hit: reef_cache::Hit, now: SystemTime, cache: CacheStatus) -> Served {
+    let len = hit.meta.body_len;
+    Served {
+        head: stored_head(&hit.meta, now, Some(len)),
+        payload: Payload::File {
+            file: hit.file,
+            len,
+        },
+        source: Source::Local,
+        cache,
+    }
 }
 
 fn serve_tail(tail: reef_cache::Tail, source: Source) -> Served {
