@@ -8,6 +8,7 @@ use std::collections::hash_map;
 use reef_proto::ContentKey;
 
 use crate::blobs::BlobId;
+use crate::family::Families;
 use crate::lru::Lru;
 use crate::policy::Policy;
 
@@ -39,6 +40,8 @@ pub(crate) struct Catalog {
     policy: Box<dyn Policy>,
     /// Bytes of distinct referenced blobs, i.e. what the cache occupies on disk.
     bytes: u64,
+    /// Variants of URLs whose responses vary; entries leave with their keys.
+    families: Families,
 }
 
 impl Default for Catalog {
@@ -54,6 +57,7 @@ impl Catalog {
             blobs: HashMap::new(),
             policy,
             bytes: 0,
+            families: Families::default(),
         }
     }
 
@@ -113,9 +117,21 @@ impl Catalog {
             blob: e.blob,
             orphaned: self.unpin(&e.blob),
         });
+        self.families.forget(&key);
         self.entries.insert(key, Entry { blob });
         self.policy.insert(key, self.len_of(&blob));
         old
+    }
+
+    /// Records that the entry `variant` (already inserted) is a variant of `primary`.
+    pub fn set_variant_of(&mut self, variant: ContentKey, primary: ContentKey) {
+        if self.entries.contains_key(&variant) {
+            self.families.add(primary, variant);
+        }
+    }
+
+    pub fn variants_of(&self, primary: &ContentKey) -> Vec<ContentKey> {
+        self.families.variants_of(primary)
     }
 
     /// Like `insert_pinned` for an entry found at open; call these oldest stored first.
@@ -127,6 +143,7 @@ impl Catalog {
     pub fn remove(&mut self, key: &ContentKey) -> Option<Removed> {
         let e = self.entries.remove(key)?;
         self.policy.remove(key);
+        self.families.forget(key);
         let orphaned = self.unpin(&e.blob);
         Some(Removed {
             blob: e.blob,

@@ -18,9 +18,9 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::Error;
-use crate::blobs::remove_file_quiet;
+use crate::blobs::{BlobId, remove_file_quiet};
 use crate::meta::{self, Meta};
-use crate::store::{Store, blocking};
+use crate::store::{NewEntry, Store, blocking};
 
 /// Largest chunk a tail hands out: big enough to keep syscalls per byte low, small enough that
 /// a peer sees data soon after the origin sends it.
@@ -142,6 +142,41 @@ impl FillGuard {
         })
     }
 
+    /// Stores an entry that has no body (such as an index naming other entries), then lets
+    /// followers look again (`Outcome::Uncached`), when they will find it.
+    pub async fn put_bodiless(self, mut meta: Meta) -> Result<(), Error> {
+        if self.slot.is_none() {
+            return Err(Error::Busy);
+        }
+        meta.body_len = 0;
+        meta.body_hash = *blake3::hash(&[]).as_bytes();
+        meta.stored_at = SystemTime::now();
+        let entry = NewEntry {
+            blob: BlobId::from_bytes(meta.body_hash),
+            len: 0,
+            encoded: meta::encode(&meta)?,
+            variant_of: meta.variant_of,
+        };
+        let inner = self.store.inner.clone();
+        let key = self.key;
+        let stored = blocking(move || {
+            let temp = inner.layout.temp_path(&key);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            let res = inner.commit(key, &file, &temp, &entry);
+            if res.is_err() {
+                let _ = remove_file_quiet(&temp);
+            }
+            res
+        })
+        .await;
+        self.skip();
+        stored
+    }
+
     /// The response must not be stored: followers get `Outcome::Uncached` and fetch on their own.
     pub fn skip(mut self) {
         if let Some(slot) = self.slot.take() {
@@ -243,13 +278,20 @@ impl Writer {
         meta.body_len = self.written;
         meta.body_hash = *blob.as_bytes();
         meta.stored_at = SystemTime::now();
+        // Encoded here, before any disk work, so an unencodable meta leaves nothing behind.
         let encoded = meta::encode(&meta)?;
 
         let inner = self.store.inner.clone();
         let body = self.body.clone();
         let temp = self.temp.clone();
-        let (key, len) = (self.key, self.written);
-        blocking(move || inner.commit(key, &body.file, &temp, blob, len, &encoded)).await?;
+        let (key, len, variant_of) = (self.key, self.written, meta.variant_of);
+        let entry = NewEntry {
+            blob,
+            len,
+            encoded,
+            variant_of,
+        };
+        blocking(move || inner.commit(key, &body.file, &temp, &entry)).await?;
 
         self.committed = true;
         self.store.inner.finish_fill(&self.key, &self.slot, |p| {

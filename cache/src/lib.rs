@@ -19,6 +19,7 @@
 mod blobs;
 mod catalog;
 mod error;
+mod family;
 mod fill;
 mod index;
 mod lru;

@@ -1,6 +1,7 @@
 use std::time::SystemTime;
 
 use http_cache_semantics::CachePolicy;
+use reef_proto::ContentKey;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -32,6 +33,14 @@ pub struct Meta {
     pub body_hash: [u8; 32],
     /// Set by the store at commit.
     pub stored_at: SystemTime,
+    /// Some on the entry of a URL whose responses vary: the request headers they vary on
+    /// (lower-case, in `Vary` order). Such an entry has no body; each variant is an entry of
+    /// its own whose `variant_of` names this one.
+    #[serde(default)]
+    pub vary: Option<Vec<String>>,
+    /// For one variant of a URL: the key of the URL's entry, so removing the URL removes it too.
+    #[serde(default)]
+    pub variant_of: Option<ContentKey>,
 }
 
 impl Meta {
@@ -49,7 +58,14 @@ impl Meta {
             body_len: 0,
             body_hash: [0; 32],
             stored_at: SystemTime::now(),
+            vary: None,
+            variant_of: None,
         }
+    }
+
+    /// True for the bodiless entry that says which headers select a URL's variants.
+    pub fn is_vary_index(&self) -> bool {
+        self.vary.is_some()
     }
 }
 
@@ -60,6 +76,8 @@ pub(crate) struct Summary {
     pub body_len: u64,
     pub body_hash: [u8; 32],
     pub stored_at: SystemTime,
+    #[serde(default)]
+    pub variant_of: Option<ContentKey>,
 }
 
 pub(crate) fn encode(meta: &Meta) -> Result<Vec<u8>, Error> {

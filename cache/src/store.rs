@@ -116,7 +116,7 @@ impl Store {
                 .entry(blob)
                 .or_insert_with(|| file_len(&layout.blob_path(&blob)));
             if on_disk == Some(s.body_len) {
-                good.push((s.stored_at, key, blob, s.body_len));
+                good.push((s.stored_at, key, blob, s.body_len, s.variant_of));
             } else {
                 warn!(key = %key.short(), expected = s.body_len, found = ?on_disk, "dropping cache entry with a missing or wrong-sized body");
                 bad.push(key);
@@ -129,9 +129,12 @@ impl Store {
         // Access history is not persisted; the order objects were stored in is the best guess.
         good.sort_by_key(|g| g.0);
         let mut catalog = Catalog::new(policy(config.max_bytes));
-        for (_, key, blob, len) in good {
+        for (_, key, blob, len, variant_of) in good {
             catalog.pin(blob, len);
             catalog.restore_pinned(key, blob);
+            if let Some(primary) = variant_of {
+                catalog.set_variant_of(key, primary);
+            }
         }
 
         let store = Store {
@@ -225,6 +228,24 @@ impl Store {
         blocking(move || inner.remove_entry(key, None)).await
     }
 
+    /// Removes the object at `primary` and every stored variant of it; returns the keys removed.
+    pub async fn remove_family(&self, primary: &ContentKey) -> Result<Vec<ContentKey>, Error> {
+        let inner = self.inner.clone();
+        let primary = *primary;
+        blocking(move || {
+            let mut keys = lock(&inner.catalog).variants_of(&primary);
+            keys.push(primary);
+            let mut removed = Vec::new();
+            for key in keys {
+                if inner.remove_entry(key, None)? {
+                    removed.push(key);
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     pub fn stats(&self) -> Stats {
         let c = lock(&self.inner.catalog);
         Stats {
@@ -247,6 +268,14 @@ impl fmt::Debug for Store {
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+/// What a commit adds to the index for one key.
+pub(crate) struct NewEntry {
+    pub blob: BlobId,
+    pub len: u64,
+    pub encoded: Vec<u8>,
+    pub variant_of: Option<ContentKey>,
 }
 
 // Everything below blocks on disk and runs on a blocking thread (or in `open`).
@@ -344,17 +373,28 @@ impl Inner {
         key: ContentKey,
         file: &File,
         temp: &Path,
-        blob: BlobId,
-        len: u64,
-        encoded: &[u8],
+        entry: &NewEntry,
     ) -> Result<(), Error> {
+        let NewEntry {
+            blob,
+            len,
+            ref encoded,
+            variant_of,
+        } = *entry;
         // The bytes must be on disk before any name or index entry points at them.
         file.sync_all()?;
         self.install_blob(temp, blob, len)?;
         let replaced = {
             let _gate = lock(&self.index_gate);
             match self.index.put(&key, encoded) {
-                Ok(()) => lock(&self.catalog).insert_pinned(key, blob),
+                Ok(()) => {
+                    let mut catalog = lock(&self.catalog);
+                    let replaced = catalog.insert_pinned(key, blob);
+                    if let Some(primary) = variant_of {
+                        catalog.set_variant_of(key, primary);
+                    }
+                    replaced
+                }
                 Err(e) => {
                     drop(_gate);
                     if lock(&self.catalog).unpin(&blob) {

@@ -674,3 +674,59 @@ async fn refresh_replaces_metadata_but_only_for_the_same_body() {
     assert!(!store.refresh(&k, stored).await.unwrap());
     assert!(store.get(&k).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn removing_a_family_removes_every_variant_also_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 20);
+    let (primary, gzip, plain, other) = (key(1), key(2), key(3), key(4));
+    let mut index = meta("http://a/v");
+    index.vary = Some(vec!["accept-encoding".into()]);
+    leader(&store, primary)
+        .start(index)
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    for (k, seed) in [(gzip, 2), (plain, 3)] {
+        let mut m = meta("http://a/v");
+        m.variant_of = Some(primary);
+        let mut w = leader(&store, k).start(m).await.unwrap();
+        w.write(&body(seed, 100)).await.unwrap();
+        w.commit().await.unwrap();
+    }
+    put(&store, other, &body(4, 100)).await;
+    drop(store);
+
+    let store = open(dir.path(), 1 << 20);
+    let hit = store.get(&primary).await.unwrap().unwrap();
+    assert!(hit.meta.is_vary_index());
+    let mut removed = store.remove_family(&primary).await.unwrap();
+    removed.sort();
+    assert_eq!(removed, vec![primary, gzip, plain]);
+    assert!(read(&store, gzip).await.is_none());
+    assert!(read(&store, plain).await.is_none());
+    assert_eq!(read(&store, other).await.unwrap(), body(4, 100));
+    assert!(store.remove_family(&primary).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_bodiless_entry_is_stored_and_followers_look_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 20);
+    let guard = leader(&store, key(1));
+    let wait = follower(&store, key(1));
+    guard.put_bodiless(meta("http://a/i")).await.unwrap();
+    assert!(matches!(wait.wait().await, Outcome::Uncached));
+    let hit = store.get(&key(1)).await.unwrap().unwrap();
+    assert_eq!(hit.meta.body_len, 0);
+    // A second bodiless entry shares the empty blob; removing one keeps the other readable.
+    leader(&store, key(2))
+        .put_bodiless(meta("http://a/j"))
+        .await
+        .unwrap();
+    assert!(store.remove(&key(1)).await.unwrap());
+    assert_eq!(read(&store, key(2)).await.unwrap(), b"");
+    assert_eq!(temps(dir.path()), 0);
+}

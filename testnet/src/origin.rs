@@ -15,6 +15,7 @@
 //! | `/private/<n>` | same kind of body, `Cache-Control: private` |
 //! | `/maxage/<secs>/<n>` | same kind of body, `Cache-Control: public, max-age=<secs>` |
 //! | `/slow/<ms>/<n>` | waits `ms` before the headers, then like `/bytes/<n>` |
+//! | `/vary/<header>/<n>` | `Vary: <header>`; the body (see [`variant_seed`]) and `ETag` depend on the request's value of `<header>`; writes accepted as on `/writable` |
 //! | `/hang` | accepts the request and never answers |
 //! | `/status/<code>` | that status with a short text body |
 //! | anything else | 404 |
@@ -150,6 +151,16 @@ pub fn expected_digest(path: &str, n: u64) -> blake3::Hash {
 pub fn expected_etag(path: &str) -> String {
     let hash = blake3::hash(normalize_path(path).as_bytes());
     format!("\"{}\"", &hash.to_hex()[..16])
+}
+
+/// What the body and `ETag` of `/vary/<header>/<n>` are generated from, for a request whose
+/// `<header>` is `value` (None: absent): pass it to [`expected_body`] or [`expected_etag`].
+pub fn variant_seed(path: &str, value: Option<&str>) -> String {
+    let path = normalize_path(path);
+    match value {
+        Some(v) => format!("{path}/{}", &blake3::hash(v.as_bytes()).to_hex()[..16]),
+        None => format!("{path}/absent"),
+    }
 }
 
 /// Reduces a URL or request target to its path: drops scheme, authority, query, fragment.
@@ -438,7 +449,7 @@ async fn handle(req: Request<Incoming>, stats: &Stats) -> Response<OriginBody> {
         *req.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    if write && path.starts_with("/writable/") {
+    if write && (path.starts_with("/writable/") || path.starts_with("/vary/")) {
         return text(StatusCode::NO_CONTENT, "", false);
     }
     if req.method() != Method::GET && !head {
@@ -448,6 +459,24 @@ async fn handle(req: Request<Incoming>, stats: &Stats) -> Response<OriginBody> {
         return resp;
     }
     stats.record(&path);
+    if let ["vary", name, n] = path.trim_start_matches('/').split('/').collect::<Vec<_>>()[..]
+        && let Ok(len) = n.parse::<u64>()
+    {
+        let value = req.headers().get(name).and_then(|v| v.to_str().ok());
+        let seed = variant_seed(&path, value);
+        let mut resp = body_response(
+            &req,
+            &seed,
+            len,
+            &format!("public, max-age={DEFAULT_MAX_AGE}"),
+            head,
+        );
+        resp.headers_mut().insert(
+            header::VARY,
+            HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("*")),
+        );
+        return resp;
+    }
     match route(&path) {
         Route::Body {
             len,

@@ -10,3 +10,4 @@ mod fetch;
 mod semantics;
 mod support;
 mod tls;
+mod vary;

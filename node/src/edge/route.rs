@@ -87,7 +87,7 @@ impl Edge {
         }
         if req.uri().scheme().is_none() {
             if let Some(key) = req.uri().path().strip_prefix(OBJECT_PATH) {
-                return Ok(self.serve_object(key).await);
+                return Ok(self.serve_object(key, req.headers()).await);
             }
             return Err(FetchError::BadRequest(
                 "send an absolute http:// URL (forward-proxy form), e.g. curl -x http://NODE http://origin/path"
@@ -136,13 +136,13 @@ impl Edge {
     }
 
     /// What a peer asks of us: our copy of a content key, or 404. Never fetched on its behalf.
-    async fn serve_object(&self, key_hex: &str) -> Response<Body> {
+    async fn serve_object(&self, key_hex: &str, asked: &http::HeaderMap) -> Response<Body> {
         let Ok(key) = key_hex.parse::<ContentKey>() else {
             return text_response(StatusCode::BAD_REQUEST, "a content key is 64 hex digits");
         };
-        match self.fetcher.serve_object(key).await {
-            Some((head, body)) => Response::from_parts(head, body),
-            None => text_response(StatusCode::NOT_FOUND, "not held by this node"),
+        match self.fetcher.serve_object(key, asked).await {
+            Ok((head, body)) => Response::from_parts(head, body),
+            Err(why) => text_response(StatusCode::NOT_FOUND, why),
         }
     }
 }

@@ -8,6 +8,7 @@ mod headers;
 mod holders;
 mod source;
 pub mod upstream;
+mod vary;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,8 @@ const MAX_HOLDERS: usize = 8;
 const HOLDER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// An upstream body that stalls this long is abandoned (and never stored).
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request headers a peer needs to judge whether its copy is fresh enough for us.
+const FRESHNESS_REQUEST_HEADERS: [header::HeaderName; 2] = [header::CACHE_CONTROL, header::PRAGMA];
 
 /// Who we are, for ranking holders (same provider, then same region, first).
 #[derive(Debug, Clone)]
@@ -84,6 +87,8 @@ enum Local {
     Fresh(Box<Served>),
     /// A stored copy that may not be served as it is, kept for `stale-if-error`.
     Stale(Box<reef_cache::Hit>),
+    /// The URL's responses vary on these request headers; the variants have keys of their own.
+    Index(Vec<String>),
     Miss,
 }
 
@@ -125,61 +130,153 @@ impl Fetcher {
 
     /// Serves a GET or HEAD for `url`; `req` carries the client's headers.
     pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
-        let key = ContentKey::for_url(&url);
-        let policy_req = policy_request(&url, req);
-        let stale = match self.lookup_local(key, &policy_req).await {
-            Local::Fresh(served) => return Ok(*served),
+        let primary = ContentKey::for_url(&url);
+        let request = policy_request(&url, req);
+        // A follower whose leader found that the URL varies comes back once to find the variant
+        // it selects; a second surprise (the origin changing `Vary` under us) is not chased.
+        for _ in 0..2 {
+            let mut policy_req = request.clone();
+            match self.get_once(primary, &url, &mut policy_req).await {
+                Step::Done(result) => return result,
+                Step::LookAgain => continue,
+            }
+        }
+        self.fetch_uncached(&url, &request).await
+    }
+
+    async fn get_once(
+        &self,
+        primary: ContentKey,
+        url: &CanonicalUrl,
+        policy_req: &mut request::Parts,
+    ) -> Step {
+        let (target, local) = self.lookup(primary, policy_req).await;
+        let stale = match local {
+            Local::Fresh(served) => return Step::Done(Ok(*served)),
             Local::Stale(hit) => Some(*hit),
-            Local::Miss => None,
+            // `lookup` resolves indexes; one here means the index changed under us.
+            Local::Index(_) | Local::Miss => None,
+        };
+        let stale = match stale {
+            Some(hit) if stale_while_revalidate_allows(&hit.meta, policy_req) => {
+                debug!(key = %target.key.short(), "serving stale while revalidating in the background");
+                self.refresh_in_background(target, url.clone(), policy_req.clone());
+                return Step::Done(Ok(serve_hit(hit, SystemTime::now(), CacheStatus::Stale)));
+            }
+            other => other,
         };
         if has_directive(&policy_req.headers, "only-if-cached") {
-            return Err(FetchError::NotCached);
+            return Step::Done(Err(FetchError::NotCached));
         }
-        let fetched = self.fetch(key, url, &policy_req, stale.as_ref()).await;
-        match stale {
+        let fetched = match self.fetch(&target, url, policy_req, stale.as_ref()).await {
+            Step::Done(fetched) => fetched,
+            Step::LookAgain => return Step::LookAgain,
+        };
+        Step::Done(match stale {
             Some(hit)
-                if upstream_failed(&fetched) && stale_if_error_allows(&hit.meta, &policy_req) =>
+                if upstream_failed(&fetched) && stale_if_error_allows(&hit.meta, policy_req) =>
             {
-                debug!(key = %key.short(), "origin failed; serving the stale copy (stale-if-error)");
+                debug!(key = %target.key.short(), "origin failed; serving the stale copy (stale-if-error)");
                 Ok(serve_hit(hit, SystemTime::now(), CacheStatus::Stale))
             }
             _ => fetched,
-        }
+        })
+    }
+
+    /// RFC 5861 §3: the stale copy has been served; bring the stored one up to date without
+    /// anyone waiting. Coalesced with any fill of the key already running.
+    fn refresh_in_background(&self, target: Target, url: CanonicalUrl, policy_req: request::Parts) {
+        let fetcher = self.clone();
+        let span = info_span!("refresh", key = %target.key.short());
+        tokio::spawn(
+            async move {
+                let Fill::Leader(guard) = fetcher.inner.store.fill(target.key) else {
+                    return;
+                };
+                let Ok(Some(stale)) = fetcher.inner.store.get(&target.key).await else {
+                    guard.skip();
+                    return;
+                };
+                match fetcher
+                    .lead_fill(guard, &target, url, &policy_req, Some(&stale))
+                    .await
+                {
+                    // The fill streams into the store on its own; nobody reads this copy.
+                    Step::Done(Ok(_served)) => debug!("refreshed"),
+                    Step::Done(Err(e)) => debug!(error = %e, "background refresh failed"),
+                    Step::LookAgain => debug!("the URL now varies; its variants refresh on use"),
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Phase: fetch, coalesced with any fetch of the same key already under way here.
     async fn fetch(
         &self,
-        key: ContentKey,
-        url: CanonicalUrl,
+        target: &Target,
+        url: &CanonicalUrl,
         policy_req: &request::Parts,
         stale: Option<&reef_cache::Hit>,
-    ) -> Result<Served, FetchError> {
-        match self.inner.store.fill(key) {
+    ) -> Step {
+        let key = target.key;
+        Step::Done(match self.inner.store.fill(key) {
             Fill::Leader(guard) => {
                 // Another fill may have committed between our lookup and taking the lead.
                 if let Local::Fresh(served) = self.lookup_local(key, policy_req).await {
                     guard.skip();
-                    return Ok(*served);
+                    return Step::Done(Ok(*served));
                 }
-                self.lead_fill(guard, url, policy_req, stale).await
+                return self
+                    .lead_fill(guard, target, url.clone(), policy_req, stale)
+                    .await;
             }
             Fill::Follower(wait) => match wait.wait().await {
                 Outcome::Streaming(tail) => Ok(serve_tail(tail, self.fill_source(&key))),
-                // The leader stored nothing new: it revalidated our copy, or the response must
-                // not be stored. Look again before going upstream ourselves.
-                Outcome::Uncached => match self.lookup_local(key, policy_req).await {
-                    Local::Fresh(served) => Ok(*served),
-                    _ => self.fetch_uncached(&url, policy_req).await,
-                },
+                // The leader stored nothing new: it revalidated our copy, found that the URL
+                // varies, or the response must not be stored. Look again before going upstream.
+                Outcome::Uncached => {
+                    let mut again = policy_req.clone();
+                    match self.lookup(target.primary, &mut again).await {
+                        (_, Local::Fresh(served)) => Ok(*served),
+                        (found, _) if found.key != key => return Step::LookAgain,
+                        _ => self.fetch_uncached(url, policy_req).await,
+                    }
+                }
                 Outcome::Failed => Err(FetchError::Coalesced),
             },
-        }
+        })
+    }
+
+    /// Phase: local cache, through the URL's variant index when its responses vary. Selecting
+    /// headers of `policy_req` are normalised on the way, as the variant's key is made of them.
+    async fn lookup(
+        &self,
+        primary: ContentKey,
+        policy_req: &mut request::Parts,
+    ) -> (Target, Local) {
+        let names = match self.lookup_local(primary, policy_req).await {
+            Local::Index(names) => names,
+            local => return (Target::plain(primary), local),
+        };
+        vary::normalise(&mut policy_req.headers, &names);
+        let key = vary::variant_key(&primary, &names, &policy_req.headers);
+        let local = match self.lookup_local(key, policy_req).await {
+            // Variants are never indexes; one here is damage, so fetch the variant anew.
+            Local::Index(_) => Local::Miss,
+            local => local,
+        };
+        let target = Target {
+            primary,
+            key,
+            vary: Some(names),
+        };
+        (target, local)
     }
 
     /// Phase: local cache. Only a copy fresh enough for this request is served.
     async fn lookup_local(&self, key: ContentKey, policy_req: &request::Parts) -> Local {
-        let hit = match self.inner.store.get(&key).await {
+        let mut hit = match self.inner.store.get(&key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => return Local::Miss,
             Err(e) => {
@@ -187,11 +284,11 @@ impl Fetcher {
                 return Local::Miss;
             }
         };
+        if let Some(names) = hit.meta.vary.take() {
+            return Local::Index(names);
+        }
         let now = SystemTime::now();
-        if !matches!(
-            hit.meta.policy.before_request(policy_req, now),
-            BeforeRequest::Fresh(_)
-        ) {
+        if !fresh_enough(&hit.meta, policy_req, now) {
             debug!(key = %key.short(), "stored copy is stale");
             return Local::Stale(Box::new(hit));
         }
@@ -202,64 +299,146 @@ impl Fetcher {
     async fn lead_fill(
         &self,
         guard: reef_cache::FillGuard,
+        target: &Target,
         url: CanonicalUrl,
         policy_req: &request::Parts,
         stale: Option<&reef_cache::Hit>,
-    ) -> Result<Served, FetchError> {
+    ) -> Step {
         let key = guard.key();
         let upstream = match stale.filter(|hit| has_validators(&hit.meta)) {
-            Some(hit) => match self.revalidate(key, &url, policy_req, hit).await? {
-                Revalidation::Confirmed(served) => {
+            Some(hit) => match self.revalidate(key, &url, policy_req, hit).await {
+                Ok(Revalidation::Confirmed(served)) => {
                     guard.skip();
-                    return Ok(*served);
+                    return Step::Done(Ok(*served));
                 }
-                Revalidation::Replaced(response) => Upstream {
+                Ok(Revalidation::Replaced(response)) => Upstream {
                     response,
                     source: Source::Origin,
                 },
+                Err(e) => return Step::Done(Err(e)),
             },
-            None => self.fetch_upstream(key, &url, policy_req).await?,
+            None => match self.fetch_upstream(target, &url, policy_req).await {
+                Ok(upstream) => upstream,
+                Err(e) => return Step::Done(Err(e)),
+            },
         };
         let (mut head, incoming) = upstream.response.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        let Some(policy) = self.storable_policy(policy_req, &head) else {
+        if upstream.source == Source::Peer && head.status == StatusCode::MULTIPLE_CHOICES {
+            self.store_index_from_peer(guard, &url, policy_req, &head)
+                .await;
+            return Step::LookAgain;
+        }
+        let received = Received {
+            head,
+            body: incoming,
+            source: upstream.source,
+        };
+        Step::Done(
+            self.store_and_serve(guard, target, url, policy_req, received)
+                .await,
+        )
+    }
+
+    /// A peer told us the URL's responses vary: keep its variant index so that we (and our
+    /// followers, who look again) can ask for the variant our request selects.
+    async fn store_index_from_peer(
+        &self,
+        guard: reef_cache::FillGuard,
+        url: &CanonicalUrl,
+        policy_req: &request::Parts,
+        head: &response::Parts,
+    ) {
+        let vary::Vary::On(names) = vary::of(&head.headers) else {
             guard.skip();
-            return Ok(pass_through(head, incoming, upstream.source));
+            return;
+        };
+        let policy = CachePolicy::new_options(policy_req, head, SystemTime::now(), cache_options());
+        let mut index = Meta::new(url.to_string(), policy, StatusCode::OK.as_u16(), Vec::new());
+        index.vary = Some(names);
+        let key = guard.key();
+        match guard.put_bodiless(index).await {
+            Ok(()) => self.inner.announcer.announce(key),
+            Err(e) => warn!(key = %key.short(), error = %e, "cannot store the variant index"),
+        }
+    }
+
+    /// Stores the upstream response under the key it belongs to while it streams to the client.
+    async fn store_and_serve(
+        &self,
+        guard: reef_cache::FillGuard,
+        target: &Target,
+        url: CanonicalUrl,
+        policy_req: &request::Parts,
+        received: Received,
+    ) -> Result<Served, FetchError> {
+        let key = guard.key();
+        let Received {
+            head,
+            body: incoming,
+            source,
+        } = received;
+        let mut policy_req = policy_req.clone();
+        let (store_key, vary) = match vary::of(&head.headers) {
+            vary::Vary::None => (Some(target.primary), None),
+            vary::Vary::On(names) => {
+                vary::normalise(&mut policy_req.headers, &names);
+                let key = vary::variant_key(&target.primary, &names, &policy_req.headers);
+                (Some(key), Some(names))
+            }
+            vary::Vary::Unstorable => (None, None),
+        };
+        let stored = store_key.zip(self.storable_policy(&policy_req, &head));
+        let Some((store_key, policy)) = stored else {
+            guard.skip();
+            return Ok(pass_through(head, incoming, source));
         };
         let headers = head
             .headers
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
-        let meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers);
+        let mut meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers);
+        meta.variant_of = (store_key != target.primary).then_some(target.primary);
+        let guard = if store_key == key {
+            guard
+        } else {
+            match self
+                .regroup(guard, target.primary, store_key, vary, &meta)
+                .await
+            {
+                Some(guard) => guard,
+                None => return Ok(pass_through(head, incoming, source)),
+            }
+        };
         // Set before start(): start() wakes the followers, who read it.
-        self.set_fill_source(key, Some(upstream.source));
+        self.set_fill_source(store_key, Some(source));
         let mut writer = match guard.start(meta).await {
             Ok(w) => w,
             Err(e) => {
-                self.set_fill_source(key, None);
-                warn!(key = %key.short(), error = %e, "cannot store; serving without caching");
-                return Ok(pass_through(head, incoming, upstream.source));
+                self.set_fill_source(store_key, None);
+                warn!(key = %store_key.short(), error = %e, "cannot store; serving without caching");
+                return Ok(pass_through(head, incoming, source));
             }
         };
-        let Some(tail) = self.inner.store.tail(&key) else {
-            self.set_fill_source(key, None);
+        let Some(tail) = self.inner.store.tail(&store_key) else {
+            self.set_fill_source(store_key, None);
             return Err(FetchError::Internal(
                 "fill vanished before it could be read".into(),
             ));
         };
         let fetcher = self.clone();
-        let span = info_span!("fill", key = %key.short(), source = %upstream.source);
+        let span = info_span!("fill", key = %store_key.short(), source = %source);
         // The fill runs on its own so that a client hanging up does not abort it for the others.
         tokio::spawn(
             async move {
                 let result = pump(incoming, &mut writer).await;
-                fetcher.set_fill_source(key, None);
+                fetcher.set_fill_source(store_key, None);
                 match result {
                     Ok(()) => match writer.commit().await {
                         Ok(meta) => {
                             debug!(bytes = meta.body_len, "stored");
-                            fetcher.inner.announcer.announce(key);
+                            fetcher.inner.announcer.announce(store_key);
                         }
                         Err(e) => warn!(error = %e, "commit failed"),
                     },
@@ -268,7 +447,52 @@ impl Fetcher {
             }
             .instrument(span),
         );
-        Ok(serve_tail(tail, upstream.source))
+        Ok(serve_tail(tail, source))
+    }
+
+    /// The response belongs under another key than the one we lead the fill of: the URL turned
+    /// out to vary (or to vary differently, or no longer). Takes the fill of `store_key`, then
+    /// stores the URL's variant index if it varies, and releases `guard`: its followers look
+    /// again and find the index (and follow our fill) or the object. None if someone else is
+    /// already filling `store_key`.
+    async fn regroup(
+        &self,
+        guard: reef_cache::FillGuard,
+        primary: ContentKey,
+        store_key: ContentKey,
+        vary: Option<Vec<String>>,
+        meta: &Meta,
+    ) -> Option<reef_cache::FillGuard> {
+        let next = self.inner.store.fill(store_key);
+        if let Some(names) = vary {
+            let mut index = meta.clone();
+            index.vary = Some(names);
+            index.variant_of = None;
+            let index_guard = if guard.key() == primary {
+                Some(guard)
+            } else {
+                guard.skip();
+                match self.inner.store.fill(primary) {
+                    Fill::Leader(g) => Some(g),
+                    Fill::Follower(_) => None,
+                }
+            };
+            if let Some(g) = index_guard {
+                match g.put_bodiless(index).await {
+                    // Announced so that other nodes learn from us that the URL varies.
+                    Ok(()) => self.inner.announcer.announce(primary),
+                    Err(e) => {
+                        warn!(key = %primary.short(), error = %e, "cannot store the variant index");
+                    }
+                }
+            }
+        } else {
+            guard.skip();
+        }
+        match next {
+            Fill::Leader(g) => Some(g),
+            Fill::Follower(_) => None,
+        }
     }
 
     /// Phase: revalidate. Asks the origin whether our stale copy is still current; a 304
@@ -353,10 +577,12 @@ impl Fetcher {
     /// Phase: upstream. The nearest holder that has a fresh copy, else the origin.
     async fn fetch_upstream(
         &self,
-        key: ContentKey,
+        target: &Target,
         url: &CanonicalUrl,
         policy_req: &request::Parts,
     ) -> Result<Upstream, FetchError> {
+        let key = target.key;
+        let asks = peer_request_headers(target, &policy_req.headers);
         let lookup = self.inner.overlay.find_holders(key, MAX_HOLDERS);
         let holders = match tokio::time::timeout(HOLDER_LOOKUP_TIMEOUT, lookup).await {
             Ok(Ok(holders)) => holders,
@@ -372,7 +598,22 @@ impl Fetcher {
         let local = &self.inner.local;
         for holder in holders::rank(holders, &local.provider, &local.region) {
             let peer = holder.peer;
-            match self.inner.upstreams.peer(&holder.record.http, key).await {
+            match self
+                .inner
+                .upstreams
+                .peer(&holder.record.http, key, &asks)
+                .await
+            {
+                // The URL varies; the peer tells us on what, so we can ask for our variant.
+                Ok(resp)
+                    if resp.status() == StatusCode::MULTIPLE_CHOICES && target.vary.is_none() =>
+                {
+                    debug!(%peer, key = %key.short(), "the URL varies");
+                    return Ok(Upstream {
+                        response: resp,
+                        source: Source::Peer,
+                    });
+                }
                 Ok(resp) if resp.status() == StatusCode::OK => {
                     let (head, body) = resp.into_parts();
                     if self.fresh_for(policy_req, &head) {
@@ -413,11 +654,6 @@ impl Fetcher {
         if head.status != StatusCode::OK {
             return None;
         }
-        // Variants are keyed by their selecting headers in a later version; until then a
-        // response that varies is not stored rather than served to the wrong client.
-        if head.headers.contains_key(header::VARY) {
-            return None;
-        }
         let max = self.inner.store.stats().max_bytes;
         if content_length(&head.headers).is_some_and(|len| len > max) {
             return None;
@@ -447,39 +683,169 @@ impl Fetcher {
         };
     }
 
-    /// RFC 9111 §4.4: after an unsafe method succeeds, the stored copy of its target is out of
-    /// date. Drop it and stop telling the overlay we hold it.
+    /// RFC 9111 §4.4: after an unsafe method succeeds, the stored copies of its target (every
+    /// variant) are out of date. Drop them and stop telling the overlay we hold them.
     pub async fn invalidate(&self, url: &CanonicalUrl) {
         let key = ContentKey::for_url(url);
-        match self.inner.store.remove(&key).await {
-            Ok(true) => {
-                debug!(key = %key.short(), "invalidated after an unsafe method");
+        match self.inner.store.remove_family(&key).await {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => {
+                debug!(key = %key.short(), objects = removed.len(), "invalidated after an unsafe method");
                 let overlay = self.inner.overlay.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = overlay.unprovide(key).await {
-                        debug!(key = %key.short(), error = %e, "withdrawing the announcement failed");
+                    for key in removed {
+                        if let Err(e) = overlay.unprovide(key).await {
+                            debug!(key = %key.short(), error = %e, "withdrawing the announcement failed");
+                        }
                     }
                 });
             }
-            Ok(false) => {}
             Err(e) => warn!(key = %key.short(), error = %e, "invalidation failed"),
         }
     }
 
-    /// The peer endpoint: our stored (or still arriving) copy of `key`, never fetched for the asker.
-    pub async fn serve_object(&self, key: ContentKey) -> Option<(response::Parts, Body)> {
+    /// The peer endpoint: our stored (or still arriving) copy of `key`, never fetched for the
+    /// asker, and only if it is fresh enough for the asker's `request` headers (its freshness
+    /// directives and, for a variant, the selecting headers).
+    pub async fn serve_object(
+        &self,
+        key: ContentKey,
+        request: &HeaderMap,
+    ) -> Result<(response::Parts, Body), &'static str> {
+        let now = SystemTime::now();
         match self.inner.store.get(&key).await {
+            Ok(Some(hit)) if hit.meta.is_vary_index() => {
+                // 300: the URL has several representations; `Vary` names what selects one.
+                let mut head = stored_head(&hit.meta, now, Some(0));
+                head.status = StatusCode::MULTIPLE_CHOICES;
+                let names = hit.meta.vary.unwrap_or_default().join(", ");
+                head.headers.remove(header::VARY);
+                if let Ok(v) = HeaderValue::from_str(&names) {
+                    head.headers.insert(header::VARY, v);
+                }
+                return Ok((head, body::empty()));
+            }
             Ok(Some(hit)) => {
-                let head = stored_head(&hit.meta, SystemTime::now(), Some(hit.meta.body_len));
-                return Some((head, body::from_file(hit.file, hit.meta.body_len)));
+                if !fresh_enough(&hit.meta, &asked_request(&hit.meta, request), now) {
+                    return Err("the copy here is not fresh enough for this request");
+                }
+                let head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
+                return Ok((head, body::from_file(hit.file, hit.meta.body_len)));
             }
             Ok(None) => {}
             Err(e) => warn!(key = %key.short(), error = %e, "cache read failed"),
         }
-        let tail = self.inner.store.tail(&key)?;
-        let head = stored_head(tail.meta(), SystemTime::now(), None);
-        Some((head, body::from_tail(tail)))
+        let tail = self.inner.store.tail(&key).ok_or("not held by this node")?;
+        if !fresh_enough(tail.meta(), &asked_request(tail.meta(), request), now) {
+            return Err("the copy here is not fresh enough for this request");
+        }
+        let head = stored_head(tail.meta(), now, None);
+        Ok((head, body::from_tail(tail)))
     }
+}
+
+/// Where a request's object is stored: under the URL's key, or for a URL whose responses vary,
+/// under the key of the variant the request selects.
+#[derive(Debug, Clone)]
+struct Target {
+    primary: ContentKey,
+    key: ContentKey,
+    /// The selecting headers, when `key` is a variant's.
+    vary: Option<Vec<String>>,
+}
+
+impl Target {
+    fn plain(primary: ContentKey) -> Target {
+        Target {
+            primary,
+            key: primary,
+            vary: None,
+        }
+    }
+}
+
+/// How one pass through the fetch path ended.
+// Lives for one return per pass; boxing the common case to shrink the rare one gains nothing.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Done(Result<Served, FetchError>),
+    /// The URL turned out to vary while we waited on a fill; start over to find our variant.
+    LookAgain,
+}
+
+/// What we tell a peer about our request: the freshness directives, and the headers that
+/// select the variant we want. Nothing else of the client's (cookies, credentials) leaves us.
+fn peer_request_headers(target: &Target, request: &HeaderMap) -> HeaderMap {
+    let mut asks = HeaderMap::new();
+    let selecting = target
+        .vary
+        .iter()
+        .flatten()
+        .filter_map(|n| header::HeaderName::from_bytes(n.as_bytes()).ok());
+    for name in FRESHNESS_REQUEST_HEADERS.into_iter().chain(selecting) {
+        for value in request.get_all(&name) {
+            asks.append(name.clone(), value.clone());
+        }
+    }
+    asks
+}
+
+/// The request a peer asked with, as the stored policy must see it to judge freshness.
+fn asked_request(meta: &Meta, asked: &HeaderMap) -> request::Parts {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = Method::GET;
+    if let Ok(url) = CanonicalUrl::parse(&meta.url) {
+        parts.uri = url.to_uri();
+        if let Ok(host) = HeaderValue::from_str(url.authority()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    for (name, value) in asked {
+        if name != header::HOST {
+            parts.headers.append(name, value.clone());
+        }
+    }
+    parts
+}
+
+/// Whether a stored response may be served for `policy_req` without asking upstream.
+///
+/// Differs from `http-cache-semantics` in one way: RFC 8246 `immutable` means a fresh copy is
+/// not revalidated just because the client reloads (browsers send `max-age=0` on reload), so a
+/// request's `max-age` is ignored while an immutable copy is fresh. `no-cache` (a forced
+/// reload) still revalidates.
+fn fresh_enough(meta: &Meta, policy_req: &request::Parts, now: SystemTime) -> bool {
+    let fresh = |req: &request::Parts| {
+        matches!(
+            meta.policy.before_request(req, now),
+            BeforeRequest::Fresh(_)
+        )
+    };
+    if fresh(policy_req) {
+        return true;
+    }
+    let stored = stored_head(meta, now, None);
+    if !has_directive(&stored.headers, "immutable")
+        || meta.policy.is_stale(now)
+        || directive_secs(&policy_req.headers, "max-age").is_none()
+    {
+        return false;
+    }
+    let mut reload = policy_req.clone();
+    let kept: Vec<String> = directives(&policy_req.headers)
+        .filter(|(name, _)| name != "max-age")
+        .map(|(name, value)| match value {
+            Some(v) => format!("{name}={v}"),
+            None => name,
+        })
+        .collect();
+    reload.headers.remove(header::CACHE_CONTROL);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        reload.headers.insert(header::CACHE_CONTROL, v);
+    }
+    fresh(&reload)
 }
 
 enum Revalidation {
@@ -517,6 +883,13 @@ fn refresh_headers(stored: &mut Vec<(String, Vec<u8>)>, fresh: &HeaderMap) {
 
 struct Upstream {
     response: hyper::Response<Incoming>,
+    source: Source,
+}
+
+/// An upstream response with its hop-by-hop fields removed.
+struct Received {
+    head: response::Parts,
+    body: Incoming,
     source: Source,
 }
 
@@ -624,8 +997,25 @@ fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
 }
 
 /// RFC 5861 §4: a stale copy may stand in for an error for `stale-if-error` seconds past its
-/// freshness, unless the response forbids serving it stale (RFC 9111 §4.2.4).
+/// freshness (given by the response or the request).
 fn stale_if_error_allows(meta: &Meta, policy_req: &request::Parts) -> bool {
+    stale_within(meta, "stale-if-error", Some(&policy_req.headers))
+}
+
+/// RFC 5861 §3: a copy stale for less than the response's `stale-while-revalidate` seconds may
+/// be served while it is refreshed in the background, unless the client asked for something
+/// fresher (`no-cache`, `max-age`, `min-fresh`, `Pragma: no-cache`).
+fn stale_while_revalidate_allows(meta: &Meta, policy_req: &request::Parts) -> bool {
+    let strict = ["no-cache", "max-age", "min-fresh"]
+        .iter()
+        .any(|d| has_directive(&policy_req.headers, d))
+        || policy_req.headers.contains_key(header::PRAGMA);
+    !strict && stale_within(meta, "stale-while-revalidate", None)
+}
+
+/// Whether the copy went stale at most `directive` seconds ago, and may be served stale at all
+/// (RFC 9111 §4.2.4: not under `must-revalidate`, `proxy-revalidate` or `no-cache`).
+fn stale_within(meta: &Meta, directive: &str, request: Option<&HeaderMap>) -> bool {
     let stored = stored_head(meta, SystemTime::now(), None);
     if ["must-revalidate", "proxy-revalidate", "no-cache"]
         .iter()
@@ -633,9 +1023,9 @@ fn stale_if_error_allows(meta: &Meta, policy_req: &request::Parts) -> bool {
     {
         return false;
     }
-    let window = [&stored.headers, &policy_req.headers]
-        .iter()
-        .filter_map(|h| directive_secs(h, "stale-if-error"))
+    let window = std::iter::once(&stored.headers)
+        .chain(request)
+        .filter_map(|h| directive_secs(h, directive))
         .max();
     let Some(window) = window else { return false };
     // Freshness runs out linearly, so the TTL it had when stored says when it went stale.

@@ -122,19 +122,23 @@ impl Upstreams {
     }
 
     /// Asks the node at `http_addr` for its stored copy of `key`.
+    /// `headers` say what the asker needs of the copy (its freshness directives and the
+    /// headers that select a variant); the peer answers 404 if its copy does not qualify.
     pub async fn peer(
         &self,
         http_addr: &str,
         key: ContentKey,
+        headers: &HeaderMap,
     ) -> Result<Response<Incoming>, String> {
         let uri = format!("http://{http_addr}{OBJECT_PATH}{key}");
-        let req = Request::get(uri)
+        let mut req = Request::get(uri)
             .header(
                 header::USER_AGENT,
                 concat!("reef/", env!("CARGO_PKG_VERSION")),
             )
             .body(body::empty())
             .map_err(|e| e.to_string())?;
+        req.headers_mut().extend(headers.clone());
         match tokio::time::timeout(PEER_HEADER_TIMEOUT, self.peer.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(error_chain(&e)),
