@@ -32,6 +32,10 @@ pub struct Meta {
     pub body_hash: [u8; 32],
     /// Set by the store at commit.
     pub stored_at: SystemTime,
+    /// Whose storage quota the body counts against (see `Config::quotas`); None for no one.
+    /// Absent in entries written before quotas existed, which therefore count for no one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Meta {
@@ -49,7 +53,14 @@ impl Meta {
             body_len: 0,
             body_hash: [0; 32],
             stored_at: SystemTime::now(),
+            tenant: None,
         }
+    }
+
+    /// Charges the body to `tenant`'s quota, if it has one.
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Meta {
+        self.tenant = Some(tenant.into());
+        self
     }
 }
 
@@ -60,6 +71,8 @@ pub(crate) struct Summary {
     pub body_len: u64,
     pub body_hash: [u8; 32],
     pub stored_at: SystemTime,
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 pub(crate) fn encode(meta: &Meta) -> Result<Vec<u8>, Error> {

@@ -231,14 +231,18 @@ impl Fetcher {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
-        let meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers);
+        // The service (tenant) whose storage quota the body counts against is the URL's host.
+        let meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers)
+            .with_tenant(url.host());
         // Set before start(): start() wakes the followers, who read it.
         self.set_fill_source(key, Some(upstream.source));
-        let mut writer = match guard.start(meta).await {
+        let mut writer = match guard.start(meta, content_length(&head.headers)).await {
             Ok(w) => w,
             Err(e) => {
                 self.set_fill_source(key, None);
-                warn!(key = %key.short(), error = %e, "cannot store; serving without caching");
+                if !matches!(e, reef_cache::Error::OverQuota { .. }) {
+                    warn!(key = %key.short(), error = %e, "cannot store; serving without caching");
+                }
                 return Ok(pass_through(head, incoming, upstream.source));
             }
         };
@@ -261,6 +265,8 @@ impl Fetcher {
                             debug!(bytes = meta.body_len, "stored");
                             fetcher.inner.announcer.announce(key);
                         }
+                        // Served in full to everyone reading it; the cache logged why.
+                        Err(reef_cache::Error::OverQuota { .. }) => {}
                         Err(e) => warn!(error = %e, "commit failed"),
                     },
                     Err(reason) => warn!(%reason, "upstream body failed; nothing stored"),
