@@ -88,7 +88,7 @@ async fn put(store: &Store, key: ContentKey, url: &str, body: &[u8]) -> Result<(
     let Fill::Leader(guard) = store.fill(key) else {
         return Err("another fill of this key is in progress".into());
     };
-    let mut writer = guard.start(meta(url)?).await?;
+    let mut writer = guard.start(meta(url)?, Some(body.len() as u64)).await?;
     for chunk in body.chunks(CHUNK) {
         writer.write(chunk).await?;
     }
@@ -211,6 +211,7 @@ async fn main() -> Result<()> {
     let store = Store::open(Config {
         dir: dir.path().join("cache"),
         max_bytes: 64 << 30,
+        quotas: Default::default(),
     })?;
     let cases = [
         Case {

@@ -1,9 +1,10 @@
 //! The in-memory index of committed objects: key → blob, plus how many entries and in-flight
-//! commits refer to each blob, and the eviction policy's view of the keys. Kept compact (no
-//! `Meta`); rebuilt at open.
+//! commits refer to each blob, the eviction policy's view of the keys and the per-tenant quota
+//! ledger. Kept compact (no `Meta`); rebuilt at open.
 
-use std::collections::HashMap;
 use std::collections::hash_map;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use reef_proto::ContentKey;
 
@@ -11,10 +12,13 @@ use crate::blobs::BlobId;
 use crate::family::Families;
 use crate::lru::Lru;
 use crate::policy::Policy;
+use crate::quota::{Ledger, QuotaStats, Refused};
 
 #[derive(Debug)]
 struct Entry {
     blob: BlobId,
+    /// Set only when the entry's tenant has a quota: the label shared with the ledger.
+    tenant: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -42,22 +46,25 @@ pub(crate) struct Catalog {
     bytes: u64,
     /// Variants of URLs whose responses vary; entries leave with their keys.
     families: Families,
+    /// Kept in step with `entries` by every insert and remove below.
+    ledger: Ledger,
 }
 
 impl Default for Catalog {
     fn default() -> Catalog {
-        Catalog::new(Box::new(Lru::new()))
+        Catalog::new(Box::new(Lru::new()), Ledger::default())
     }
 }
 
 impl Catalog {
-    pub fn new(policy: Box<dyn Policy>) -> Catalog {
+    pub fn new(policy: Box<dyn Policy>, ledger: Ledger) -> Catalog {
         Catalog {
             entries: HashMap::new(),
             blobs: HashMap::new(),
             policy,
             bytes: 0,
             families: Families::default(),
+            ledger,
         }
     }
 
@@ -112,13 +119,18 @@ impl Catalog {
     /// Adds (or replaces) an entry whose blob the caller has already pinned; the pin becomes the
     /// entry's reference. Returns what a replaced entry left behind.
     /// Replacing a key keeps what the policy knows about it (a replacement counts as an access).
-    pub fn insert_pinned(&mut self, key: ContentKey, blob: BlobId) -> Option<Removed> {
-        let old = self.entries.remove(&key).map(|e| Removed {
+    pub fn insert_pinned(
+        &mut self,
+        key: ContentKey,
+        blob: BlobId,
+        tenant: Option<&str>,
+    ) -> Option<Removed> {
+        let old = self.take_entry(&key).map(|e| Removed {
             blob: e.blob,
             orphaned: self.unpin(&e.blob),
         });
         self.families.forget(&key);
-        self.entries.insert(key, Entry { blob });
+        self.add_entry(key, blob, tenant);
         self.policy.insert(key, self.len_of(&blob));
         old
     }
@@ -135,13 +147,13 @@ impl Catalog {
     }
 
     /// Like `insert_pinned` for an entry found at open; call these oldest stored first.
-    pub fn restore_pinned(&mut self, key: ContentKey, blob: BlobId) {
-        self.entries.insert(key, Entry { blob });
+    pub fn restore_pinned(&mut self, key: ContentKey, blob: BlobId, tenant: Option<&str>) {
+        self.add_entry(key, blob, tenant);
         self.policy.restore(key, self.len_of(&blob));
     }
 
     pub fn remove(&mut self, key: &ContentKey) -> Option<Removed> {
-        let e = self.entries.remove(key)?;
+        let e = self.take_entry(key)?;
         self.policy.remove(key);
         self.families.forget(key);
         let orphaned = self.unpin(&e.blob);
@@ -149,6 +161,53 @@ impl Catalog {
             blob: e.blob,
             orphaned,
         })
+    }
+
+    /// Inserts an entry (the caller has dealt with any old one) and charges its tenant.
+    fn add_entry(&mut self, key: ContentKey, blob: BlobId, tenant: Option<&str>) {
+        let tenant = tenant.and_then(|t| self.ledger.tenant(t));
+        if let Some(t) = &tenant {
+            self.ledger.add_stored(t, self.len_of(&blob));
+        }
+        self.entries.insert(key, Entry { blob, tenant });
+    }
+
+    /// Takes an entry out of `entries` and credits its tenant; the blob stays pinned.
+    fn take_entry(&mut self, key: &ContentKey) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        if let Some(t) = &e.tenant {
+            self.ledger.sub_stored(t, self.len_of(&e.blob));
+        }
+        Some(e)
+    }
+
+    /// Claims `extra` bytes of `tenant`'s quota for a fill of `key`, crediting the entry the
+    /// fill would replace. Counts a refusal.
+    pub fn reserve(&mut self, key: &ContentKey, tenant: &str, extra: u64) -> Result<(), Refused> {
+        let credit = self
+            .entries
+            .get(key)
+            .filter(|e| e.tenant.as_deref() == Some(tenant))
+            .map_or(0, |e| self.len_of(&e.blob));
+        self.ledger.reserve(tenant, extra, credit)
+    }
+
+    pub fn release(&mut self, tenant: &str, bytes: u64) {
+        self.ledger.release(tenant, bytes);
+    }
+
+    /// The shared label of `name` if it has a quota.
+    pub fn quota_tenant(&self, name: &str) -> Option<Arc<str>> {
+        self.ledger.tenant(name)
+    }
+
+    pub fn quotas(&self) -> BTreeMap<String, QuotaStats> {
+        self.ledger.stats()
+    }
+
+    #[cfg(test)]
+    pub fn reserved(&self, tenant: &str) -> u64 {
+        self.ledger.reserved(tenant)
     }
 
     /// The keys the policy picks to remove, in its order, so that what remains fits in
@@ -220,7 +279,7 @@ mod tests {
 
     fn add(c: &mut Catalog, key: u8, b: u8, len: u64) {
         c.pin(blob(b), len);
-        c.insert_pinned(k(key), blob(b));
+        c.insert_pinned(k(key), blob(b), None);
     }
 
     #[test]
@@ -260,7 +319,7 @@ mod tests {
 
     #[test]
     fn victims_follow_the_policy_and_stay_in_step_with_entries() {
-        let mut c = Catalog::new(Box::new(crate::S3Fifo::new(300)));
+        let mut c = Catalog::new(Box::new(crate::S3Fifo::new(300)), Ledger::default());
         add(&mut c, 1, 1, 100);
         add(&mut c, 2, 2, 100);
         add(&mut c, 3, 3, 100);
@@ -274,7 +333,7 @@ mod tests {
         }
         // Replacing a key's body keeps it known to the policy, with the new size.
         c.pin(blob(5), 250);
-        c.insert_pinned(k(3), blob(5));
+        c.insert_pinned(k(3), blob(5), None);
         assert_eq!(c.bytes(), 450);
         // 3 was "read" (replaced) on probation so it moves on; 4 goes, then main's head, 1.
         let v = c.victims(300, usize::MAX);
@@ -296,7 +355,7 @@ mod tests {
         let mut c = Catalog::default();
         add(&mut c, 1, 9, 100);
         c.pin(blob(8), 10);
-        let old = c.insert_pinned(k(1), blob(8)).unwrap();
+        let old = c.insert_pinned(k(1), blob(8), None).unwrap();
         assert!(old.orphaned);
         assert_eq!(old.blob, blob(9));
         assert_eq!(c.bytes(), 10);

@@ -1,7 +1,8 @@
 use std::io;
 
 /// Everything that can go wrong in the cache. Callers mostly care whether to keep serving
-/// without caching (`TooLarge`, `Busy`, `Aborted`) or to report an internal fault (the rest).
+/// without caching (`TooLarge`, `Busy`, `OverQuota`, `Aborted`) or to report an internal fault
+/// (the rest).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -23,6 +24,9 @@ pub enum Error {
     /// Too many fills are in progress; this one can be served but not stored.
     #[error("too many fills in progress")]
     Busy,
+    /// Storing the body would take its tenant past its quota: it is (or was) served, not stored.
+    #[error("{tenant} is over its storage quota")]
+    OverQuota { tenant: String },
     /// A blocking task panicked or was cancelled at shutdown.
     #[error("cache background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

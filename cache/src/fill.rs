@@ -4,6 +4,9 @@
 //! The state of a fill lives in a `watch` channel (one value, so followers never queue up
 //! behind a slow writer): `Pending` until the leader knows whether the response is cacheable,
 //! then `Streaming` with the byte count written so far and how it ended.
+//!
+//! A body that goes over its tenant's quota while it is written keeps being written, so tails
+//! still get all of it, but the commit discards it instead of storing it.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -20,7 +23,8 @@ use tracing::{debug, warn};
 use crate::Error;
 use crate::blobs::{BlobId, remove_file_quiet};
 use crate::meta::{self, Meta};
-use crate::store::{NewEntry, Store, blocking};
+use crate::quota::Claim;
+use crate::store::{Staged, Store, blocking};
 
 /// Largest chunk a tail hands out: big enough to keep syscalls per byte low, small enough that
 /// a peer sees data soon after the origin sends it.
@@ -60,7 +64,16 @@ pub(crate) enum Phase {
 pub(crate) enum End {
     Open,
     Committed,
+    /// The whole body was written, but it was over its tenant's quota and is not kept.
+    Unstored,
     Aborted,
+}
+
+impl End {
+    /// Every byte of the body is in the file.
+    fn complete(self) -> bool {
+        matches!(self, End::Committed | End::Unstored)
+    }
 }
 
 /// The body being written: its metadata and the temp file, read and written with positional
@@ -98,15 +111,28 @@ impl FillGuard {
     }
 
     /// The response is cacheable: creates the temp file; followers now see
-    /// `Outcome::Streaming`. `Err(Error::Busy)` if this fill could not be registered, and
-    /// `Err(Error::MetaTooLarge)` if the metadata cannot be stored; either way the caller serves
-    /// its client without caching.
-    pub async fn start(mut self, meta: Meta) -> Result<Writer, Error> {
+    /// `Outcome::Streaming`. `expected_len` is the body's length when known in advance.
+    /// `Err(Error::Busy)` if this fill could not be registered, `Err(Error::MetaTooLarge)` if the
+    /// metadata cannot be stored, and `Err(Error::OverQuota)` if `expected_len` would take
+    /// `meta.tenant` past its quota (followers then get `Outcome::Uncached`); in every case the
+    /// caller serves its client without caching.
+    pub async fn start(mut self, meta: Meta, expected_len: Option<u64>) -> Result<Writer, Error> {
         if self.slot.is_none() {
             return Err(Error::Busy);
         }
         // Refuse metadata that could never be committed before writing any body.
         meta::encode(&meta)?;
+        let mut claim = meta
+            .tenant
+            .as_deref()
+            .and_then(|t| Claim::new(&self.store.inner, self.key, t));
+        if let (Some(c), Some(len)) = (claim.as_mut(), expected_len)
+            && c.grow_to(len).is_err()
+        {
+            let tenant = c.tenant().to_string();
+            self.skip();
+            return Err(Error::OverQuota { tenant });
+        }
         let temp = self.store.inner.layout.temp_path(&self.key);
         let path = temp.clone();
         let file = blocking(move || {
@@ -138,7 +164,9 @@ impl FillGuard {
             temp,
             written: 0,
             hasher: Some(Box::new(blake3::Hasher::new())),
-            committed: false,
+            claim,
+            over_quota: None,
+            finished: false,
         })
     }
 
@@ -151,12 +179,8 @@ impl FillGuard {
         meta.body_len = 0;
         meta.body_hash = *blake3::hash(&[]).as_bytes();
         meta.stored_at = SystemTime::now();
-        let entry = NewEntry {
-            blob: BlobId::from_bytes(meta.body_hash),
-            len: 0,
-            encoded: meta::encode(&meta)?,
-            variant_of: meta.variant_of,
-        };
+        let encoded = meta::encode(&meta)?;
+        let (blob, variant_of) = (BlobId::from_bytes(meta.body_hash), meta.variant_of);
         let inner = self.store.inner.clone();
         let key = self.key;
         let stored = blocking(move || {
@@ -166,7 +190,14 @@ impl FillGuard {
                 .write(true)
                 .create_new(true)
                 .open(&temp)?;
-            let res = inner.commit(key, &file, &temp, &entry);
+            let staged = Staged {
+                file: &file,
+                temp: &temp,
+                blob,
+                len: 0,
+                variant_of,
+            };
+            let res = inner.commit(key, staged, &encoded, None);
             if res.is_err() {
                 let _ = remove_file_quiet(&temp);
             }
@@ -218,7 +249,14 @@ pub struct Writer {
     /// None once a write failed or was cancelled midway: the hash no longer matches the file, so
     /// the writer can only be dropped.
     hasher: Option<Box<blake3::Hasher>>,
-    committed: bool,
+    /// The tenant's quota held for the bytes written so far; None if it has no quota (or the
+    /// body went over it).
+    claim: Option<Claim>,
+    /// The tenant whose quota the body went over: it is still written for its readers, and
+    /// `commit` discards it.
+    over_quota: Option<String>,
+    /// Committed, or completed without storing: nothing left for `Drop` to abort.
+    finished: bool,
 }
 
 impl Writer {
@@ -233,7 +271,7 @@ impl Writer {
 
     /// Appends a chunk, hashing it on the way, and wakes tails. `Err(Error::TooLarge)` once the
     /// body would exceed the cache's budget; after any error the writer only accepts being
-    /// dropped.
+    /// dropped. Going over the tenant's quota is not an error here: see `commit`.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
         let Some(mut hasher) = self.hasher.take() else {
             return Err(Error::Aborted);
@@ -246,12 +284,17 @@ impl Writer {
         if end > self.store.inner.max_bytes {
             return Err(Error::TooLarge);
         }
+        self.claim_to(end);
+        // A body that will not be stored needs no hash.
+        let hash = self.over_quota.is_none();
         let body = self.body.clone();
         let buf = chunk.to_vec();
         let offset = self.written;
         let (hasher, res) = tokio::task::spawn_blocking(move || {
             let res = body.file.write_all_at(&buf, offset);
-            hasher.update(&buf);
+            if hash {
+                hasher.update(&buf);
+            }
             (hasher, res)
         })
         .await?;
@@ -266,13 +309,32 @@ impl Writer {
         Ok(())
     }
 
+    /// Holds `end` bytes of the tenant's quota, or marks the body as over it (and gives back
+    /// what was held, so other fills of the tenant may use it).
+    fn claim_to(&mut self, end: u64) {
+        let Some(claim) = self.claim.as_mut() else {
+            return;
+        };
+        if claim.grow_to(end).is_err() {
+            self.over_quota = Some(claim.tenant().to_string());
+            self.claim = None;
+        }
+    }
+
     /// Makes the body durable and visible: fsync, rename into `blobs/`, fsync the directory,
     /// commit the index entry, then evict down to the budget. Returns the stored `Meta` with
     /// length, hash and time filled in.
+    ///
+    /// `Err(Error::OverQuota)` if the body went over its tenant's quota: tails still read it to
+    /// the end, but the temp file is removed and nothing is stored.
     pub async fn commit(mut self) -> Result<Meta, Error> {
         let Some(hasher) = self.hasher.take() else {
             return Err(Error::Aborted);
         };
+        if let Some(tenant) = self.over_quota.take() {
+            self.finish_unstored();
+            return Err(Error::OverQuota { tenant });
+        }
         let blob = hasher.finalize();
         let mut meta = self.body.meta.clone();
         meta.body_len = self.written;
@@ -285,15 +347,20 @@ impl Writer {
         let body = self.body.clone();
         let temp = self.temp.clone();
         let (key, len, variant_of) = (self.key, self.written, meta.variant_of);
-        let entry = NewEntry {
-            blob,
-            len,
-            encoded,
-            variant_of,
-        };
-        blocking(move || inner.commit(key, &body.file, &temp, &entry)).await?;
+        let claim = self.claim.take();
+        blocking(move || {
+            let staged = Staged {
+                file: &body.file,
+                temp: &temp,
+                blob,
+                len,
+                variant_of,
+            };
+            inner.commit(key, staged, &encoded, claim)
+        })
+        .await?;
 
-        self.committed = true;
+        self.finished = true;
         self.store.inner.finish_fill(&self.key, &self.slot, |p| {
             if let Phase::Streaming { end, .. } = p {
                 *end = End::Committed;
@@ -305,11 +372,26 @@ impl Writer {
 
     /// Aborts explicitly; the same as dropping the writer.
     pub fn abort(self) {}
+
+    /// Ends a complete body that must not be stored: readers finish it through their open
+    /// handles, and the temp file goes.
+    fn finish_unstored(&mut self) {
+        self.finished = true;
+        self.store.inner.finish_fill(&self.key, &self.slot, |p| {
+            if let Phase::Streaming { end, .. } = p {
+                *end = End::Unstored;
+            }
+        });
+        if let Err(e) = remove_file_quiet(&self.temp) {
+            warn!(path = %self.temp.display(), error = %e, "cannot remove temp file");
+        }
+        debug!(key = %self.key.short(), written = self.written, "cache fill over quota; served, not stored");
+    }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if self.committed {
+        if self.finished {
             return;
         }
         self.store.inner.finish_fill(&self.key, &self.slot, |p| {
@@ -401,8 +483,9 @@ impl Tail {
         &self.body.meta
     }
 
-    /// The next chunk (at most `TAIL_CHUNK` bytes); `Ok(None)` at the end of a committed body,
-    /// `Err(Error::Aborted)` if the writer gave up. Waits while caught up with the writer.
+    /// The next chunk (at most `TAIL_CHUNK` bytes); `Ok(None)` at the end of a complete body
+    /// (committed, or over quota and not stored), `Err(Error::Aborted)` if the writer gave up.
+    /// Waits while caught up with the writer.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         let mut writer_gone = false;
         loop {
@@ -425,7 +508,7 @@ impl Tail {
                 self.pos += n as u64;
                 return Ok(Some(Bytes::from(buf)));
             }
-            if end == End::Committed {
+            if end.complete() {
                 return Ok(None);
             }
             // The state above was the last one ever sent, and it was not an end.

@@ -3,8 +3,9 @@
 //! Owns: response bodies on disk, content-addressed by blake3 so identical bodies are stored
 //! once; the index of stored objects (redb) with each object's HTTP freshness metadata (a
 //! `CachePolicy` the caller built); eviction under a byte budget (S3-FIFO by default, behind the
-//! `Policy` seam); crash safety; and coalescing of concurrent fills of one key, with readers
-//! that follow a body while it is still being written.
+//! `Policy` seam); per-tenant byte quotas (a tenant is a label the caller gives each object);
+//! crash safety; and coalescing of concurrent fills of one key, with readers that follow a body
+//! while it is still being written.
 //!
 //! Must not: touch the network, or decide HTTP semantics (the caller says what is cacheable and
 //! checks freshness with the stored policy).
@@ -25,6 +26,7 @@ mod index;
 mod lru;
 mod meta;
 mod policy;
+mod quota;
 mod store;
 
 pub use error::Error;
@@ -32,6 +34,7 @@ pub use fill::{Fill, FillGuard, FillWait, Outcome, TAIL_CHUNK, Tail, Writer};
 pub use lru::Lru;
 pub use meta::{MAX_META_LEN, Meta};
 pub use policy::{Policy, S3Fifo};
+pub use quota::QuotaStats;
 pub use store::{Config, Hit, MAX_FILLS, MAX_OBJECTS, Stats, Store};
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub struct Meta {
     /// For one variant of a URL: the key of the URL's entry, so removing the URL removes it too.
     #[serde(default)]
     pub variant_of: Option<ContentKey>,
+    /// Whose storage quota the body counts against (see `Config::quotas`); None for no one.
+    /// Absent in entries written before quotas existed, which therefore count for no one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl Meta {
@@ -60,12 +64,19 @@ impl Meta {
             stored_at: SystemTime::now(),
             vary: None,
             variant_of: None,
+            tenant: None,
         }
     }
 
     /// True for the bodiless entry that says which headers select a URL's variants.
     pub fn is_vary_index(&self) -> bool {
         self.vary.is_some()
+    }
+
+    /// Charges the body to `tenant`'s quota, if it has one.
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Meta {
+        self.tenant = Some(tenant.into());
+        self
     }
 }
 
@@ -78,6 +89,8 @@ pub(crate) struct Summary {
     pub stored_at: SystemTime,
     #[serde(default)]
     pub variant_of: Option<ContentKey>,
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 pub(crate) fn encode(meta: &Meta) -> Result<Vec<u8>, Error> {

@@ -1,7 +1,7 @@
 //! The store: ties the blob files, the persistent index and the in-memory catalog together and
 //! keeps them consistent across concurrent fills, removals, evictions and crashes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
@@ -19,6 +19,7 @@ use crate::fill::{self, Fill, FillGuard, Slot, Tail};
 use crate::index::Index;
 use crate::meta::Meta;
 use crate::policy::{Policy, S3Fifo};
+use crate::quota::{Claim, Ledger, QuotaStats};
 
 /// Most committed objects kept, whatever their size: each costs ~350 bytes of memory in the
 /// catalog and the eviction policy (ghost keys included), and empty bodies would otherwise fill
@@ -38,6 +39,9 @@ pub struct Config {
     /// Budget for stored body bytes (identical bodies count once). Also the largest body
     /// accepted.
     pub max_bytes: u64,
+    /// Byte quota per tenant (`Meta::tenant`), on top of the shared budget. A body that would
+    /// take its tenant past its quota is not stored; tenants not listed only share the budget.
+    pub quotas: HashMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -65,7 +69,7 @@ pub(crate) struct Inner {
     pub(crate) max_bytes: u64,
     pub(crate) layout: Layout,
     index: Index,
-    catalog: Mutex<Catalog>,
+    pub(crate) catalog: Mutex<Catalog>,
     /// Serialises installing and deleting blob files with the reference check that justifies
     /// them, so a blob is never unlinked just after a commit decided to reuse it.
     blob_gate: Mutex<()>,
@@ -116,7 +120,7 @@ impl Store {
                 .entry(blob)
                 .or_insert_with(|| file_len(&layout.blob_path(&blob)));
             if on_disk == Some(s.body_len) {
-                good.push((s.stored_at, key, blob, s.body_len, s.variant_of));
+                good.push((s.stored_at, key, blob, s.body_len, s.tenant, s.variant_of));
             } else {
                 warn!(key = %key.short(), expected = s.body_len, found = ?on_disk, "dropping cache entry with a missing or wrong-sized body");
                 bad.push(key);
@@ -128,10 +132,10 @@ impl Store {
 
         // Access history is not persisted; the order objects were stored in is the best guess.
         good.sort_by_key(|g| g.0);
-        let mut catalog = Catalog::new(policy(config.max_bytes));
-        for (_, key, blob, len, variant_of) in good {
+        let mut catalog = Catalog::new(policy(config.max_bytes), Ledger::new(&config.quotas));
+        for (_, key, blob, len, tenant, variant_of) in good {
             catalog.pin(blob, len);
-            catalog.restore_pinned(key, blob);
+            catalog.restore_pinned(key, blob, tenant.as_deref());
             if let Some(primary) = variant_of {
                 catalog.set_variant_of(key, primary);
             }
@@ -259,6 +263,11 @@ impl Store {
     pub fn keys(&self) -> Vec<ContentKey> {
         lock(&self.inner.catalog).keys()
     }
+
+    /// Usage and refusals of every tenant with a quota, by tenant.
+    pub fn quotas(&self) -> BTreeMap<String, QuotaStats> {
+        lock(&self.inner.catalog).quotas()
+    }
 }
 
 impl fmt::Debug for Store {
@@ -268,14 +277,6 @@ impl fmt::Debug for Store {
             .field("stats", &self.stats())
             .finish()
     }
-}
-
-/// What a commit adds to the index for one key.
-pub(crate) struct NewEntry {
-    pub blob: BlobId,
-    pub len: u64,
-    pub encoded: Vec<u8>,
-    pub variant_of: Option<ContentKey>,
 }
 
 // Everything below blocks on disk and runs on a blocking thread (or in `open`).
@@ -367,20 +368,23 @@ impl Inner {
         Ok(count)
     }
 
-    /// The blocking half of `Writer::commit`.
+    /// The blocking half of `Writer::commit`. The fill's quota claim (if any) turns into the
+    /// entry's stored bytes in the same catalog update, so the tenant is never counted twice
+    /// nor left uncounted; on failure dropping the claim gives its bytes back.
     pub(crate) fn commit(
         &self,
         key: ContentKey,
-        file: &File,
-        temp: &Path,
-        entry: &NewEntry,
+        staged: Staged<'_>,
+        encoded: &[u8],
+        mut claim: Option<Claim>,
     ) -> Result<(), Error> {
-        let NewEntry {
+        let Staged {
+            file,
+            temp,
             blob,
             len,
-            ref encoded,
             variant_of,
-        } = *entry;
+        } = staged;
         // The bytes must be on disk before any name or index entry points at them.
         file.sync_all()?;
         self.install_blob(temp, blob, len)?;
@@ -389,7 +393,8 @@ impl Inner {
             match self.index.put(&key, encoded) {
                 Ok(()) => {
                     let mut catalog = lock(&self.catalog);
-                    let replaced = catalog.insert_pinned(key, blob);
+                    let tenant = claim.as_mut().map(|c| c.settle(&mut catalog));
+                    let replaced = catalog.insert_pinned(key, blob, tenant.as_deref());
                     if let Some(primary) = variant_of {
                         catalog.set_variant_of(key, primary);
                     }
@@ -472,6 +477,16 @@ impl Inner {
         }
         slot.send_modify(update);
     }
+}
+
+/// A whole body in its temp file, ready to be committed as blob `blob`.
+pub(crate) struct Staged<'a> {
+    pub file: &'a File,
+    pub temp: &'a Path,
+    pub blob: BlobId,
+    pub len: u64,
+    /// The URL entry this one is a variant of, if any.
+    pub variant_of: Option<ContentKey>,
 }
 
 fn file_len(path: &Path) -> Option<u64> {

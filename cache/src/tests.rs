@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -48,6 +49,7 @@ fn open(dir: &Path, max_bytes: u64) -> Store {
     Store::open(Config {
         dir: dir.to_path_buf(),
         max_bytes,
+        quotas: HashMap::new(),
     })
     .unwrap()
 }
@@ -67,7 +69,10 @@ fn follower(store: &Store, k: ContentKey) -> crate::FillWait {
 }
 
 async fn start(store: &Store, k: ContentKey) -> Writer {
-    leader(store, k).start(meta("http://a/x")).await.unwrap()
+    leader(store, k)
+        .start(meta("http://a/x"), None)
+        .await
+        .unwrap()
 }
 
 async fn put(store: &Store, k: ContentKey, data: &[u8]) -> Meta {
@@ -193,6 +198,7 @@ fn open_lru(dir: &Path, max_bytes: u64) -> Store {
     let config = Config {
         dir: dir.to_path_buf(),
         max_bytes,
+        quotas: HashMap::new(),
     };
     Store::open_with(config, |_| Box::new(crate::Lru::new())).unwrap()
 }
@@ -461,7 +467,7 @@ async fn followers_stream_the_leaders_bytes_while_it_writes() {
     }
     drop(tx);
 
-    let mut w = guard.start(meta("http://a/x")).await.unwrap();
+    let mut w = guard.start(meta("http://a/x"), None).await.unwrap();
     w.write(&data[..half]).await.unwrap();
     for _ in 0..10 {
         rx.recv().await.unwrap();
@@ -513,7 +519,7 @@ async fn aborted_writer_fails_tails_midway() {
     let store = open(dir.path(), 1000);
     let guard = leader(&store, key(1));
     let wait = follower(&store, key(1));
-    let mut w = guard.start(meta("http://a/x")).await.unwrap();
+    let mut w = guard.start(meta("http://a/x"), None).await.unwrap();
     w.write(b"first part").await.unwrap();
     let Outcome::Streaming(mut tail) = wait.wait().await else {
         panic!("expected streaming");
@@ -537,7 +543,7 @@ async fn tail_reads_an_in_progress_fill_from_the_start() {
     let guard = leader(&store, key(1));
     // Nothing to read until the leader knows the response is cacheable.
     assert!(store.tail(&key(1)).is_none());
-    let mut w = guard.start(meta("http://a/tail")).await.unwrap();
+    let mut w = guard.start(meta("http://a/tail"), None).await.unwrap();
     w.write(b"abc").await.unwrap();
     let mut early = store.tail(&key(1)).unwrap();
     assert_eq!(early.meta().url, "http://a/tail");
@@ -597,7 +603,7 @@ async fn fills_beyond_the_cap_fetch_without_storing() {
         .collect();
     let extra = leader(&store, key(200));
     assert!(matches!(
-        extra.start(meta("http://a/x")).await,
+        extra.start(meta("http://a/x"), None).await,
         Err(Error::Busy)
     ));
     drop(guards);
@@ -611,7 +617,7 @@ async fn oversized_meta_is_refused_before_writing() {
     let big = "x".repeat(crate::MAX_META_LEN);
     let m = Meta::new(big, meta("http://a/x").policy, 200, Vec::new());
     assert!(matches!(
-        leader(&store, key(1)).start(m).await,
+        leader(&store, key(1)).start(m, None).await,
         Err(Error::MetaTooLarge { .. })
     ));
     assert_eq!(temps(dir.path()), 0);
@@ -642,6 +648,7 @@ async fn a_second_store_on_a_live_directory_is_refused_and_touches_nothing() {
     let second = Store::open(Config {
         dir: dir.path().to_path_buf(),
         max_bytes: 1000,
+        quotas: HashMap::new(),
     });
     assert!(matches!(second, Err(Error::Db(_))));
     assert_eq!(temps(dir.path()), 1);
@@ -683,7 +690,7 @@ async fn removing_a_family_removes_every_variant_also_after_reopen() {
     let mut index = meta("http://a/v");
     index.vary = Some(vec!["accept-encoding".into()]);
     leader(&store, primary)
-        .start(index)
+        .start(index, None)
         .await
         .unwrap()
         .commit()
@@ -692,7 +699,7 @@ async fn removing_a_family_removes_every_variant_also_after_reopen() {
     for (k, seed) in [(gzip, 2), (plain, 3)] {
         let mut m = meta("http://a/v");
         m.variant_of = Some(primary);
-        let mut w = leader(&store, k).start(m).await.unwrap();
+        let mut w = leader(&store, k).start(m, None).await.unwrap();
         w.write(&body(seed, 100)).await.unwrap();
         w.commit().await.unwrap();
     }
@@ -729,4 +736,224 @@ async fn a_bodiless_entry_is_stored_and_followers_look_again() {
     assert!(store.remove(&key(1)).await.unwrap());
     assert_eq!(read(&store, key(2)).await.unwrap(), b"");
     assert_eq!(temps(dir.path()), 0);
+}
+
+// Quotas.
+
+fn open_quotas(dir: &Path, max_bytes: u64, quotas: &[(&str, u64)]) -> Store {
+    Store::open(Config {
+        dir: dir.to_path_buf(),
+        max_bytes,
+        quotas: quotas.iter().map(|(t, q)| (t.to_string(), *q)).collect(),
+    })
+    .unwrap()
+}
+
+fn tenant_meta(tenant: &str) -> Meta {
+    meta("http://a/x").with_tenant(tenant)
+}
+
+/// Stores `data` for `tenant`, announcing its length up front.
+async fn put_for(store: &Store, k: ContentKey, tenant: &str, data: &[u8]) -> Result<Meta, Error> {
+    let len = Some(data.len() as u64);
+    let mut w = leader(store, k).start(tenant_meta(tenant), len).await?;
+    for chunk in data.chunks(10_000) {
+        w.write(chunk).await?;
+    }
+    w.commit().await
+}
+
+fn usage(store: &Store, tenant: &str) -> (u64, u64, u64) {
+    let q = store.quotas()[tenant];
+    (q.bytes, q.objects, q.rejected)
+}
+
+fn reserved(store: &Store, tenant: &str) -> u64 {
+    crate::store::lock(&store.inner.catalog).reserved(tenant)
+}
+
+#[tokio::test]
+async fn a_known_length_over_the_quota_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_quotas(dir.path(), 10_000, &[("t", 1000)]);
+    put_for(&store, key(1), "t", &body(1, 600)).await.unwrap();
+    assert_eq!(usage(&store, "t"), (600, 1, 0));
+
+    let guard = leader(&store, key(2));
+    let wait = follower(&store, key(2));
+    let refused = guard.start(tenant_meta("t"), Some(600)).await;
+    assert!(matches!(refused, Err(Error::OverQuota { ref tenant }) if tenant == "t"));
+    // Followers fetch on their own, as for any response that is not stored.
+    assert!(matches!(wait.wait().await, Outcome::Uncached));
+    assert_eq!(usage(&store, "t"), (600, 1, 1));
+    assert_eq!(temps(dir.path()), 0);
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+
+    // What still fits is stored, up to exactly the quota; other tenants only share the budget.
+    put_for(&store, key(3), "t", &body(3, 400)).await.unwrap();
+    put_for(&store, key(4), "u", &body(4, 5000)).await.unwrap();
+    put(&store, key(5), &body(5, 2000)).await;
+    assert_eq!(usage(&store, "t"), (1000, 2, 1));
+    assert_eq!(store.quotas().len(), 1);
+    assert_eq!(store.quotas()["t"].quota, 1000);
+    assert_eq!(store.stats().bytes, 8000);
+}
+
+#[tokio::test]
+async fn a_body_that_goes_over_the_quota_midway_reaches_its_readers_but_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_quotas(dir.path(), 10_000, &[("t", 1000)]);
+    put_for(&store, key(1), "t", &body(1, 600)).await.unwrap();
+    let data = body(2, 900);
+
+    let guard = leader(&store, key(2));
+    let late_follower = follower(&store, key(2));
+    let mut w = guard.start(tenant_meta("t"), None).await.unwrap();
+    let mut tail = store.tail(&key(2)).unwrap();
+    w.write(&data[..300]).await.unwrap();
+    assert_eq!(reserved(&store, "t"), 300);
+    assert_eq!(tail.next_chunk().await.unwrap().unwrap(), &data[..300]);
+    // 600 stored + 600 written would pass 1000: still written, no longer held.
+    w.write(&data[300..600]).await.unwrap();
+    assert_eq!(reserved(&store, "t"), 0);
+    assert_eq!(usage(&store, "t"), (600, 1, 1));
+    // What the refused body gave back, another fill of the tenant may use meanwhile.
+    put_for(&store, key(3), "t", &body(3, 400)).await.unwrap();
+    w.write(&data[600..]).await.unwrap();
+    assert!(matches!(w.commit().await, Err(Error::OverQuota { .. })));
+
+    assert_eq!(drain(&mut tail).await.unwrap(), &data[300..]);
+    // A follower that looks only after the end still reads the whole body.
+    let Outcome::Streaming(mut late) = late_follower.wait().await else {
+        panic!("expected streaming");
+    };
+    assert_eq!(drain(&mut late).await.unwrap(), data);
+
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+    assert!(store.tail(&key(2)).is_none());
+    assert_eq!(temps(dir.path()), 0);
+    assert_eq!(blobs(dir.path()).len(), 2);
+    assert_eq!(usage(&store, "t"), (1000, 2, 1));
+    assert_eq!(reserved(&store, "t"), 0);
+    // The key can be filled again once there is room.
+    assert!(store.remove(&key(1)).await.unwrap());
+    put_for(&store, key(2), "t", &data[..500]).await.unwrap();
+    assert_eq!(read(&store, key(2)).await.unwrap(), &data[..500]);
+}
+
+#[tokio::test]
+async fn fills_in_progress_hold_their_share_until_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_quotas(dir.path(), 10_000, &[("t", 1000)]);
+    let first = leader(&store, key(1))
+        .start(tenant_meta("t"), Some(600))
+        .await
+        .unwrap();
+    assert_eq!(reserved(&store, "t"), 600);
+    let second = leader(&store, key(2))
+        .start(tenant_meta("t"), Some(600))
+        .await;
+    assert!(matches!(second, Err(Error::OverQuota { .. })));
+    // An aborted fill gives its share back.
+    drop(first);
+    assert_eq!(reserved(&store, "t"), 0);
+    put_for(&store, key(2), "t", &body(2, 600)).await.unwrap();
+    assert_eq!(usage(&store, "t"), (600, 1, 1));
+    assert_eq!(reserved(&store, "t"), 0);
+}
+
+#[tokio::test]
+async fn usage_drops_on_removal_eviction_and_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        dir: dir.path().to_path_buf(),
+        max_bytes: 300,
+        quotas: HashMap::from([("t".to_string(), 250)]),
+    };
+    let store = Store::open_with(config, |_| Box::new(crate::Lru::new())).unwrap();
+    put_for(&store, key(1), "t", &body(1, 100)).await.unwrap();
+    put_for(&store, key(2), "t", &body(2, 100)).await.unwrap();
+    assert_eq!(usage(&store, "t"), (200, 2, 0));
+    assert!(store.remove(&key(1)).await.unwrap());
+    assert_eq!(usage(&store, "t"), (100, 1, 0));
+
+    // Replacing a key is credited with the copy it replaces: 100 + 200 would not fit in 250.
+    put_for(&store, key(2), "t", &body(3, 200)).await.unwrap();
+    assert_eq!(usage(&store, "t"), (200, 1, 0));
+
+    // The global budget evicts the least recently used, whoever it belongs to.
+    put(&store, key(3), &body(4, 100)).await;
+    put(&store, key(4), &body(5, 100)).await;
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+    assert_eq!(usage(&store, "t"), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_shared_body_counts_for_each_tenant_that_stores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_quotas(dir.path(), 10_000, &[("a", 1000), ("b", 1000)]);
+    let data = body(1, 500);
+    put_for(&store, key(1), "a", &data).await.unwrap();
+    put_for(&store, key(2), "b", &data).await.unwrap();
+    assert_eq!(store.stats().bytes, 500);
+    assert_eq!(usage(&store, "a"), (500, 1, 0));
+    assert_eq!(usage(&store, "b"), (500, 1, 0));
+    assert!(store.remove(&key(1)).await.unwrap());
+    assert_eq!(usage(&store, "a"), (0, 0, 0));
+    assert_eq!(usage(&store, "b"), (500, 1, 0));
+}
+
+#[tokio::test]
+async fn usage_is_rebuilt_at_open_from_the_quotas_of_that_run() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_quotas(dir.path(), 10_000, &[("t", 1000)]);
+        put_for(&store, key(1), "t", &body(1, 300)).await.unwrap();
+        put_for(&store, key(2), "t", &body(2, 200)).await.unwrap();
+        assert!(put_for(&store, key(3), "t", &body(3, 600)).await.is_err());
+        put_for(&store, key(4), "other", &body(4, 50))
+            .await
+            .unwrap();
+        put(&store, key(5), &body(5, 100)).await;
+    }
+    let store = open_quotas(dir.path(), 10_000, &[("t", 1000)]);
+    // Refusals are counted per run.
+    assert_eq!(usage(&store, "t"), (500, 2, 0));
+    drop(store);
+
+    // A quota added later counts what the tenant already holds, and evicts none of it.
+    let store = open_quotas(dir.path(), 10_000, &[("other", 10)]);
+    assert_eq!(usage(&store, "other"), (50, 1, 0));
+    assert!(matches!(
+        put_for(&store, key(6), "other", b"x").await,
+        Err(Error::OverQuota { .. })
+    ));
+    assert_eq!(read(&store, key(4)).await.unwrap(), body(4, 50));
+    assert_eq!(store.stats().objects, 4);
+}
+
+#[tokio::test]
+async fn entries_written_before_tenants_existed_still_open() {
+    // The layout of a version-1 entry before it carried a tenant.
+    let m = meta("http://a/x");
+    let mut old = serde_json::to_value(&m).unwrap();
+    old.as_object_mut().unwrap().remove("tenant");
+    let mut bytes = vec![1u8];
+    bytes.extend(serde_json::to_vec(&old).unwrap());
+    let back = crate::meta::decode(&bytes).unwrap();
+    assert_eq!(back.tenant, None);
+    assert!(
+        crate::meta::decode_summary(&bytes)
+            .unwrap()
+            .tenant
+            .is_none()
+    );
+    let tagged = crate::meta::encode(&m.with_tenant("t")).unwrap();
+    assert_eq!(
+        crate::meta::decode_summary(&tagged)
+            .unwrap()
+            .tenant
+            .as_deref(),
+        Some("t")
+    );
 }

@@ -1,6 +1,7 @@
 //! The admin API: `/healthz`, `/api/status` and `/api/holders?url=` (more operator surfaces
 //! come later).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ struct StatusBody {
     routing_table_size: usize,
     joined: bool,
     cache: reef_cache::Stats,
+    /// Per service with a storage quota: the quota, bytes stored, and objects refused.
+    quotas: BTreeMap<String, reef_cache::QuotaStats>,
     announcements: crate::fetch::AnnounceStats,
 }
 
@@ -87,6 +90,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         routing_table_size: overlay.routing_table_size,
         joined: overlay.joined,
         cache: state.store.stats(),
+        quotas: state.store.quotas(),
         announcements: state.announcer.stats(),
     })
     .into_response()

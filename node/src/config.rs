@@ -1,5 +1,9 @@
 //! Node settings: a TOML file holds the same keys as the `reef run` flags; flags win.
+//!
+//! Services (tenants) are keyed by hostname in a table per service, `[services."HOST"]`, so
+//! later per-service settings join `quota` there; `--quota HOST=SIZE` overrides one host's.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +29,8 @@ pub enum ConfigError {
     },
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("invalid service {service:?}: {reason}")]
+    Service { service: String, reason: String },
 }
 
 /// Settings as they may appear in the TOML file; every field is optional there.
@@ -45,6 +51,17 @@ pub struct FileConfig {
     pub cache_size: Option<toml::Value>,
     /// Seconds.
     pub origin_timeout: Option<f64>,
+    /// Per-service settings, keyed by hostname (case-insensitive, no port).
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceFile>,
+}
+
+/// One `[services."HOST"]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Storage quota: bytes, or a size with a unit like `cache_size`.
+    pub quota: Option<toml::Value>,
 }
 
 impl FileConfig {
@@ -74,6 +91,15 @@ pub struct Config {
     pub mdns: bool,
     pub cache_size: u64,
     pub origin_timeout: Duration,
+    /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// Settings of one service (tenant).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Most body bytes the cache keeps for this service; None: it only shares `cache_size`.
+    pub quota: Option<u64>,
 }
 
 impl Config {
@@ -92,7 +118,16 @@ impl Config {
             mdns: false,
             cache_size: DEFAULT_CACHE_SIZE,
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
+            services: BTreeMap::new(),
         }
+    }
+
+    /// The storage quota of every service that has one, as the cache takes them.
+    pub fn quotas(&self) -> HashMap<String, u64> {
+        self.services
+            .iter()
+            .filter_map(|(host, s)| Some((host.clone(), s.quota?)))
+            .collect()
     }
 
     /// Applies the file's settings over the defaults.
@@ -120,21 +155,83 @@ impl Config {
             self.mdns = v;
         }
         if let Some(v) = file.cache_size {
-            self.cache_size = match v {
-                toml::Value::Integer(n) if n >= 0 => n as u64,
-                toml::Value::String(s) => parse_size(&s)?,
-                other => {
-                    return Err(ConfigError::Invalid {
-                        field: "cache_size",
-                        reason: format!("expected bytes or a size like \"1GiB\", got {other}"),
-                    });
-                }
-            };
+            self.cache_size = size_value(v).map_err(|reason| ConfigError::Invalid {
+                field: "cache_size",
+                reason,
+            })?;
         }
         if let Some(secs) = file.origin_timeout {
             self.origin_timeout = parse_secs("origin_timeout", secs)?;
         }
+        // Per host: a later layer replaces only the settings it gives.
+        let mut seen = HashSet::new();
+        for (name, given) in file.services {
+            let host = service_host(&name)?;
+            if !seen.insert(host.clone()) {
+                return Err(ConfigError::Service {
+                    service: name,
+                    reason: "given twice (hostnames are case-insensitive)".into(),
+                });
+            }
+            let service = self.services.entry(host.clone()).or_default();
+            if let Some(v) = given.quota {
+                let quota = size_value(v).map_err(|reason| ConfigError::Service {
+                    service: host.clone(),
+                    reason: format!("quota: {reason}"),
+                })?;
+                service.quota = Some(quota);
+            }
+        }
         Ok(self)
+    }
+}
+
+/// `--quota HOST=SIZE` flags as the services layer of the flags.
+pub fn quota_flags(flags: &[String]) -> Result<BTreeMap<String, ServiceFile>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for flag in flags {
+        let bad = |reason: &str| ConfigError::Invalid {
+            field: "--quota",
+            reason: format!("{flag:?} {reason} (example: --quota img.example.com=2GiB)"),
+        };
+        let Some((host, size)) = flag.split_once('=') else {
+            return Err(bad("is not HOST=SIZE"));
+        };
+        let host = service_host(host)?;
+        let given = ServiceFile {
+            quota: Some(toml::Value::String(size.to_string())),
+        };
+        if out.insert(host, given).is_some() {
+            return Err(bad("names a host given before"));
+        }
+    }
+    Ok(out)
+}
+
+/// A service's key: the hostname, lower-case, as `CanonicalUrl::host` gives it for its URLs.
+fn service_host(name: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::Service {
+        service: name.to_string(),
+        reason: format!("{reason}; a service is a hostname such as img.example.com"),
+    };
+    let authority: http::uri::Authority = name.parse().map_err(|_| bad("not a hostname"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("has user info"));
+    }
+    if authority.port().is_some() {
+        return Err(bad("has a port (quotas apply to every port of a host)"));
+    }
+    Ok(authority.host().to_ascii_lowercase())
+}
+
+/// A size given as a TOML integer (bytes) or string ("2GiB").
+fn size_value(v: toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(n) if n >= 0 => Ok(n as u64),
+        toml::Value::String(s) => size_bytes(&s),
+        other => Err(format!(
+            "expected bytes or a size like \"1GiB\", got {other}"
+        )),
     }
 }
 
@@ -150,10 +247,14 @@ pub(crate) fn parse_secs(field: &'static str, secs: f64) -> Result<Duration, Con
 
 /// Parses "1073741824", "512MiB", "2GiB", "100MB", "64k".
 pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::Invalid {
+    size_bytes(text).map_err(|reason| ConfigError::Invalid {
         field: "cache size",
-        reason: format!("{text:?} is not a size (examples: 1073741824, 512MiB, 2GiB)"),
-    };
+        reason,
+    })
+}
+
+fn size_bytes(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size (examples: 1073741824, 512MiB, 2GiB)");
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -213,5 +314,74 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("colour = 1").is_err());
+        assert!(toml::from_str::<FileConfig>("[services.\"a\"]\ncolour = 1").is_err());
+    }
+
+    fn with_services(toml_text: &str, flags: &[&str]) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(toml_text).unwrap();
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let flags = FileConfig {
+            services: quota_flags(&flags)?,
+            ..FileConfig::default()
+        };
+        Config::defaults().with_file(file)?.with_file(flags)
+    }
+
+    #[test]
+    fn service_quotas_come_from_tables_and_flags_win_per_host() {
+        let c = with_services(
+            r#"
+            [services."IMG.example.com"]
+            quota = "2GiB"
+            [services."video.example"]
+            quota = 1000
+            [services."plain.example"]
+            "#,
+            &["video.example=5MiB", "127.0.0.1=100KiB"],
+        )
+        .unwrap();
+        let quota = |h: &str| c.services[h].quota;
+        assert_eq!(quota("img.example.com"), Some(2 << 30));
+        assert_eq!(quota("video.example"), Some(5 << 20));
+        assert_eq!(quota("127.0.0.1"), Some(100 << 10));
+        assert_eq!(quota("plain.example"), None);
+        let quotas = c.quotas();
+        assert_eq!(quotas.len(), 3);
+        assert_eq!(quotas["127.0.0.1"], 102_400);
+        assert!(Config::defaults().quotas().is_empty());
+        // An IPv6 literal keeps its brackets, as in URLs.
+        let c = with_services("", &["[::1]=1k"]).unwrap();
+        assert_eq!(c.services["[::1]"].quota, Some(1024));
+    }
+
+    #[test]
+    fn bad_services_are_rejected_with_a_reason() {
+        let err = |toml_text: &str, flags: &[&str]| {
+            with_services(toml_text, flags).unwrap_err().to_string()
+        };
+        let e = err("[services.\"a.example\"]\nquota = \"2XB\"", &[]);
+        assert!(e.contains("a.example") && e.contains("2XB"), "{e}");
+        let e = err("[services.\"a.example\"]\nquota = -1", &[]);
+        assert!(e.contains("expected bytes"), "{e}");
+        let e = err("[services.\"a.example:8080\"]\nquota = 1", &[]);
+        assert!(e.contains("port"), "{e}");
+        let e = err(
+            "[services.\"A.example\"]\nquota = 1\n[services.\"a.example\"]\nquota = 2",
+            &[],
+        );
+        assert!(e.contains("twice"), "{e}");
+        for flag in [
+            "a.example",
+            "a.example=lots",
+            "=1GiB",
+            "a b=1",
+            "a.example=",
+        ] {
+            assert!(with_services("", &[flag]).is_err(), "{flag}");
+        }
+        let e = err("", &["a.example=1", "A.EXAMPLE=2"]);
+        assert!(e.contains("before"), "{e}");
+        let e = err("", &["nosize"]);
+        assert!(e.contains("HOST=SIZE"), "{e}");
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reef_node::config::{Config, FileConfig};
+use reef_node::config::{self, Config, FileConfig};
 use reef_node::fetch_cmd::{self, FetchArgs, FetchCmdError};
 use reef_node::node::{self, StartError};
 use reef_node::telemetry::{self, LogFormat};
@@ -86,6 +86,10 @@ struct RunArgs {
     /// Seconds to wait for an origin's response headers before answering 504 [default: 15].
     #[arg(long)]
     origin_timeout: Option<f64>,
+    /// Storage quota of one service (hostname), e.g. img.example.com=2GiB; repeatable. An
+    /// object that would exceed it is served but not stored.
+    #[arg(long, value_name = "HOST=SIZE")]
+    quota: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -155,6 +159,7 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         mdns: args.mdns.then_some(true),
         cache_size: args.cache_size.map(toml::Value::String),
         origin_timeout: args.origin_timeout,
+        services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
     };
     let config = Config::defaults()
         .with_file(file)

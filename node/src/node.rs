@@ -55,6 +55,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let cache_config = reef_cache::Config {
         dir: cache_dir.clone(),
         max_bytes: config.cache_size,
+        quotas: config.quotas(),
     };
     let store = tokio::task::spawn_blocking(move || reef_cache::Store::open(cache_config))
         .await

@@ -110,6 +110,16 @@ impl CanonicalUrl {
         &self.text[start..self.authority_end]
     }
 
+    /// The host alone: lower-case, without the port; an IPv6 literal keeps its brackets.
+    pub fn host(&self) -> &str {
+        let authority = self.authority();
+        // A port follows the last ':' unless that ':' is inside an IPv6 literal.
+        match authority.rfind([':', ']']) {
+            Some(i) if authority[i..].starts_with(':') => &authority[..i],
+            _ => authority,
+        }
+    }
+
     /// Path and query, as sent in an origin-form request line.
     pub fn path_and_query(&self) -> &str {
         &self.text[self.authority_end..]
@@ -233,9 +243,20 @@ mod tests {
     }
 
     #[test]
+    fn host_drops_the_port_but_not_ipv6_brackets() {
+        let host = |s: &str| CanonicalUrl::parse(s).unwrap().host().to_string();
+        assert_eq!(host("http://IMG.Example.com/x"), "img.example.com");
+        assert_eq!(host("http://127.0.0.1:8080/x"), "127.0.0.1");
+        assert_eq!(host("https://a.example:443/"), "a.example");
+        assert_eq!(host("http://[::1]:8080/x"), "[::1]");
+        assert_eq!(host("http://[::1]/x"), "[::1]");
+    }
+
+    #[test]
     fn keeps_the_parts_apart() {
         let u = CanonicalUrl::parse("http://Host.example:81/p/q?x=1").unwrap();
         assert_eq!(u.authority(), "host.example:81");
+        assert_eq!(u.host(), "host.example");
         assert_eq!(u.path_and_query(), "/p/q?x=1");
         assert!(!u.is_https());
         assert_eq!(u.to_uri().to_string(), "http://host.example:81/p/q?x=1");

@@ -398,7 +398,9 @@ impl Fetcher {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
-        let mut meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers);
+        // The service (tenant) whose storage quota the body counts against is the URL's host.
+        let mut meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers)
+            .with_tenant(url.host());
         meta.variant_of = (store_key != target.primary).then_some(target.primary);
         let guard = if store_key == key {
             guard
@@ -413,11 +415,13 @@ impl Fetcher {
         };
         // Set before start(): start() wakes the followers, who read it.
         self.set_fill_source(store_key, Some(source));
-        let mut writer = match guard.start(meta).await {
+        let mut writer = match guard.start(meta, content_length(&head.headers)).await {
             Ok(w) => w,
             Err(e) => {
                 self.set_fill_source(store_key, None);
-                warn!(key = %store_key.short(), error = %e, "cannot store; serving without caching");
+                if !matches!(e, reef_cache::Error::OverQuota { .. }) {
+                    warn!(key = %store_key.short(), error = %e, "cannot store; serving without caching");
+                }
                 return Ok(pass_through(head, incoming, source));
             }
         };
@@ -440,6 +444,8 @@ impl Fetcher {
                             debug!(bytes = meta.body_len, "stored");
                             fetcher.inner.announcer.announce(store_key);
                         }
+                        // Served in full to everyone reading it; the cache logged why.
+                        Err(reef_cache::Error::OverQuota { .. }) => {}
                         Err(e) => warn!(error = %e, "commit failed"),
                     },
                     Err(reason) => warn!(%reason, "upstream body failed; nothing stored"),
@@ -468,6 +474,8 @@ impl Fetcher {
             let mut index = meta.clone();
             index.vary = Some(names);
             index.variant_of = None;
+            // Bodiless, so it takes nothing from the service's quota.
+            index.tenant = None;
             let index_guard = if guard.key() == primary {
                 Some(guard)
             } else {
