@@ -2,8 +2,9 @@
 //!
 //! What this crate owns:
 //! - [`Origin`], an in-process HTTP/1.1 origin (optionally TLS) with deterministic,
-//!   streamed bodies and per-path hit counters, so tests can check bytes and count
-//!   how often the origin was really asked;
+//!   streamed bodies, per-path hit and 304 counters, and a route whose response header
+//!   fields a test sets in the URL, so tests can check bytes, count how often the origin
+//!   was really asked, and exercise each caching rule;
 //! - [`NodeProcess`], one real `reef` process: argument building, log file, readiness
 //!   (`runtime.json`), status polling over the admin API, graceful stop, crash (SIGKILL),
 //!   restart, and cleanup that leaves no orphan behind;

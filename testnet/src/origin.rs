@@ -16,14 +16,29 @@
 //! | `/maxage/<secs>/<n>` | same kind of body, `Cache-Control: public, max-age=<secs>` |
 //! | `/slow/<ms>/<n>` | waits `ms` before the headers, then like `/bytes/<n>` |
 //! | `/vary/<header>/<n>` | `Vary: <header>`; the body (see [`variant_seed`]) and `ETag` depend on the request's value of `<header>`; writes accepted as on `/writable` |
+//! | `/headers/<n>[/<tag>]?<Name>=<value>&…` | like `/bytes/<n>`, with the header fields the query asks for (below) |
 //! | `/hang` | accepts the request and never answers |
 //! | `/status/<code>` | that status with a short text body |
 //! | anything else | 404 |
 //!
 //! Body routes carry `ETag`, `Last-Modified`, `Content-Length` and
 //! `Content-Type: application/octet-stream`, and answer `If-None-Match` /
-//! `If-Modified-Since` with 304. The query string never changes the content, and hits are
-//! counted per path without the query.
+//! `If-Modified-Since` with 304 (counted per path, see [`Origin::not_modified`]). The query
+//! string never changes the content, and hits are counted per path without the query.
+//!
+//! `/headers/` lets a test state the response header fields under test in the URL. Each
+//! query parameter `Name=value` (both percent-decoded; `+` is a plus, not a space) becomes a
+//! header field of the 200 and of the 304. A name given once replaces the route's default of
+//! that name (`Cache-Control: public, max-age=3600`, `ETag`, `Last-Modified`,
+//! `Content-Type`); a repeated name appends. The value `none` omits the field, so
+//! `Cache-Control=none&Last-Modified=none` leaves a response with no freshness information at
+//! all (`Date` cannot be omitted: the server always sends one). `Date`, `Expires` and
+//! `Last-Modified` also take `now`, `now-<secs>` or `now+<secs>`, turned into an HTTP date when
+//! the request arrives, e.g. `/headers/100/t?Cache-Control=none&Last-Modified=now-864000`.
+//! Any other value is sent as it is (`Expires=0`, `Age=100`). The 304 decision uses the
+//! `ETag` and `Last-Modified` actually sent. `Content-Length` and hop-by-hop fields cannot
+//! be set; a malformed query gets 400 with the reason. The optional `<tag>` segment only
+//! makes the path (hence the hit counter, body and `ETag`) distinct per test.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,7 +50,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -180,17 +195,34 @@ fn normalize_path(target: &str) -> &str {
 struct Stats {
     total: AtomicU64,
     per_path: Mutex<HashMap<String, u64>>,
+    not_modified: Mutex<HashMap<String, u64>>,
 }
 
 impl Stats {
     fn record(&self, path: &str) {
         self.total.fetch_add(1, Ordering::Relaxed);
-        let mut map = self.per_path.lock().unwrap_or_else(PoisonError::into_inner);
-        *map.entry(path.to_owned()).or_default() += 1;
+        Self::bump(&self.per_path, path);
+    }
+
+    fn record_not_modified(&self, path: &str) {
+        Self::bump(&self.not_modified, path);
     }
 
     fn hits(&self, path: &str) -> u64 {
-        let map = self.per_path.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::count(&self.per_path, path)
+    }
+
+    fn not_modified(&self, path: &str) -> u64 {
+        Self::count(&self.not_modified, path)
+    }
+
+    fn bump(counts: &Mutex<HashMap<String, u64>>, path: &str) {
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        *map.entry(path.to_owned()).or_default() += 1;
+    }
+
+    fn count(counts: &Mutex<HashMap<String, u64>>, path: &str) -> u64 {
+        let map = counts.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(normalize_path(path)).copied().unwrap_or(0)
     }
 }
@@ -269,6 +301,12 @@ impl Origin {
     /// GET/HEAD requests received so far for `path` (query ignored; a URL is accepted).
     pub fn hits(&self, path: &str) -> u64 {
         self.stats.hits(path)
+    }
+
+    /// How many of the requests for `path` were answered 304 (a conditional request whose
+    /// validator matched), as [`Origin::hits`] counts them.
+    pub fn not_modified(&self, path: &str) -> u64 {
+        self.stats.not_modified(path)
     }
 
     /// GET/HEAD requests received so far, all paths.
@@ -403,6 +441,10 @@ enum Route {
         cache_control: String,
         delay: Option<Duration>,
     },
+    /// A body whose header fields come from the query (see the module docs).
+    Headers {
+        len: u64,
+    },
     Hang,
     Status(StatusCode),
     NotFound,
@@ -411,7 +453,7 @@ enum Route {
 fn route(path: &str) -> Route {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let num = |s: &str| s.parse::<u64>().ok();
-    let public = || format!("public, max-age={DEFAULT_MAX_AGE}");
+    let public = default_cache_control;
     let body = |len: Option<u64>, cache_control: String, delay: Option<Duration>| match len {
         Some(len) => Route::Body {
             len,
@@ -433,6 +475,10 @@ fn route(path: &str) -> Route {
             Some(ms) => body(num(n), public(), Some(Duration::from_millis(ms))),
             None => Route::NotFound,
         },
+        // The optional last segment is a tag that only keeps tests' paths apart.
+        ["headers", n] | ["headers", n, _] if !path.ends_with('/') => {
+            num(n).map_or(Route::NotFound, |len| Route::Headers { len })
+        }
         ["hang"] => Route::Hang,
         ["status", code] => match code.parse::<u16>().ok().map(StatusCode::from_u16) {
             Some(Ok(status)) if status.as_u16() >= 200 => Route::Status(status),
@@ -464,18 +510,11 @@ async fn handle(req: Request<Incoming>, stats: &Stats) -> Response<OriginBody> {
     {
         let value = req.headers().get(name).and_then(|v| v.to_str().ok());
         let seed = variant_seed(&path, value);
-        let mut resp = body_response(
-            &req,
-            &seed,
-            len,
-            &format!("public, max-age={DEFAULT_MAX_AGE}"),
-            head,
-        );
-        resp.headers_mut().insert(
-            header::VARY,
-            HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("*")),
-        );
-        return resp;
+        let mut fields = default_fields(&seed, &default_cache_control());
+        if let Ok(name) = HeaderValue::from_str(name) {
+            fields.insert(header::VARY, name);
+        }
+        return body_response(&req, stats, &seed, len, fields, head);
     }
     match route(&path) {
         Route::Body {
@@ -486,7 +525,22 @@ async fn handle(req: Request<Incoming>, stats: &Stats) -> Response<OriginBody> {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            body_response(&req, &path, len, &cache_control, head)
+            let fields = default_fields(&path, &cache_control);
+            body_response(&req, stats, &path, len, fields, head)
+        }
+        Route::Headers { len } => {
+            let mut fields = default_fields(&path, &default_cache_control());
+            match query_fields(req.uri().query().unwrap_or(""), SystemTime::now()) {
+                Ok(asked) => {
+                    apply_fields(&mut fields, asked);
+                    body_response(&req, stats, &path, len, fields, head)
+                }
+                Err(reason) => text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad /headers query: {reason}\n"),
+                    head,
+                ),
+            }
         }
         Route::Hang => std::future::pending().await,
         Route::Status(status) => {
@@ -506,39 +560,185 @@ fn last_modified() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_MODIFIED_UNIX)
 }
 
+fn default_cache_control() -> String {
+    format!("public, max-age={DEFAULT_MAX_AGE}")
+}
+
+/// The representation's header fields every body route sends, on the 200 and on the 304.
+fn default_fields(path: &str, cache_control: &str) -> HeaderMap {
+    let mut fields = HeaderMap::new();
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            fields.insert(name, value);
+        }
+    };
+    set(header::CACHE_CONTROL, cache_control);
+    set(header::ETAG, &expected_etag(path));
+    set(
+        header::LAST_MODIFIED,
+        &httpdate::fmt_http_date(last_modified()),
+    );
+    set(header::CONTENT_TYPE, "application/octet-stream");
+    fields
+}
+
+/// One header field a `/headers/` query asks for; `None` omits the field.
+type AskedField = (HeaderName, Option<HeaderValue>);
+
+/// Fields the origin controls itself: the body's framing and per-connection fields.
+const UNSETTABLE: [HeaderName; 5] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Parses a `/headers/` query into the header fields it asks for, in order.
+fn query_fields(query: &str, now: SystemTime) -> Result<Vec<AskedField>, String> {
+    let mut asked = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let name = percent_decode(name)?;
+        let value = percent_decode(value)?;
+        let name = HeaderName::from_bytes(&name)
+            .map_err(|_| format!("{:?} is not a header name", String::from_utf8_lossy(&name)))?;
+        if UNSETTABLE.contains(&name) || name == "keep-alive" {
+            return Err(format!("{name} cannot be set"));
+        }
+        let value = if value == b"none" {
+            if name == header::DATE {
+                return Err("Date cannot be omitted".into());
+            }
+            None
+        } else {
+            let value = match relative_date(&name, &value, now)? {
+                Some(date) => date.into_bytes(),
+                None => value,
+            };
+            let value = HeaderValue::from_bytes(&value)
+                .map_err(|_| format!("the value of {name} is not a header value"))?;
+            Some(value)
+        };
+        asked.push((name, value));
+    }
+    Ok(asked)
+}
+
+/// `now`, `now-<secs>` or `now+<secs>` as an HTTP date, for the date-valued fields;
+/// `None` for any other value, which is sent as it is.
+fn relative_date(
+    name: &HeaderName,
+    value: &[u8],
+    now: SystemTime,
+) -> Result<Option<String>, String> {
+    let dated = [header::DATE, header::EXPIRES, header::LAST_MODIFIED];
+    let Some(offset) = value.strip_prefix(b"now").filter(|_| dated.contains(name)) else {
+        return Ok(None);
+    };
+    let secs = |digits: &[u8]| {
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{name}: expected now, now-<secs> or now+<secs>"))
+    };
+    let when = match offset {
+        [] => Some(now),
+        [b'-', digits @ ..] => now.checked_sub(secs(digits)?),
+        [b'+', digits @ ..] => now.checked_add(secs(digits)?),
+        _ => return Err(format!("{name}: expected now, now-<secs> or now+<secs>")),
+    };
+    let when = when.ok_or_else(|| format!("{name}: date out of range"))?;
+    Ok(Some(httpdate::fmt_http_date(when)))
+}
+
+/// Decodes `%XX` escapes; anything else is taken literally (including `+`).
+fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Applies what a query asks for: a name's first mention replaces the default of that name,
+/// later mentions append, `None` leaves it out.
+fn apply_fields(fields: &mut HeaderMap, asked: Vec<AskedField>) {
+    let mut seen: Vec<HeaderName> = Vec::new();
+    for (name, value) in asked {
+        if !seen.contains(&name) {
+            fields.remove(&name);
+            seen.push(name.clone());
+        }
+        if let Some(value) = value {
+            fields.append(name, value);
+        }
+    }
+}
+
+/// Whether a conditional request matches the validators in `fields` (RFC 9110 §13.1.2:
+/// `If-None-Match` wins over `If-Modified-Since`).
+fn is_not_modified<B>(req: &Request<B>, fields: &HeaderMap) -> bool {
+    let etag = fields.get(header::ETAG).and_then(|v| v.to_str().ok());
+    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH) {
+        return inm.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == "*" || Some(t.trim()) == etag)
+        });
+    }
+    let http_date = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    let modified = fields.get(header::LAST_MODIFIED).and_then(http_date);
+    let since = req
+        .headers()
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(http_date);
+    matches!((since, modified), (Some(since), Some(modified)) if since >= modified)
+}
+
 fn body_response<B>(
     req: &Request<B>,
+    stats: &Stats,
     path: &str,
     len: u64,
-    cache_control: &str,
+    mut fields: HeaderMap,
     head: bool,
 ) -> Response<OriginBody> {
-    let etag = expected_etag(path);
-    let modified = httpdate::fmt_http_date(last_modified());
-    let not_modified = match req.headers().get(header::IF_NONE_MATCH) {
-        Some(inm) => inm
-            .to_str()
-            .map(|v| v.split(',').any(|t| t.trim() == "*" || t.trim() == etag))
-            .unwrap_or(false),
-        None => req
-            .headers()
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .is_some_and(|since| since >= last_modified()),
-    };
-    let builder = Response::builder()
-        .header(header::CACHE_CONTROL, cache_control)
-        .header(header::ETAG, &etag)
-        .header(header::LAST_MODIFIED, modified);
+    let not_modified = is_not_modified(req, &fields);
+    if not_modified {
+        // A 304 describes the stored representation; its type is not news (RFC 9110 §15.4.5).
+        fields.remove(header::CONTENT_TYPE);
+    }
+    let mut builder = Response::builder();
+    if let Some(headers) = builder.headers_mut() {
+        headers.extend(fields);
+    }
     let built = if not_modified {
+        stats.record_not_modified(path);
         builder
             .status(StatusCode::NOT_MODIFIED)
             .body(OriginBody::empty())
     } else {
         builder
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, len)
             .body(if head {
                 OriginBody::empty()
@@ -690,6 +890,154 @@ mod tests {
         assert_eq!(route("/bytes/x"), Route::NotFound);
         assert_eq!(route("/bytes/1/2"), Route::NotFound);
         assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/headers/10"), Route::Headers { len: 10 });
+        assert_eq!(route("/headers/10/max-age"), Route::Headers { len: 10 });
+        assert_eq!(route("/headers/10/"), Route::NotFound);
+        assert_eq!(route("/headers/10/a/b"), Route::NotFound);
+        assert_eq!(route("/headers/x/a"), Route::NotFound);
+        assert_eq!(route("/headers"), Route::NotFound);
+    }
+
+    fn asked(query: &str, now: SystemTime) -> HeaderMap {
+        let mut fields = default_fields("/headers/1", &default_cache_control());
+        apply_fields(&mut fields, query_fields(query, now).unwrap());
+        fields
+    }
+
+    fn all<'a>(fields: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        fields
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn header_queries_replace_append_and_omit_fields() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_MODIFIED_UNIX);
+        // No query: the defaults of every body route.
+        let fields = asked("", now);
+        assert_eq!(all(&fields, "cache-control"), ["public, max-age=3600"]);
+        assert_eq!(all(&fields, "etag"), [expected_etag("/headers/1")]);
+        assert_eq!(
+            all(&fields, "last-modified"),
+            ["Tue, 14 Nov 2023 22:13:20 GMT"]
+        );
+
+        // Percent-decoded; the first mention replaces the default, the next ones append;
+        // `+` stays a plus; names are case-insensitive.
+        let fields = asked(
+            "Cache-Control=max-age%3D60&cache-control=must-revalidate&Age=100&X-Note=a+b%20c",
+            now,
+        );
+        assert_eq!(
+            all(&fields, "cache-control"),
+            ["max-age=60", "must-revalidate"]
+        );
+        assert_eq!(all(&fields, "age"), ["100"]);
+        assert_eq!(all(&fields, "x-note"), ["a+b c"]);
+        assert_eq!(all(&fields, "etag").len(), 1, "untouched defaults stay");
+
+        // `none` omits a field.
+        let fields = asked("Cache-Control=none&Last-Modified=none&ETag=none", now);
+        for name in ["cache-control", "last-modified", "etag"] {
+            assert!(!fields.contains_key(name), "{name}");
+        }
+        assert!(fields.contains_key("content-type"));
+
+        // Relative dates on the date-valued fields only; other values pass as they are.
+        let fields = asked(
+            "Expires=now+10&Last-Modified=now-864000&Date=now&Age=now-1&X-When=now",
+            now,
+        );
+        assert_eq!(all(&fields, "expires"), ["Tue, 14 Nov 2023 22:13:30 GMT"]);
+        assert_eq!(
+            all(&fields, "last-modified"),
+            ["Sat, 04 Nov 2023 22:13:20 GMT"]
+        );
+        assert_eq!(all(&fields, "date"), ["Tue, 14 Nov 2023 22:13:20 GMT"]);
+        assert_eq!(all(&fields, "age"), ["now-1"]);
+        assert_eq!(all(&fields, "x-when"), ["now"]);
+        assert_eq!(all(&asked("Expires=0", now), "expires"), ["0"]);
+        assert_eq!(all(&asked("X-Empty", now), "x-empty"), [""]);
+
+        for bad in [
+            "Expires=now-x",
+            "Expires=now*2",
+            "Last-Modified=now-",
+            "Date=none",
+            "Content-Length=5",
+            "Transfer-Encoding=chunked",
+            "Connection=close",
+            "Bad%20Name=1",
+            "X-A=%zz",
+            "X-A=%4",
+            "X-A=%+f",
+            "X-A=line%0Abreak",
+        ] {
+            assert!(query_fields(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn not_modified_follows_the_validators_sent() {
+        let now = SystemTime::now();
+        let conditional = |name: &str, value: &str| {
+            Request::get("/headers/1")
+                .header(name, value)
+                .body(())
+                .unwrap()
+        };
+        let etag = expected_etag("/headers/1");
+        let defaults = asked("", now);
+        assert!(is_not_modified(
+            &conditional("if-none-match", &etag),
+            &defaults
+        ));
+        assert!(is_not_modified(
+            &conditional("if-none-match", "*"),
+            &defaults
+        ));
+        assert!(!is_not_modified(
+            &conditional("if-none-match", "\"x\""),
+            &defaults
+        ));
+        let lm = httpdate::fmt_http_date(last_modified());
+        assert!(is_not_modified(
+            &conditional("if-modified-since", &lm),
+            &defaults
+        ));
+
+        // The validators actually sent count: a replaced ETag, a relative Last-Modified,
+        // or none at all.
+        let replaced = asked("ETag=%22v2%22&Last-Modified=now-100", now);
+        assert!(!is_not_modified(
+            &conditional("if-none-match", &etag),
+            &replaced
+        ));
+        assert!(is_not_modified(
+            &conditional("if-none-match", "\"v2\""),
+            &replaced
+        ));
+        let since = httpdate::fmt_http_date(now - Duration::from_secs(50));
+        assert!(is_not_modified(
+            &conditional("if-modified-since", &since),
+            &replaced
+        ));
+        let before = httpdate::fmt_http_date(now - Duration::from_secs(200));
+        assert!(!is_not_modified(
+            &conditional("if-modified-since", &before),
+            &replaced
+        ));
+        let bare = asked("ETag=none&Last-Modified=none", now);
+        assert!(!is_not_modified(
+            &conditional("if-none-match", &etag),
+            &bare
+        ));
+        assert!(!is_not_modified(
+            &conditional("if-modified-since", &lm),
+            &bare
+        ));
     }
 
     #[test]

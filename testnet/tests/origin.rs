@@ -345,3 +345,67 @@ async fn tls_rejects_bad_pem() {
     let r = Origin::start_tls(any_port(), "not a cert", "not a key").await;
     assert!(matches!(r, Err(Error::Tls(_))), "{r:?}");
 }
+
+#[tokio::test]
+async fn headers_route_sends_the_fields_the_query_asks_for() {
+    let origin = Origin::start(any_port()).await.unwrap();
+    let path = "/headers/300/t";
+    let r = get(
+        &origin,
+        &format!("{path}?Cache-Control=max-age%3D60&Cache-Control=must-revalidate&Age=100&Expires=now%2B10&Last-Modified=none"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_ref(), expected_body(path, 300).as_slice());
+    let cc: Vec<_> = r.headers.get_all("cache-control").iter().collect();
+    assert_eq!(cc, ["max-age=60", "must-revalidate"]);
+    assert_eq!(header(&r, "age"), "100");
+    assert_eq!(header(&r, "etag"), expected_etag(path));
+    assert_eq!(header(&r, "content-length"), "300");
+    assert!(!r.headers.contains_key("last-modified"));
+    let expires = httpdate::parse_http_date(header(&r, "expires")).unwrap();
+    let date = httpdate::parse_http_date(header(&r, "date")).unwrap();
+    let ahead = expires.duration_since(date).unwrap();
+    assert!(
+        ahead <= Duration::from_secs(10) && ahead >= Duration::from_secs(9),
+        "{ahead:?}"
+    );
+
+    // A given Date replaces the server's.
+    let r = get(&origin, &format!("{path}?Date=now-3600")).await;
+    let date = httpdate::parse_http_date(header(&r, "date")).unwrap();
+    let behind = std::time::SystemTime::now().duration_since(date).unwrap();
+    assert!(behind >= Duration::from_secs(3599), "{behind:?}");
+    assert_eq!(r.headers.get_all("date").iter().count(), 1);
+
+    let r = get(&origin, &format!("{path}?Content-Length=1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("content-length"));
+    assert_eq!(origin.hits(path), 3, "counted per path, query aside");
+    assert_eq!(origin.not_modified(path), 0);
+    origin.shutdown().await;
+}
+
+#[tokio::test]
+async fn headers_route_answers_conditionals_with_its_fields() {
+    let origin = Origin::start(any_port()).await.unwrap();
+    let path = "/headers/50";
+    let target = format!("{path}?Cache-Control=no-cache&Age=7");
+    let req = Request::get(origin.url(&target))
+        .header("if-none-match", expected_etag(path))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(origin.addr()).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    assert_eq!(resp.headers()["age"], "7");
+    assert!(!resp.headers().contains_key("content-type"));
+    assert_eq!(origin.hits(path), 1);
+    assert_eq!(origin.not_modified(path), 1);
+    origin.shutdown().await;
+}

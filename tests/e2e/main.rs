@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod errors;
 mod fetch;
+mod freshness;
 mod quota;
 mod semantics;
 mod support;

@@ -353,7 +353,7 @@ impl Fetcher {
             guard.skip();
             return;
         };
-        let policy = CachePolicy::new_options(policy_req, head, SystemTime::now(), cache_options());
+        let policy = new_policy(policy_req, head, SystemTime::now());
         let mut index = Meta::new(url.to_string(), policy, StatusCode::OK.as_u16(), Vec::new());
         index.vary = Some(names);
         let key = guard.key();
@@ -518,8 +518,9 @@ impl Fetcher {
             .before_request(policy_req, SystemTime::now())
         {
             BeforeRequest::Stale { request, .. } => request.headers,
-            // Fresh by now (a clock step); a plain conditional on our validators still works.
-            BeforeRequest::Fresh(_) => policy_req.headers.clone(),
+            // The crate would reuse the copy (a client's `max-stale`, a clock step) where we
+            // must not: ask with our validators ourselves.
+            BeforeRequest::Fresh(_) => with_validators(&policy_req.headers, &hit.meta),
         };
         let response = self.inner.upstreams.revalidate(url, &conditional).await?;
         if response.status() != StatusCode::NOT_MODIFIED {
@@ -529,7 +530,9 @@ impl Fetcher {
         strip_hop_by_hop(&mut head.headers);
         let now = SystemTime::now();
         let AfterResponse::NotModified(policy, _) =
-            hit.meta.policy.after_response(policy_req, &head, now)
+            hit.meta
+                .policy
+                .after_response(policy_req, &policy_view(&head, now), now)
         else {
             // A 304 for validators we do not hold: we may not use it; fetch the object.
             let response = self.origin_get(url, policy_req).await?;
@@ -646,7 +649,7 @@ impl Fetcher {
 
     fn fresh_for(&self, policy_req: &request::Parts, head: &response::Parts) -> bool {
         let now = SystemTime::now();
-        let policy = CachePolicy::new_options(policy_req, head, now, cache_options());
+        let policy = new_policy(policy_req, head, now);
         matches!(
             policy.before_request(policy_req, now),
             BeforeRequest::Fresh(_)
@@ -666,7 +669,7 @@ impl Fetcher {
         if content_length(&head.headers).is_some_and(|len| len > max) {
             return None;
         }
-        let policy = CachePolicy::new_options(policy_req, head, SystemTime::now(), cache_options());
+        let policy = new_policy(policy_req, head, SystemTime::now());
         policy.is_storable().then_some(policy)
     }
 
@@ -823,6 +826,11 @@ fn asked_request(meta: &Meta, asked: &HeaderMap) -> request::Parts {
 /// request's `max-age` is ignored while an immutable copy is fresh. `no-cache` (a forced
 /// reload) still revalidates.
 fn fresh_enough(meta: &Meta, policy_req: &request::Parts, now: SystemTime) -> bool {
+    // RFC 9111 §5.2.2.4: a `no-cache` response is never used without validation, not even for
+    // a client's `max-stale` (which the crate lets through, as it reads no-cache as max-age=0).
+    if stored_has_directive(meta, "no-cache") {
+        return false;
+    }
     let fresh = |req: &request::Parts| {
         matches!(
             meta.policy.before_request(req, now),
@@ -863,6 +871,21 @@ enum Revalidation {
     Replaced(hyper::Response<Incoming>),
 }
 
+/// `request` plus the conditional fields that ask whether our stored copy is still current.
+fn with_validators(request: &HeaderMap, meta: &Meta) -> HeaderMap {
+    let mut conditional = request.clone();
+    for (stored, asks) in [
+        ("etag", header::IF_NONE_MATCH),
+        ("last-modified", header::IF_MODIFIED_SINCE),
+    ] {
+        let value = meta.headers.iter().find(|(n, _)| n == stored);
+        if let Some(Ok(v)) = value.map(|(_, v)| HeaderValue::from_bytes(v)) {
+            conditional.insert(asks, v);
+        }
+    }
+    conditional
+}
+
 fn has_validators(meta: &Meta) -> bool {
     meta.headers
         .iter()
@@ -899,6 +922,60 @@ struct Received {
     head: response::Parts,
     body: Incoming,
     source: Source,
+}
+
+/// The freshness policy of a response we just received.
+fn new_policy(policy_req: &request::Parts, head: &response::Parts, now: SystemTime) -> CachePolicy {
+    CachePolicy::new_options(policy_req, &policy_view(head, now), now, cache_options())
+}
+
+/// The response as the freshness rules should see it. Two corrections to `http-cache-semantics`
+/// (the stored headers stay as the origin sent them):
+/// - RFC 9111 §4.2.3: a response's age is at least the time since its `Date` (the apparent
+///   age); the crate counts only the `Age` field, so an old `Date` is made explicit in `Age`.
+/// - RFC 9111 §5.2.2.8: for a shared cache `proxy-revalidate` means `must-revalidate`; the
+///   crate instead treats the response as always stale, and lets `max-stale` serve it stale.
+fn policy_view(head: &response::Parts, now: SystemTime) -> response::Parts {
+    let (mut view, ()) = http::Response::new(()).into_parts();
+    view.status = head.status;
+    view.version = head.version;
+    view.headers = head.headers.clone();
+    let apparent_age = head
+        .headers
+        .get(header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .and_then(|date| now.duration_since(date).ok())
+        .map_or(0, |age| age.as_secs());
+    let age_field = head
+        .headers
+        .get(header::AGE)
+        .and_then(|a| a.to_str().ok())
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if apparent_age > age_field {
+        view.headers
+            .insert(header::AGE, HeaderValue::from(apparent_age));
+    }
+    if has_directive(&head.headers, "proxy-revalidate") {
+        let rewritten: Vec<String> = directives(&head.headers)
+            .map(|(name, value)| {
+                let name = if name == "proxy-revalidate" {
+                    "must-revalidate".to_string()
+                } else {
+                    name
+                };
+                match value {
+                    Some(v) => format!("{name}={v}"),
+                    None => name,
+                }
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&rewritten.join(", ")) {
+            view.headers.insert(header::CACHE_CONTROL, v);
+        }
+    }
+    view
 }
 
 /// Shared-cache rules: `private` responses are not stored, `s-maxage` counts.
@@ -1057,6 +1134,19 @@ fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<Strin
                 Some(v.trim().trim_matches('"').to_string()),
             ),
             None => (d.trim().to_ascii_lowercase(), None),
+        })
+}
+
+/// Whether the stored response's `Cache-Control` has directive `name`.
+fn stored_has_directive(meta: &Meta, name: &str) -> bool {
+    meta.headers
+        .iter()
+        .filter(|(n, _)| n == "cache-control")
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let directive = d.split_once('=').map_or(d, |(k, _)| k);
+            directive.trim().eq_ignore_ascii_case(name)
         })
 }
 
