@@ -23,6 +23,9 @@ pub enum Error {
     /// Too many fills are in progress; this one can be served but not stored.
     #[error("too many fills in progress")]
     Busy,
+    /// A purge covered the fill while it was being written; it was served but not stored.
+    #[error("purged while being filled; not stored")]
+    Purged,
     /// A blocking task panicked or was cancelled at shutdown.
     #[error("cache background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use tracing::{debug, warn};
 use crate::Error;
 use crate::blobs::remove_file_quiet;
 use crate::meta::{self, Meta};
-use crate::store::{Store, blocking};
+use crate::store::{Store, Written, blocking};
 
 /// Largest chunk a tail hands out: big enough to keep syscalls per byte low, small enough that
 /// a peer sees data soon after the origin sends it.
@@ -29,17 +30,41 @@ pub const TAIL_CHUNK: usize = 64 * 1024;
 /// One fill in progress, shared by the leader, the store's map of fills and every follower.
 pub(crate) struct Slot {
     tx: watch::Sender<Phase>,
+    /// Set by a purge: the body may predate it, so it is streamed to whoever already reads it
+    /// but never committed. Set under the store's index gate, and `Inner::commit` checks it
+    /// under the same gate, so a commit and a purge never interleave.
+    purged: AtomicBool,
 }
 
 impl Slot {
     pub fn new() -> Arc<Slot> {
         Arc::new(Slot {
             tx: watch::Sender::new(Phase::Pending),
+            purged: AtomicBool::new(false),
         })
     }
 
     pub fn send_modify(&self, update: impl FnOnce(&mut Phase)) {
         self.tx.send_modify(update);
+    }
+
+    pub fn purge(&self) {
+        self.purged.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_purged(&self) -> bool {
+        self.purged.load(Ordering::SeqCst)
+    }
+
+    /// Whether the URL being filled starts with `prefix`; `None` while the leader still waits
+    /// for the response head and the URL is not known here yet.
+    pub fn url_starts_with(&self, prefix: &str) -> Option<bool> {
+        match &*self.tx.borrow() {
+            Phase::Streaming { body, .. } => Some(body.meta.url.starts_with(prefix)),
+            Phase::Pending => None,
+            // Finished fills leave the map at once; nothing left to stop.
+            Phase::Uncached | Phase::Failed => Some(false),
+        }
     }
 }
 
@@ -233,7 +258,8 @@ impl Writer {
 
     /// Makes the body durable and visible: fsync, rename into `blobs/`, fsync the directory,
     /// commit the index entry, then evict down to the budget. Returns the stored `Meta` with
-    /// length, hash and time filled in.
+    /// length, hash and time filled in. `Err(Error::Purged)` if a purge covered this fill while
+    /// it ran: readers still got the whole body, but it is not stored (nor to be announced).
     pub async fn commit(mut self) -> Result<Meta, Error> {
         let Some(hasher) = self.hasher.take() else {
             return Err(Error::Aborted);
@@ -248,10 +274,34 @@ impl Writer {
         let inner = self.store.inner.clone();
         let body = self.body.clone();
         let temp = self.temp.clone();
+        let slot = self.slot.clone();
         let (key, len) = (self.key, self.written);
-        blocking(move || inner.commit(key, &body.file, &temp, blob, len, &encoded)).await?;
+        let stored = blocking(move || {
+            let written = Written {
+                file: &body.file,
+                temp: &temp,
+                blob,
+                len,
+            };
+            inner.commit(key, written, &encoded, &slot)
+        })
+        .await?;
 
         self.committed = true;
+        if !stored {
+            // Purged while it was being written: everyone reading it gets the whole body
+            // (the shared handle keeps the unlinked file readable), but nothing is stored.
+            self.store.inner.finish_fill(&self.key, &self.slot, |p| {
+                if let Phase::Streaming { end, .. } = p {
+                    *end = End::Committed;
+                }
+            });
+            if let Err(e) = remove_file_quiet(&self.temp) {
+                warn!(path = %self.temp.display(), error = %e, "cannot remove purged temp file");
+            }
+            debug!(key = %self.key.short(), len, "fill purged while in progress; not stored");
+            return Err(Error::Purged);
+        }
         self.store.inner.finish_fill(&self.key, &self.slot, |p| {
             if let Phase::Streaming { end, .. } = p {
                 *end = End::Committed;

@@ -64,15 +64,15 @@ pub(crate) struct Inner {
     dir: PathBuf,
     pub(crate) max_bytes: u64,
     pub(crate) layout: Layout,
-    index: Index,
-    catalog: Mutex<Catalog>,
+    pub(crate) index: Index,
+    pub(crate) catalog: Mutex<Catalog>,
     /// Serialises installing and deleting blob files with the reference check that justifies
     /// them, so a blob is never unlinked just after a commit decided to reuse it.
     blob_gate: Mutex<()>,
     /// Serialises each index write with the matching catalog change, so both see the same
     /// order of inserts and removes for a key.
-    index_gate: Mutex<()>,
-    fills: Mutex<HashMap<ContentKey, Arc<Slot>>>,
+    pub(crate) index_gate: Mutex<()>,
+    pub(crate) fills: Mutex<HashMap<ContentKey, Arc<Slot>>>,
 }
 
 impl Store {
@@ -249,6 +249,15 @@ impl fmt::Debug for Store {
     }
 }
 
+/// A body fully written to its temp file, ready to commit.
+pub(crate) struct Written<'a> {
+    pub file: &'a File,
+    pub temp: &'a Path,
+    /// blake3 of the bytes written, which names the blob.
+    pub blob: BlobId,
+    pub len: u64,
+}
+
 // Everything below blocks on disk and runs on a blocking thread (or in `open`).
 impl Inner {
     fn lookup(&self, key: ContentKey, seen: BlobId) -> Result<Option<(Meta, File)>, Error> {
@@ -290,7 +299,11 @@ impl Inner {
     /// Removes the entry for `key` (only if it still points at `only_blob`, when given): index
     /// first, then the blob file if nothing else refers to it, so a crash in between leaves an
     /// orphan blob that `open` sweeps, never an entry without a body.
-    fn remove_entry(&self, key: ContentKey, only_blob: Option<BlobId>) -> Result<bool, Error> {
+    pub(crate) fn remove_entry(
+        &self,
+        key: ContentKey,
+        only_blob: Option<BlobId>,
+    ) -> Result<bool, Error> {
         let removed = {
             let _gate = lock(&self.index_gate);
             let Some(current) = lock(&self.catalog).blob_of(&key) else {
@@ -338,21 +351,37 @@ impl Inner {
         Ok(count)
     }
 
-    /// The blocking half of `Writer::commit`.
+    /// The blocking half of `Writer::commit`. False, and nothing stored, if a purge covered
+    /// the fill: checked under the index gate, which the purge also holds while it marks fills,
+    /// so a commit lands either before the purge (and the purge removes it) or not at all.
     pub(crate) fn commit(
         &self,
         key: ContentKey,
-        file: &File,
-        temp: &Path,
-        blob: BlobId,
-        len: u64,
+        body: Written<'_>,
         encoded: &[u8],
-    ) -> Result<(), Error> {
+        slot: &Slot,
+    ) -> Result<bool, Error> {
+        let Written {
+            file,
+            temp,
+            blob,
+            len,
+        } = body;
+        if slot.is_purged() {
+            return Ok(false);
+        }
         // The bytes must be on disk before any name or index entry points at them.
         file.sync_all()?;
         self.install_blob(temp, blob, len)?;
         let replaced = {
             let _gate = lock(&self.index_gate);
+            if slot.is_purged() {
+                drop(_gate);
+                if lock(&self.catalog).unpin(&blob) {
+                    self.release_blob(blob);
+                }
+                return Ok(false);
+            }
             match self.index.put(&key, encoded) {
                 Ok(()) => lock(&self.catalog).insert_pinned(key, blob),
                 Err(e) => {
@@ -374,7 +403,7 @@ impl Inner {
         if let Err(e) = self.evict() {
             warn!(error = %e, "cache eviction failed");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Puts the temp file in place as blob `blob` (or drops it if an identical blob is already
@@ -404,7 +433,7 @@ impl Inner {
     }
 
     /// Deletes a blob's file if nothing refers to it any more.
-    fn release_blob(&self, blob: BlobId) {
+    pub(crate) fn release_blob(&self, blob: BlobId) {
         let _gate = lock(&self.blob_gate);
         if lock(&self.catalog).is_referenced(&blob) {
             return;

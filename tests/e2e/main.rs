@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod errors;
 mod fetch;
+mod purge;
 mod semantics;
 mod support;
 mod tls;
