@@ -27,6 +27,9 @@ pub enum Error {
     /// Storing the body would take its tenant past its quota: it is (or was) served, not stored.
     #[error("{tenant} is over its storage quota")]
     OverQuota { tenant: String },
+    /// A purge covered the fill while it was being written; it was served but not stored.
+    #[error("purged while being filled; not stored")]
+    Purged,
     /// A blocking task panicked or was cancelled at shutdown.
     #[error("cache background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

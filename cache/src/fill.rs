@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -33,17 +34,46 @@ pub const TAIL_CHUNK: usize = 64 * 1024;
 /// One fill in progress, shared by the leader, the store's map of fills and every follower.
 pub(crate) struct Slot {
     tx: watch::Sender<Phase>,
+    /// Set by a purge: the body may predate it, so it is streamed to whoever already reads it
+    /// but never committed. Set under the store's index gate, and `Inner::commit` checks it
+    /// under the same gate, so a commit and a purge never interleave.
+    purged: AtomicBool,
 }
 
 impl Slot {
     pub fn new() -> Arc<Slot> {
         Arc::new(Slot {
             tx: watch::Sender::new(Phase::Pending),
+            purged: AtomicBool::new(false),
         })
     }
 
     pub fn send_modify(&self, update: impl FnOnce(&mut Phase)) {
         self.tx.send_modify(update);
+    }
+
+    pub fn purge(&self) {
+        self.purged.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_purged(&self) -> bool {
+        self.purged.load(Ordering::SeqCst)
+    }
+
+    /// Whether the URL being filled starts with `prefix`; `None` while the leader still waits
+    /// for the response head and the URL is not known here yet.
+    pub fn url_starts_with(&self, prefix: &str) -> Option<bool> {
+        self.url_matches(|url| url.starts_with(prefix))
+    }
+
+    /// Whether `matches` holds for the URL being filled; `None` while it is not known yet.
+    pub fn url_matches(&self, matches: impl Fn(&str) -> bool) -> Option<bool> {
+        match &*self.tx.borrow() {
+            Phase::Streaming { body, .. } => Some(matches(&body.meta.url)),
+            Phase::Pending => None,
+            // Finished fills leave the map at once; nothing left to stop.
+            Phase::Uncached | Phase::Failed => Some(false),
+        }
     }
 }
 
@@ -183,6 +213,7 @@ impl FillGuard {
         let (blob, variant_of) = (BlobId::from_bytes(meta.body_hash), meta.variant_of);
         let inner = self.store.inner.clone();
         let key = self.key;
+        let slot = self.slot.clone();
         let stored = blocking(move || {
             let temp = inner.layout.temp_path(&key);
             let file = OpenOptions::new()
@@ -197,7 +228,10 @@ impl FillGuard {
                 len: 0,
                 variant_of,
             };
-            let res = inner.commit(key, staged, &encoded, None);
+            // A purge that covered this fill leaves nothing stored, which is all it asks.
+            let res = inner
+                .commit(key, staged, &encoded, None, slot.as_deref())
+                .map(|_| ());
             if res.is_err() {
                 let _ = remove_file_quiet(&temp);
             }
@@ -325,8 +359,9 @@ impl Writer {
     /// commit the index entry, then evict down to the budget. Returns the stored `Meta` with
     /// length, hash and time filled in.
     ///
-    /// `Err(Error::OverQuota)` if the body went over its tenant's quota: tails still read it to
-    /// the end, but the temp file is removed and nothing is stored.
+    /// `Err(Error::OverQuota)` if the body went over its tenant's quota, and `Err(Error::Purged)`
+    /// if a purge covered this fill while it ran: either way readers still get the whole body,
+    /// but the temp file is removed and nothing is stored (nor to be announced).
     pub async fn commit(mut self) -> Result<Meta, Error> {
         let Some(hasher) = self.hasher.take() else {
             return Err(Error::Aborted);
@@ -348,7 +383,8 @@ impl Writer {
         let temp = self.temp.clone();
         let (key, len, variant_of) = (self.key, self.written, meta.variant_of);
         let claim = self.claim.take();
-        blocking(move || {
+        let slot = self.slot.clone();
+        let stored = blocking(move || {
             let staged = Staged {
                 file: &body.file,
                 temp: &temp,
@@ -356,9 +392,13 @@ impl Writer {
                 len,
                 variant_of,
             };
-            inner.commit(key, staged, &encoded, claim)
+            inner.commit(key, staged, &encoded, claim, Some(&slot))
         })
         .await?;
+        if !stored {
+            self.finish_unstored();
+            return Err(Error::Purged);
+        }
 
         self.finished = true;
         self.store.inner.finish_fill(&self.key, &self.slot, |p| {

@@ -7,6 +7,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use reef_proto::ContentKey;
 
 use crate::Error;
+use crate::blobs::BlobId;
 use crate::meta::{self, Meta, Summary};
 
 /// One index row as `Store::open` sees it; an undecodable row is kept as `Err` so it can be dropped.
@@ -60,6 +61,26 @@ impl Index {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Keys and body hashes of the rows whose URL starts with `prefix`. Rows that do not
+    /// decode are skipped (the next `Store::open` drops them).
+    pub fn with_url_prefix(&self, prefix: &str) -> Result<Vec<(ContentKey, BlobId)>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OBJECTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Ok(u) = meta::decode_url(v.value())
+                && u.url.starts_with(prefix)
+            {
+                out.push((
+                    ContentKey::from_bytes(*k.value()),
+                    BlobId::from_bytes(u.body_hash),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Every row, decoded just enough to rebuild the in-memory index.

@@ -7,6 +7,9 @@
 //! crash safety; and coalescing of concurrent fills of one key, with readers that follow a body
 //! while it is still being written.
 //!
+//! Purging (`Store::purge_url`, `Store::purge_prefix`) removes committed objects by URL (with
+//! every variant) or by URL prefix and keeps fills already under way from storing what may predate the purge.
+//!
 //! Must not: touch the network, or decide HTTP semantics (the caller says what is cacheable and
 //! checks freshness with the stored policy).
 //!
@@ -26,6 +29,7 @@ mod index;
 mod lru;
 mod meta;
 mod policy;
+mod purge;
 mod quota;
 mod store;
 

@@ -93,6 +93,13 @@ pub(crate) struct Summary {
     pub tenant: Option<String>,
 }
 
+/// The fields a purge by URL prefix needs.
+#[derive(Deserialize)]
+pub(crate) struct UrlSummary {
+    pub url: String,
+    pub body_hash: [u8; 32],
+}
+
 pub(crate) fn encode(meta: &Meta) -> Result<Vec<u8>, Error> {
     let mut out = vec![META_VERSION];
     serde_json::to_writer(&mut out, meta)
@@ -108,6 +115,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Meta, Error> {
 }
 
 pub(crate) fn decode_summary(bytes: &[u8]) -> Result<Summary, Error> {
+    serde_json::from_slice(payload(bytes)?).map_err(|e| Error::Corrupt(format!("meta: {e}")))
+}
+
+pub(crate) fn decode_url(bytes: &[u8]) -> Result<UrlSummary, Error> {
     serde_json::from_slice(payload(bytes)?).map_err(|e| Error::Corrupt(format!("meta: {e}")))
 }
 

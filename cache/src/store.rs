@@ -68,15 +68,15 @@ pub(crate) struct Inner {
     dir: PathBuf,
     pub(crate) max_bytes: u64,
     pub(crate) layout: Layout,
-    index: Index,
+    pub(crate) index: Index,
     pub(crate) catalog: Mutex<Catalog>,
     /// Serialises installing and deleting blob files with the reference check that justifies
     /// them, so a blob is never unlinked just after a commit decided to reuse it.
     blob_gate: Mutex<()>,
     /// Serialises each index write with the matching catalog change, so both see the same
     /// order of inserts and removes for a key.
-    index_gate: Mutex<()>,
-    fills: Mutex<HashMap<ContentKey, Arc<Slot>>>,
+    pub(crate) index_gate: Mutex<()>,
+    pub(crate) fills: Mutex<HashMap<ContentKey, Arc<Slot>>>,
 }
 
 impl Store {
@@ -232,24 +232,6 @@ impl Store {
         blocking(move || inner.remove_entry(key, None)).await
     }
 
-    /// Removes the object at `primary` and every stored variant of it; returns the keys removed.
-    pub async fn remove_family(&self, primary: &ContentKey) -> Result<Vec<ContentKey>, Error> {
-        let inner = self.inner.clone();
-        let primary = *primary;
-        blocking(move || {
-            let mut keys = lock(&inner.catalog).variants_of(&primary);
-            keys.push(primary);
-            let mut removed = Vec::new();
-            for key in keys {
-                if inner.remove_entry(key, None)? {
-                    removed.push(key);
-                }
-            }
-            Ok(removed)
-        })
-        .await
-    }
-
     pub fn stats(&self) -> Stats {
         let c = lock(&self.inner.catalog);
         Stats {
@@ -320,7 +302,11 @@ impl Inner {
     /// Removes the entry for `key` (only if it still points at `only_blob`, when given): index
     /// first, then the blob file if nothing else refers to it, so a crash in between leaves an
     /// orphan blob that `open` sweeps, never an entry without a body.
-    fn remove_entry(&self, key: ContentKey, only_blob: Option<BlobId>) -> Result<bool, Error> {
+    pub(crate) fn remove_entry(
+        &self,
+        key: ContentKey,
+        only_blob: Option<BlobId>,
+    ) -> Result<bool, Error> {
         let removed = {
             let _gate = lock(&self.index_gate);
             let Some(current) = lock(&self.catalog).blob_of(&key) else {
@@ -371,13 +357,19 @@ impl Inner {
     /// The blocking half of `Writer::commit`. The fill's quota claim (if any) turns into the
     /// entry's stored bytes in the same catalog update, so the tenant is never counted twice
     /// nor left uncounted; on failure dropping the claim gives its bytes back.
+    ///
+    /// False, and nothing stored, if a purge covered the fill: checked under the index gate,
+    /// which the purge also holds while it marks fills, so a commit lands either before the
+    /// purge (and the purge removes it) or not at all.
     pub(crate) fn commit(
         &self,
         key: ContentKey,
         staged: Staged<'_>,
         encoded: &[u8],
         mut claim: Option<Claim>,
-    ) -> Result<(), Error> {
+        slot: Option<&Slot>,
+    ) -> Result<bool, Error> {
+        let purged = || slot.is_some_and(Slot::is_purged);
         let Staged {
             file,
             temp,
@@ -385,11 +377,21 @@ impl Inner {
             len,
             variant_of,
         } = staged;
+        if purged() {
+            return Ok(false);
+        }
         // The bytes must be on disk before any name or index entry points at them.
         file.sync_all()?;
         self.install_blob(temp, blob, len)?;
         let replaced = {
             let _gate = lock(&self.index_gate);
+            if purged() {
+                drop(_gate);
+                if lock(&self.catalog).unpin(&blob) {
+                    self.release_blob(blob);
+                }
+                return Ok(false);
+            }
             match self.index.put(&key, encoded) {
                 Ok(()) => {
                     let mut catalog = lock(&self.catalog);
@@ -419,7 +421,7 @@ impl Inner {
         if let Err(e) = self.evict() {
             warn!(error = %e, "cache eviction failed");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Puts the temp file in place as blob `blob` (or drops it if an identical blob is already
@@ -449,7 +451,7 @@ impl Inner {
     }
 
     /// Deletes a blob's file if nothing refers to it any more.
-    fn release_blob(&self, blob: BlobId) {
+    pub(crate) fn release_blob(&self, blob: BlobId) {
         let _gate = lock(&self.blob_gate);
         if lock(&self.catalog).is_referenced(&blob) {
             return;

@@ -709,13 +709,19 @@ async fn removing_a_family_removes_every_variant_also_after_reopen() {
     let store = open(dir.path(), 1 << 20);
     let hit = store.get(&primary).await.unwrap().unwrap();
     assert!(hit.meta.is_vary_index());
-    let mut removed = store.remove_family(&primary).await.unwrap();
+    let mut removed = store.purge_url(&primary, "http://a/v").await.unwrap();
     removed.sort();
     assert_eq!(removed, vec![primary, gzip, plain]);
     assert!(read(&store, gzip).await.is_none());
     assert!(read(&store, plain).await.is_none());
     assert_eq!(read(&store, other).await.unwrap(), body(4, 100));
-    assert!(store.remove_family(&primary).await.unwrap().is_empty());
+    assert!(
+        store
+            .purge_url(&primary, "http://a/v")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -956,4 +962,154 @@ async fn entries_written_before_tenants_existed_still_open() {
             .as_deref(),
         Some("t")
     );
+}
+
+async fn put_url(store: &Store, k: ContentKey, url: &str, data: &[u8]) -> Meta {
+    let mut w = leader(store, k).start(meta(url), None).await.unwrap();
+    w.write(data).await.unwrap();
+    w.commit().await.unwrap()
+}
+
+#[tokio::test]
+async fn purge_url_removes_the_object_and_its_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000);
+    put(&store, key(1), b"hello").await;
+    assert_eq!(
+        store.purge_url(&key(1), "http://a/x").await.unwrap(),
+        vec![key(1)]
+    );
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert!(blobs(dir.path()).is_empty());
+    assert!(
+        store
+            .purge_url(&key(1), "http://a/x")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn purge_prefix_removes_exactly_the_matching_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000);
+    put_url(&store, key(1), "http://h/dir/a", b"one").await;
+    put_url(&store, key(2), "http://h/dir/sub/b", b"two").await;
+    put_url(&store, key(3), "http://h/directory", b"three").await;
+    put_url(&store, key(4), "http://h/other/dir/c", b"four").await;
+    // Shares its body with a purged object: the body file must survive.
+    put_url(&store, key(5), "http://other/dir/a", b"one").await;
+
+    let mut removed = store.purge_prefix("http://h/dir/").await.unwrap();
+    removed.sort();
+    assert_eq!(removed, vec![key(1), key(2)]);
+    for k in [1, 2] {
+        assert!(store.get(&key(k)).await.unwrap().is_none(), "{k}");
+    }
+    for (k, body) in [(3, &b"three"[..]), (4, b"four"), (5, b"one")] {
+        assert_eq!(read(&store, key(k)).await.unwrap(), body, "{k}");
+    }
+    assert_eq!(store.stats().objects, 3);
+    assert_eq!(blobs(dir.path()).len(), 3);
+    assert!(
+        store
+            .purge_prefix("http://h/dir/")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // What a purge removed stays removed after a restart.
+    drop(store);
+    let store = open(dir.path(), 10_000);
+    assert_eq!(store.stats().objects, 3);
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_fill_under_way_is_served_but_not_stored_after_a_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000);
+    let guard = leader(&store, key(1));
+    let wait = follower(&store, key(1));
+    let mut w = guard.start(meta("http://h/dir/x"), None).await.unwrap();
+    w.write(b"before ").await.unwrap();
+    let Outcome::Streaming(mut tail) = wait.wait().await else {
+        panic!("expected streaming");
+    };
+
+    assert!(
+        store
+            .purge_prefix("http://h/dir/")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A request after the purge does not join the old fill.
+    let fresh = leader(&store, key(1));
+    assert!(store.tail(&key(1)).is_none());
+
+    w.write(b"purge").await.unwrap();
+    assert!(matches!(w.commit().await, Err(Error::Purged)));
+    // The reader that was already there gets the whole body.
+    assert_eq!(drain(&mut tail).await.unwrap(), b"before purge");
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert!(blobs(dir.path()).is_empty());
+    assert_eq!(temps(dir.path()), 0);
+
+    // The fill started after the purge stores normally.
+    let mut w = fresh.start(meta("http://h/dir/x"), None).await.unwrap();
+    w.write(b"after").await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(read(&store, key(1)).await.unwrap(), b"after");
+}
+
+#[tokio::test]
+async fn a_prefix_purge_stops_fills_that_do_not_know_their_url_yet_and_spares_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000);
+    // Waiting for its response head: its URL is unknown, so the purge must assume it matches.
+    let pending = leader(&store, key(1));
+    // Streaming another URL: not touched.
+    let mut other = leader(&store, key(2))
+        .start(meta("http://h/elsewhere"), None)
+        .await
+        .unwrap();
+    store.purge_prefix("http://h/dir/").await.unwrap();
+
+    let mut w = pending.start(meta("http://h/dir/y"), None).await.unwrap();
+    w.write(b"x").await.unwrap();
+    assert!(matches!(w.commit().await, Err(Error::Purged)));
+    other.write(b"kept").await.unwrap();
+    other.commit().await.unwrap();
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert_eq!(read(&store, key(2)).await.unwrap(), b"kept");
+}
+
+#[tokio::test]
+async fn purge_url_stops_a_fill_of_that_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000);
+    let mut purged = leader(&store, key(1))
+        .start(meta("http://h/a"), None)
+        .await
+        .unwrap();
+    let mut kept = leader(&store, key(2))
+        .start(meta("http://h/b"), None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .purge_url(&key(1), "http://h/a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    purged.write(b"a").await.unwrap();
+    kept.write(b"b").await.unwrap();
+    assert!(matches!(purged.commit().await, Err(Error::Purged)));
+    kept.commit().await.unwrap();
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    assert_eq!(read(&store, key(2)).await.unwrap(), b"b");
 }

@@ -1,17 +1,19 @@
-//! The admin API: `/healthz`, `/api/status` and `/api/holders?url=` (more operator surfaces
-//! come later).
+//! The admin API: `/healthz`, `/api/status`, `/api/holders?url=` and `POST /api/purge` (more
+//! operator surfaces come later).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use reef_cache::Store;
-use reef_proto::{CanonicalUrl, ContentKey};
+use reef_overlay::Published;
+use reef_proto::{CanonicalUrl, ContentKey, PurgeTarget};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,6 +22,7 @@ pub struct AdminState {
     pub overlay: reef_overlay::Client,
     pub store: Store,
     pub announcer: crate::fetch::Announcer,
+    pub purger: crate::purge::Purger,
     pub provider: String,
     pub region: String,
     pub http: SocketAddr,
@@ -41,6 +44,9 @@ struct StatusBody {
     /// Per service with a storage quota: the quota, bytes stored, and objects refused.
     quotas: BTreeMap<String, reef_cache::QuotaStats>,
     announcements: crate::fetch::AnnounceStats,
+    purges: crate::purge::PurgeStats,
+    /// Gossip messages dropped because their consumer was behind.
+    gossip_dropped: u64,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -48,6 +54,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
         .route("/api/holders", get(holders))
+        .route(
+            "/api/purge",
+            post(purge).layer(DefaultBodyLimit::max(PURGE_BODY_LIMIT)),
+        )
         .with_state(state)
 }
 
@@ -92,6 +102,8 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         cache: state.store.stats(),
         quotas: state.store.quotas(),
         announcements: state.announcer.stats(),
+        purges: state.purger.stats(),
+        gossip_dropped: overlay.gossip_dropped,
     })
     .into_response()
 }
@@ -156,4 +168,110 @@ async fn holders(State(state): State<Arc<AdminState>>, Query(q): Query<HoldersQu
             .collect(),
     })
     .into_response()
+}
+
+/// A purge request is one URL of at most 8 KiB in a line of JSON.
+const PURGE_BODY_LIMIT: usize = 16 * 1024;
+/// Keys listed in a purge answer; `removed` still counts them all.
+const PURGE_KEYS_SHOWN: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PurgeBody {
+    /// Objects removed from this node.
+    removed: usize,
+    /// Their content keys (hex), the first 100.
+    keys: Vec<String>,
+    /// Whether other nodes were told (false: no peer listens on the purge topic).
+    published: bool,
+}
+
+/// What `POST /api/purge` asks for: `{"url": URL}` or `{"prefix": URL}`, canonicalised.
+fn purge_target(body: &[u8]) -> Result<PurgeTarget, String> {
+    const USAGE: &str = r#"send {"url": "http://host/path"} or {"prefix": "http://host/dir/"}"#;
+    let req: PurgeRequest = serde_json::from_slice(body).map_err(|e| format!("{USAGE}: {e}"))?;
+    let canonical = |s: &str| CanonicalUrl::parse(s).map_err(|e| format!("{s:?}: {e}"));
+    match (req.url, req.prefix) {
+        (Some(url), None) => Ok(PurgeTarget::url(&canonical(&url)?)),
+        (None, Some(prefix)) => Ok(PurgeTarget::prefix(&canonical(&prefix)?)),
+        _ => Err(format!("exactly one of url and prefix: {USAGE}")),
+    }
+}
+
+/// Purges a URL or a prefix here and on every node of our provider.
+async fn purge(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let target = match purge_target(&body) {
+        Ok(target) => target,
+        Err(why) => return one_line(StatusCode::BAD_REQUEST, &why),
+    };
+    let outcome = match state.purger.request(target).await {
+        Ok(outcome) => outcome,
+        Err(e) => return one_line(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let published = match outcome.told {
+        Ok(published) => published == Published::Sent,
+        Err(e) => {
+            let why = format!(
+                "removed {} objects here but could not tell the other nodes: {e}",
+                outcome.removed.len()
+            );
+            return one_line(StatusCode::SERVICE_UNAVAILABLE, &why);
+        }
+    };
+    Json(PurgeBody {
+        removed: outcome.removed.len(),
+        keys: outcome
+            .removed
+            .iter()
+            .take(PURGE_KEYS_SHOWN)
+            .map(|k| k.to_string())
+            .collect(),
+        published,
+    })
+    .into_response()
+}
+
+/// A text answer on one line, whatever the message holds.
+fn one_line(status: StatusCode, why: &str) -> Response {
+    let line: String = why
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    (status, format!("{line}\n")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_requests_name_exactly_one_canonical_url() {
+        assert_eq!(
+            purge_target(br#"{"url": "HTTP://Example.com:80/a/./b"}"#).unwrap(),
+            PurgeTarget::Url("http://example.com/a/b".into())
+        );
+        assert_eq!(
+            purge_target(br#"{"prefix": "http://example.com/dir/"}"#).unwrap(),
+            PurgeTarget::Prefix("http://example.com/dir/".into())
+        );
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"url": "http://a/x", "prefix": "http://a/"}"#,
+            br#"{"url": "ftp://a/x"}"#,
+            br#"{"prefix": "/relative"}"#,
+            br#"{"urls": ["http://a/x"]}"#,
+            br#"{"url": 5}"#,
+            b"not json",
+            b"",
+        ] {
+            let why = purge_target(bad).unwrap_err();
+            assert!(!why.contains('\n'), "{why}");
+        }
+    }
 }

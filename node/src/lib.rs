@@ -1,5 +1,6 @@
 //! The Reef node: configuration and CLI, the HTTP edge (forward proxy), the fetch pipeline
-//! (local cache → nearest peer that holds the object → origin), and the admin API.
+//! (local cache → nearest peer that holds the object → origin), purge over gossip, and the
+//! admin API.
 //!
 //! It talks to the overlay only through `reef_overlay::Client` and must not reach into the
 //! libp2p Swarm; it stores objects only through `reef_cache::Store`.
@@ -14,5 +15,6 @@ pub mod fetch;
 pub mod fetch_cmd;
 pub mod identity;
 pub mod node;
+pub mod purge;
 pub mod runtime_file;
 pub mod telemetry;

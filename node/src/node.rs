@@ -13,6 +13,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::purge::{self, Purger};
 use crate::{identity, runtime_file};
 
 /// How long after start we keep waiting to join before re-announcing cached objects anyway.
@@ -78,6 +79,13 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     })
     .await
     .map_err(|e| StartError::Runtime(format!("cannot start the overlay: {e}")))?;
+    // Subscribed before joining, so no notice published after we join passes us by.
+    let notices = overlay
+        .subscribe(reef_proto::PURGE_TOPIC, purge::NOTICE_QUEUE)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot subscribe to purge notices: {e}")))?;
+    let purger = Purger::new(store.clone(), overlay.clone(), provider.clone());
+    let purge_task = purger.listen(notices);
 
     let upstreams =
         Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -122,6 +130,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         overlay: overlay.clone(),
         store: store.clone(),
         announcer: announcer.clone(),
+        purger,
         provider,
         region: config.region.clone(),
         http: http_addr,
@@ -146,6 +155,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let _ = edge_task.await;
     let _ = admin_task.await;
     overlay.shutdown().await;
+    // It ends by itself once the overlay has dropped its queue; this only stops one that
+    // still waits for a free check slot.
+    purge_task.abort();
     runtime_file::remove(&config.data_dir);
     info!("stopped");
     Ok(())

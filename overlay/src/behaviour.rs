@@ -9,6 +9,7 @@ use libp2p::{
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
     tcp, yamux,
 };
+use reef_proto::WITHDRAWAL_TOPIC;
 
 use crate::Error;
 
@@ -43,8 +44,14 @@ const MAX_STORED_RECORDS: usize = 4 * 1024;
 const MAX_RECORD_VALUE_BYTES: usize = 8 * 1024;
 /// Largest kad message; a GetProviders answer with 20 peers and their addresses fits easily.
 const KAD_MAX_PACKET_SIZE: usize = 64 * 1024;
-/// Largest gossip message; load reports are a few hundred bytes.
+/// Largest gossip message; load reports are a few hundred bytes, purge notices and withdrawals
+/// at most 32 KiB plus their envelope.
 const GOSSIP_MAX_TRANSMIT_SIZE: usize = 64 * 1024;
+/// First gossipsub heartbeat after start (default 5 s). Relaying through the mesh needs the
+/// mesh, which heartbeats build; a freshly started node should forward within a second, not
+/// five. Publishing itself does not wait for it: flood publishing sends to every connected
+/// peer subscribed to the topic.
+const GOSSIP_HEARTBEAT_INITIAL_DELAY: Duration = Duration::from_millis(200);
 /// Ping interval; each ping refreshes the RTT we rank holders by.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -112,6 +119,9 @@ fn build_behaviour(keypair: &Keypair, mdns_on: bool) -> Result<Behaviour, Error>
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .max_transmit_size(GOSSIP_MAX_TRANSMIT_SIZE)
+        .heartbeat_initial_delay(GOSSIP_HEARTBEAT_INITIAL_DELAY)
+        // Said explicitly because purge's "every node within 2 s" relies on it.
+        .flood_publish(true)
         .message_id_fn(|m: &gossipsub::Message| {
             let hash = blake3::hash(&m.data);
             gossipsub::MessageId::from(&hash.as_bytes()[..20])
@@ -123,9 +133,11 @@ fn build_behaviour(keypair: &Keypair, mdns_on: bool) -> Result<Behaviour, Error>
         gossip_config,
     )
     .map_err(|e| Error::Behaviour(format!("gossipsub: {e}")))?;
-    gossipsub
-        .subscribe(&gossipsub::IdentTopic::new(LOAD_TOPIC))
-        .map_err(|e| Error::Behaviour(format!("gossipsub subscribe: {e}")))?;
+    for topic in [LOAD_TOPIC, WITHDRAWAL_TOPIC] {
+        gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(topic))
+            .map_err(|e| Error::Behaviour(format!("gossipsub subscribe: {e}")))?;
+    }
 
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.to_string(), keypair.public())

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::behaviour::KAD_QUERY_TIMEOUT;
+use crate::gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 
 /// Commands queued for the event loop; a full queue applies back-pressure to callers.
 pub(crate) const COMMAND_QUEUE: usize = 64;
@@ -26,6 +27,9 @@ const NODE_RECORD_TIMEOUT: Duration = Duration::from_secs(3);
 const REPLY_SLACK: Duration = Duration::from_secs(1);
 /// Most holders resolved per lookup; kad keeps at most 20 providers per key anyway.
 pub(crate) const MAX_HOLDERS: usize = 20;
+/// Keys per unprovide command, so that withdrawing a whole prefix never holds the event loop
+/// for long (each key is a store removal there).
+const UNPROVIDE_CHUNK: usize = 1024;
 
 /// The answer to a provider lookup: holders other than ourselves and their last ping RTT.
 pub(crate) type ProvidersReply = oneshot::Sender<Result<Vec<(PeerId, Option<Duration>)>, Error>>;
@@ -39,9 +43,25 @@ pub(crate) enum Command {
         key: ContentKey,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// Stops providing the keys and queues a gossip withdrawal of those we did provide.
     Unprovide {
-        key: ContentKey,
+        keys: Vec<ContentKey>,
         reply: oneshot::Sender<()>,
+    },
+    Subscribe {
+        topic: String,
+        queue: usize,
+        reply: oneshot::Sender<Result<mpsc::Receiver<GossipMessage>, Error>>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Published, Error>>,
+    },
+    Report {
+        handle: MessageHandle,
+        acceptance: Acceptance,
+        reply: oneshot::Sender<bool>,
     },
     /// Answers with providers other than ourselves and their last measured RTT.
     GetProviders {
@@ -81,6 +101,8 @@ pub struct Status {
     pub connected_peers: Vec<String>,
     pub routing_table_size: usize,
     pub joined: bool,
+    /// Gossip messages dropped because their subscriber's queue was full.
+    pub gossip_dropped: u64,
 }
 
 /// Handle to the overlay's event loop. Cheap to clone; the loop ends when the last clone is
@@ -144,10 +166,75 @@ impl Client {
             .await?
     }
 
-    /// Stops announcing `key`. Records already sent to other peers expire on their own.
+    /// Stops announcing `key`; see [`Client::unprovide_all`].
     pub async fn unprovide(&self, key: ContentKey) -> Result<(), Error> {
-        self.request(|reply| Command::Unprovide { key, reply }, COMMAND_TIMEOUT)
-            .await
+        self.unprovide_all(vec![key]).await
+    }
+
+    /// Stops announcing `keys`: our own provider records go at once, and the keys we did
+    /// provide are withdrawn over gossip (batched, within about a quarter of a second), so the
+    /// nodes storing our provider records drop them too. A node the withdrawal does not reach
+    /// keeps our record until it expires (4 h); fetchers then find we no longer have the
+    /// object and move on to the next holder.
+    pub async fn unprovide_all(&self, keys: Vec<ContentKey>) -> Result<(), Error> {
+        for chunk in keys.chunks(UNPROVIDE_CHUNK) {
+            let keys = chunk.to_vec();
+            self.request(|reply| Command::Unprovide { keys, reply }, COMMAND_TIMEOUT)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to a gossip topic and returns the queue its messages arrive on (at most
+    /// `queue` waiting, capped at 1024; when full, new messages are dropped, counted in
+    /// [`Status::gossip_dropped`], and not forwarded). Every message received must be judged
+    /// with [`Client::report`] to be forwarded. One subscriber per topic: a second subscribe
+    /// fails while the first receiver is alive. Our own messages are not delivered to us.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        queue: usize,
+    ) -> Result<mpsc::Receiver<GossipMessage>, Error> {
+        let topic = topic.to_string();
+        self.request(
+            |reply| Command::Subscribe {
+                topic,
+                queue,
+                reply,
+            },
+            COMMAND_TIMEOUT,
+        )
+        .await?
+    }
+
+    /// Publishes `data` on `topic` (we need not be subscribed). The message is signed with the
+    /// node's key. Identical bytes published twice within a minute are one message to gossipsub
+    /// (it names messages by their content): put a nonce in messages that may repeat.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<Published, Error> {
+        let topic = topic.to_string();
+        self.request(
+            |reply| Command::Publish { topic, data, reply },
+            COMMAND_TIMEOUT,
+        )
+        .await?
+    }
+
+    /// Judges a received message, once: forwarded on `Accept`, dropped otherwise. False if
+    /// gossipsub no longer holds it (judged too late, or already rejected or ignored).
+    pub async fn report(
+        &self,
+        handle: MessageHandle,
+        acceptance: Acceptance,
+    ) -> Result<bool, Error> {
+        self.request(
+            |reply| Command::Report {
+                handle,
+                acceptance,
+                reply,
+            },
+            COMMAND_TIMEOUT,
+        )
+        .await
     }
 
     /// Who holds `key`, other than us: up to `limit` providers (the DHT lookup ends early once

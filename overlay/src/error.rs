@@ -33,4 +33,8 @@ pub enum Error {
     /// Too many queries of this kind are in flight; retry later.
     #[error("too many overlay queries in flight")]
     Busy,
+    /// Gossip refused the operation (message too large, duplicate, topic not allowed, a
+    /// second subscriber for a topic...).
+    #[error("gossip: {0}")]
+    Gossip(String),
 }

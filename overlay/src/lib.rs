@@ -2,8 +2,9 @@
 //!
 //! This crate owns the libp2p Swarm (Kademlia on `/reef/kad/1.0.0`, gossipsub, identify, ping,
 //! and mDNS when asked for), the single event-loop task that drives it, and the cloneable
-//! [`Client`] through which the rest of the node uses it: join, announce and find content
-//! holders, resolve and verify signed NodeRecords, remember peers across restarts.
+//! [`Client`] through which the rest of the node uses it: join, announce, withdraw and find
+//! content holders, resolve and verify signed NodeRecords, publish and subscribe to gossip
+//! topics, remember peers across restarts.
 //!
 //! It must not know about HTTP (it only carries the HTTP address inside records), must not be
 //! reached around (nobody else touches the Swarm), and must not block its event loop: queries
@@ -18,6 +19,7 @@ mod client;
 mod config;
 mod error;
 mod event_loop;
+mod gossip;
 mod node_records;
 mod peers_file;
 
@@ -34,6 +36,7 @@ use tracing::{debug, info, warn};
 pub use client::{Client, Holder, Status};
 pub use config::{Config, LocalInfo};
 pub use error::Error;
+pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 
 /// Binding a socket is local and quick; if it takes this long something is badly wrong.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);

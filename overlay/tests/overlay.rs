@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use reef_overlay::{Client, Config, Error, Keypair, LocalInfo, Multiaddr, PeerId};
+use reef_overlay::{
+    Acceptance, Client, Config, Error, GossipMessage, Keypair, LocalInfo, Multiaddr, PeerId,
+    Published,
+};
 use reef_proto::ContentKey;
 
 /// Joining over loopback takes well under a second; generous for a loaded 2-core machine.
@@ -176,7 +179,8 @@ async fn four_nodes_join_provide_and_find() -> Result<()> {
         .context("own record")?;
     ensure!(own.region == "region-of-a");
 
-    // After unprovide, B no longer lists the key locally (remote records expire on their own).
+    // Unprovide is accepted (withdrawal from other nodes: see
+    // unprovide_withdraws_the_record_from_other_nodes).
     b.unprovide(k).await?;
 
     for node in nodes {
@@ -362,5 +366,146 @@ async fn dropping_every_client_ends_the_loop() -> Result<()> {
         Ok(peers_file.exists().then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// Receives the next message on `rx`, reporting `Accept` for it (so it may travel on).
+async fn next_accepted(
+    node: &Client,
+    rx: &mut tokio::sync::mpsc::Receiver<GossipMessage>,
+) -> Result<GossipMessage> {
+    let message = tokio::time::timeout(CONDITION_TIMEOUT, rx.recv())
+        .await
+        .context("waiting for a gossip message")?
+        .context("subscription closed")?;
+    ensure!(
+        node.report(message.handle.clone(), Acceptance::Accept)
+            .await?
+    );
+    Ok(message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_messages_reach_the_subscribers_on_other_nodes() -> Result<()> {
+    init_tracing();
+    const TOPIC: &str = "reef/test/1";
+    let a = start("a", vec![]).await?;
+    let a_addr = addr_of(&a, "quic-v1").await?;
+    let b = start("b", vec![a_addr.clone()]).await?;
+    let c = start("c", vec![a_addr]).await?;
+    for node in [&a, &b, &c] {
+        node.wait_joined(JOIN_TIMEOUT).await?;
+    }
+    // Nobody listens yet: nothing to tell, and that is not an error.
+    ensure!(a.publish(TOPIC, b"early".to_vec()).await? == Published::NoPeers);
+
+    let mut at_b = b.subscribe(TOPIC, 8).await?;
+    let mut at_c = c.subscribe(TOPIC, 8).await?;
+    ensure!(matches!(b.subscribe(TOPIC, 8).await, Err(Error::Gossip(_))));
+
+    // Subscriptions travel to A asynchronously: publish until both have heard one message.
+    let mut sent = 0u32;
+    let mut heard_b = None;
+    let mut heard_c = None;
+    let started = Instant::now();
+    while heard_b.is_none() || heard_c.is_none() {
+        ensure!(
+            started.elapsed() < CONDITION_TIMEOUT,
+            "b heard {heard_b:?}, c heard {heard_c:?}"
+        );
+        sent += 1;
+        a.publish(TOPIC, format!("hello {sent}").into_bytes())
+            .await?;
+        let poll = Duration::from_millis(100);
+        for (rx, heard, node) in [(&mut at_b, &mut heard_b, &b), (&mut at_c, &mut heard_c, &c)] {
+            if heard.is_none()
+                && let Ok(Some(m)) = tokio::time::timeout(poll, rx.recv()).await
+            {
+                ensure!(node.report(m.handle.clone(), Acceptance::Accept).await?);
+                *heard = Some(m);
+            }
+        }
+    }
+    for m in [heard_b.as_ref(), heard_c.as_ref()].into_iter().flatten() {
+        ensure!(m.source == a.local_peer_id(), "{m:?}");
+        ensure!(m.topic == TOPIC);
+        ensure!(String::from_utf8_lossy(&m.data).starts_with("hello "));
+    }
+    // Both are known subscribers now: one publish reaches both, byte for byte (after any
+    // "hello" still on its way).
+    ensure!(a.publish(TOPIC, b"one message".to_vec()).await? == Published::Sent);
+    for (node, rx) in [(&b, &mut at_b), (&c, &mut at_c)] {
+        let m = loop {
+            let m = next_accepted(node, rx).await?;
+            if !m.data.starts_with(b"hello ") {
+                break m;
+            }
+        };
+        ensure!(m.data == b"one message" && m.source == a.local_peer_id());
+    }
+    // The same bytes again within a minute are the same message to gossipsub.
+    ensure!(matches!(
+        a.publish(TOPIC, b"one message".to_vec()).await,
+        Err(Error::Gossip(_))
+    ));
+
+    // A subscriber that does not keep up loses messages; they are counted, never queued
+    // without bound, and the loop does not wait for it.
+    drop(at_c);
+    let mut slow = c.subscribe(TOPIC, 1).await?;
+    let before = c.status().await?.gossip_dropped;
+    let flood = std::sync::atomic::AtomicU64::new(0);
+    eventually("c to drop a message", CONDITION_TIMEOUT, || async {
+        let n = flood.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        a.publish(TOPIC, format!("flood {n}").into_bytes()).await?;
+        Ok((c.status().await?.gossip_dropped > before).then_some(()))
+    })
+    .await?;
+    ensure!(
+        slow.try_recv().is_ok(),
+        "the one queued message is still there"
+    );
+
+    for node in [&a, &b, &c] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprovide_withdraws_the_record_from_other_nodes() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    let a_addr = addr_of(&a, "quic-v1").await?;
+    let b = start("b", vec![a_addr.clone()]).await?;
+    let c = start("c", vec![a_addr]).await?;
+    for node in [&a, &b, &c] {
+        node.wait_joined(JOIN_TIMEOUT).await?;
+    }
+    let k = key(7);
+    b.provide(k).await?;
+    c.provide(k).await?;
+    eventually("a to find b and c", CONDITION_TIMEOUT, || async {
+        Ok((a.find_holders(k, 5).await?.len() == 2).then_some(()))
+    })
+    .await?;
+
+    // kad's own stop_providing only forgets B's local record; the gossiped withdrawal makes
+    // the nodes storing B's record drop it too, long before it would expire (4 h). C's record
+    // for the same key stays: a withdrawal only ever removes its signer's records.
+    b.unprovide(k).await?;
+    eventually("b's record to be withdrawn", CONDITION_TIMEOUT, || async {
+        let holders = a.find_holders(k, 5).await?;
+        let peers: Vec<PeerId> = holders.iter().map(|h| h.peer).collect();
+        Ok((peers == [c.local_peer_id()]).then_some(()))
+    })
+    .await?;
+    eventually("c to stop finding b", CONDITION_TIMEOUT, || async {
+        Ok(c.find_holders(k, 5).await?.is_empty().then_some(()))
+    })
+    .await?;
+    for node in [&a, &b, &c] {
+        node.shutdown().await;
+    }
     Ok(())
 }

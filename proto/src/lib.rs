@@ -7,11 +7,20 @@
 
 mod content_key;
 mod node_record;
+mod purge;
 mod runtime;
 mod url;
+mod withdrawal;
 
 pub use content_key::BadKey;
 pub use content_key::ContentKey;
 pub use node_record::{MAX_NODE_RECORD_LEN, NodeRecord, RecordError};
+pub use purge::{
+    MAX_PROVIDER_NAME_LEN, MAX_PURGE_CLOCK_SKEW_SECS, MAX_PURGE_NOTICE_AGE_SECS,
+    MAX_PURGE_NOTICE_LEN, MAX_PURGE_TARGETS, NoticeError, PURGE_TOPIC, PurgeNotice, PurgeTarget,
+};
 pub use runtime::{RUNTIME_FILE, Runtime};
 pub use url::{CanonicalUrl, MAX_URL_LEN, UrlError};
+pub use withdrawal::{
+    MAX_WITHDRAWAL_KEYS, MAX_WITHDRAWAL_LEN, WITHDRAWAL_TOPIC, Withdrawal, WithdrawalError,
+};

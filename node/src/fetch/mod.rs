@@ -698,7 +698,7 @@ impl Fetcher {
     /// variant) are out of date. Drop them and stop telling the overlay we hold them.
     pub async fn invalidate(&self, url: &CanonicalUrl) {
         let key = ContentKey::for_url(url);
-        match self.inner.store.remove_family(&key).await {
+        match self.inner.store.purge_url(&key, url.as_str()).await {
             Ok(removed) if removed.is_empty() => {}
             Ok(removed) => {
                 debug!(key = %key.short(), objects = removed.len(), "invalidated after an unsafe method");

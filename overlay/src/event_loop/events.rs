@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use libp2p::{
-    Multiaddr, PeerId, gossipsub, identify,
+    Multiaddr, PeerId, identify,
     kad::{self, store::RecordStore},
     mdns, ping,
     swarm::SwarmEvent,
@@ -113,25 +113,6 @@ impl EventLoop {
             }
             Ok(_) => {}
             Err(error) => debug!(peer = %event.peer, %error, "ping failed"),
-        }
-    }
-
-    pub(super) fn on_gossip_event(&mut self, event: gossipsub::Event) {
-        if let gossipsub::Event::Message {
-            propagation_source,
-            message_id,
-            ..
-        } = event
-        {
-            // Nothing consumes load reports yet: do not forward what nobody validated.
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    gossipsub::MessageAcceptance::Ignore,
-                );
         }
     }
 

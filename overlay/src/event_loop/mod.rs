@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm,
+    gossipsub::TopicHash,
     identity::Keypair,
     kad::{QueryId, RecordKey},
     swarm::dial_opts::DialOpts,
@@ -25,11 +26,13 @@ use crate::addrs;
 use crate::behaviour::Behaviour;
 use crate::client::{Command, ProvidersReply, Status};
 use crate::config::LocalInfo;
+use crate::gossip::GossipMessage;
 use crate::node_records::{self, RECORD_CACHE_CAPACITY, RECORD_CACHE_TTL, RecordCache};
 use crate::peers_file::RecentPeers;
 use join::JOIN_RETRY_MIN;
 
 mod events;
+mod gossip;
 mod join;
 mod queries;
 #[cfg(test)]
@@ -96,6 +99,13 @@ pub(crate) struct EventLoop {
     pending_records: HashMap<QueryId, RecordQuery>,
     unannounced: VecDeque<RecordKey>,
     announcing: HashSet<QueryId>,
+
+    /// One bounded queue per topic somebody subscribed to (at most `MAX_SUBSCRIPTIONS`).
+    subscribers: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
+    gossip_dropped: u64,
+    /// Keys we stopped providing, withdrawn over gossip at the next sweep (bounded: flushed
+    /// whenever a message's worth has gathered).
+    withdrawals: Vec<ContentKey>,
 }
 
 /// What [`EventLoop::new`] needs besides the swarm.
@@ -137,6 +147,9 @@ impl EventLoop {
             pending_records: HashMap::new(),
             unannounced: VecDeque::new(),
             announcing: HashSet::new(),
+            subscribers: HashMap::new(),
+            gossip_dropped: 0,
+            withdrawals: Vec::new(),
         }
     }
 
@@ -239,12 +252,26 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Provide { key, reply } => self.provide(key, reply),
-            Command::Unprovide { key, reply } => {
-                let rkey = RecordKey::new(key.as_bytes());
-                self.swarm.behaviour_mut().kad.stop_providing(&rkey);
-                self.unannounced.retain(|k| *k != rkey);
-                debug!(key = %key.short(), "stopped providing");
+            Command::Unprovide { keys, reply } => {
+                self.unprovide(keys);
                 let _ = reply.send(());
+            }
+            Command::Subscribe {
+                topic,
+                queue,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(&topic, queue));
+            }
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.publish(&topic, data));
+            }
+            Command::Report {
+                handle,
+                acceptance,
+                reply,
+            } => {
+                let _ = reply.send(self.report(&handle, acceptance));
             }
             Command::GetProviders {
                 key,
@@ -300,6 +327,7 @@ impl EventLoop {
                 .collect(),
             routing_table_size: self.routing_table_size(),
             joined: self.joined,
+            gossip_dropped: self.gossip_dropped,
         }
     }
 
@@ -362,8 +390,9 @@ impl EventLoop {
     }
 
     /// Answers lookups whose caller's deadline has passed (or who stopped waiting) with what
-    /// they have, and stops their kad queries.
+    /// they have, and stops their kad queries; publishes queued withdrawals.
     fn sweep(&mut self) {
+        self.flush_withdrawals();
         let now = Instant::now();
         let expired: Vec<QueryId> = self
             .pending_providers
