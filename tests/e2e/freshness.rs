@@ -665,3 +665,112 @@ async fn a_peer_copy_not_fresh_enough_for_the_request_is_skipped() {
     assert_served(&got, &lasting, "MISS", "peer");
     assert_eq!(origin_counts(origin, &lasting), (1, 0));
 }
+
+/// Polls until the origin has been asked `want` times (a background revalidation runs after
+/// the response that triggered it).
+async fn wait_origin(origin: &Origin, obj: &Object, want: (u64, u64)) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while origin_counts(origin, obj) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: origin counts {:?}, want {want:?}",
+            obj.path,
+            origin_counts(origin, obj)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// RFC 5861 §3: within `stale-while-revalidate`, a stale copy is served at once (with its real
+/// `Age`) while the node revalidates it in the background; past the window, or when the
+/// response says `must-revalidate` or the client wants something fresher, it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
+    let net = launch(1, &[]).await;
+    let origin = &net.testnet.origin;
+    let swr = Object::new(
+        origin,
+        "swr",
+        "Cache-Control=max-age%3D60%2C%20stale-while-revalidate%3D3600&Age=100",
+    );
+    assert_served(&get(&net, 0, &swr, &[]).await, &swr, "MISS", "origin");
+    wait_stored(&net, 0, 1).await;
+    let stale = get(&net, 0, &swr, &[]).await;
+    assert_served(&stale, &swr, "STALE", "local");
+    assert!(age(&stale) >= 100, "Age {}", age(&stale));
+    // The background revalidation reaches the origin as a conditional request.
+    wait_origin(origin, &swr, (2, 1)).await;
+    // A client that wants a fresher copy waits for revalidation instead.
+    let strict = get(&net, 0, &swr, &[("cache-control", "max-age=30")]).await;
+    assert_served(&strict, &swr, "REVALIDATED", "local");
+
+    // 40 s stale is past a 10 s window.
+    let past = Object::new(
+        origin,
+        "swr-past",
+        "Cache-Control=max-age%3D60%2C%20stale-while-revalidate%3D10&Age=100",
+    );
+    assert_served(&get(&net, 0, &past, &[]).await, &past, "MISS", "origin");
+    wait_stored(&net, 0, 2).await;
+    assert_served(
+        &get(&net, 0, &past, &[]).await,
+        &past,
+        "REVALIDATED",
+        "local",
+    );
+
+    let strict_origin = Object::new(
+        origin,
+        "swr-must-revalidate",
+        "Cache-Control=max-age%3D60%2C%20stale-while-revalidate%3D3600%2C%20must-revalidate&Age=100",
+    );
+    assert_served(
+        &get(&net, 0, &strict_origin, &[]).await,
+        &strict_origin,
+        "MISS",
+        "origin",
+    );
+    wait_stored(&net, 0, 3).await;
+    assert_served(
+        &get(&net, 0, &strict_origin, &[]).await,
+        &strict_origin,
+        "REVALIDATED",
+        "local",
+    );
+}
+
+/// RFC 8246: a fresh `immutable` copy is not revalidated when a client reloads (browsers send
+/// `max-age=0`); a forced reload (`no-cache`) still revalidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutable_copies_are_not_revalidated_on_reload() {
+    let net = launch(1, &[]).await;
+    let origin = &net.testnet.origin;
+    let obj = Object::new(
+        origin,
+        "immutable",
+        "Cache-Control=max-age%3D3600%2C%20immutable",
+    );
+    assert_served(&get(&net, 0, &obj, &[]).await, &obj, "MISS", "origin");
+    wait_stored(&net, 0, 1).await;
+    let reload = [("cache-control", "max-age=0")];
+    assert_served(&get(&net, 0, &obj, &reload).await, &obj, "HIT", "local");
+    let forced = [("cache-control", "no-cache")];
+    assert_served(
+        &get(&net, 0, &obj, &forced).await,
+        &obj,
+        "REVALIDATED",
+        "local",
+    );
+    assert_eq!(origin_counts(origin, &obj), (2, 1));
+
+    // Without `immutable` the same reload revalidates.
+    let plain = Object::new(origin, "not-immutable", "Cache-Control=max-age%3D3600");
+    assert_served(&get(&net, 0, &plain, &[]).await, &plain, "MISS", "origin");
+    wait_stored(&net, 0, 2).await;
+    assert_served(
+        &get(&net, 0, &plain, &reload).await,
+        &plain,
+        "REVALIDATED",
+        "local",
+    );
+}

@@ -1113,12 +1113,28 @@ fn stale_within(meta: &Meta, directive: &str, request: Option<&HeaderMap>) -> bo
         .filter_map(|h| directive_secs(h, directive))
         .max();
     let Some(window) = window else { return false };
-    // Freshness runs out linearly, so the TTL it had when stored says when it went stale.
-    let stale_since = meta.stored_at + meta.policy.time_to_live(meta.stored_at);
-    let staleness = SystemTime::now()
-        .duration_since(stale_since)
-        .unwrap_or_default();
+    let staleness = meta
+        .policy
+        .age(SystemTime::now())
+        .saturating_sub(freshness_lifetime(meta));
     staleness <= Duration::from_secs(window)
+}
+
+/// How long the stored response was fresh for in all (RFC 9111 §4.2.1). The crate only tells
+/// the time left, which is zero for a copy that arrived already stale, so ask it about the
+/// response as it was at its `Date`, when its age was zero.
+fn freshness_lifetime(meta: &Meta) -> Duration {
+    let date = meta
+        .headers
+        .iter()
+        .find(|(n, _)| n == "date")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .unwrap_or(meta.stored_at);
+    let mut head = stored_head(meta, date, None);
+    head.headers.remove(header::AGE);
+    let request = asked_request(meta, &HeaderMap::new());
+    new_policy(&request, &head, date).time_to_live(date)
 }
 
 /// Cache-Control directives of `headers`, lower-cased, with their values.
