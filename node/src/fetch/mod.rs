@@ -4,8 +4,10 @@
 
 mod announce;
 mod error;
+mod freshness;
 mod headers;
 mod holders;
+mod serve;
 mod source;
 pub mod upstream;
 mod vary;
@@ -17,15 +19,23 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header, request, response};
 use http_body_util::BodyExt;
-use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
 use reef_cache::{Fill, Meta, Outcome, Store};
 use reef_proto::{CanonicalUrl, ContentKey};
 use tracing::{Instrument, debug, info_span, warn};
 
+use freshness::{
+    asked_request, fresh_enough, has_directive, has_validators, new_policy, policy_request,
+    policy_view, refresh_headers, stale_if_error_allows, stale_while_revalidate_allows,
+    with_validators,
+};
+use serve::{pass_through, serve_hit, serve_tail, stored_head};
+
 pub use announce::{AnnounceStats, Announcer};
 pub use error::FetchError;
 pub use headers::strip_hop_by_hop;
+pub use serve::{CacheStatus, Payload, Served};
 pub use source::Source;
 pub use upstream::{OBJECT_PATH, Upstreams};
 
@@ -45,41 +55,6 @@ const FRESHNESS_REQUEST_HEADERS: [header::HeaderName; 2] = [header::CACHE_CONTRO
 pub struct LocalInfo {
     pub provider: String,
     pub region: String,
-}
-
-/// A response ready for the respond phase (conditionals, ranges, HEAD, labels).
-pub struct Served {
-    pub head: response::Parts,
-    pub payload: Payload,
-    pub source: Source,
-    pub cache: CacheStatus,
-}
-
-/// The body of a served response: a stored file can be sliced for ranges, a stream cannot.
-pub enum Payload {
-    File { file: tokio::fs::File, len: u64 },
-    Stream(Body),
-}
-
-/// What `X-Cache` says about how the stored copy was used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    Hit,
-    Miss,
-    Stale,
-    /// A stale stored copy the origin confirmed with 304; its headers were refreshed.
-    Revalidated,
-}
-
-impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "HIT",
-            Self::Miss => "MISS",
-            Self::Stale => "STALE",
-            Self::Revalidated => "REVALIDATED",
-        }
-    }
 }
 
 /// What the local cache has for a request.
@@ -801,115 +776,11 @@ fn peer_request_headers(target: &Target, request: &HeaderMap) -> HeaderMap {
     asks
 }
 
-/// The request a peer asked with, as the stored policy must see it to judge freshness.
-fn asked_request(meta: &Meta, asked: &HeaderMap) -> request::Parts {
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = Method::GET;
-    if let Ok(url) = CanonicalUrl::parse(&meta.url) {
-        parts.uri = url.to_uri();
-        if let Ok(host) = HeaderValue::from_str(url.authority()) {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
-    for (name, value) in asked {
-        if name != header::HOST {
-            parts.headers.append(name, value.clone());
-        }
-    }
-    parts
-}
-
-/// Whether a stored response may be served for `policy_req` without asking upstream.
-///
-/// Differs from `http-cache-semantics` in one way: RFC 8246 `immutable` means a fresh copy is
-/// not revalidated just because the client reloads (browsers send `max-age=0` on reload), so a
-/// request's `max-age` is ignored while an immutable copy is fresh. `no-cache` (a forced
-/// reload) still revalidates.
-fn fresh_enough(meta: &Meta, policy_req: &request::Parts, now: SystemTime) -> bool {
-    // RFC 9111 §5.2.2.4: a `no-cache` response is never used without validation, not even for
-    // a client's `max-stale` (which the crate lets through, as it reads no-cache as max-age=0).
-    if stored_has_directive(meta, "no-cache") {
-        return false;
-    }
-    let fresh = |req: &request::Parts| {
-        matches!(
-            meta.policy.before_request(req, now),
-            BeforeRequest::Fresh(_)
-        )
-    };
-    if fresh(policy_req) {
-        return true;
-    }
-    let stored = stored_head(meta, now, None);
-    if !has_directive(&stored.headers, "immutable")
-        || meta.policy.is_stale(now)
-        || directive_secs(&policy_req.headers, "max-age").is_none()
-    {
-        return false;
-    }
-    let mut reload = policy_req.clone();
-    let kept: Vec<String> = directives(&policy_req.headers)
-        .filter(|(name, _)| name != "max-age")
-        .map(|(name, value)| match value {
-            Some(v) => format!("{name}={v}"),
-            None => name,
-        })
-        .collect();
-    reload.headers.remove(header::CACHE_CONTROL);
-    if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
-        && !kept.is_empty()
-    {
-        reload.headers.insert(header::CACHE_CONTROL, v);
-    }
-    fresh(&reload)
-}
-
 enum Revalidation {
     /// The stored copy is current (304); served with refreshed headers.
     Confirmed(Box<Served>),
     /// The origin sent something else: store and serve that instead.
     Replaced(hyper::Response<Incoming>),
-}
-
-/// `request` plus the conditional fields that ask whether our stored copy is still current.
-fn with_validators(request: &HeaderMap, meta: &Meta) -> HeaderMap {
-    let mut conditional = request.clone();
-    for (stored, asks) in [
-        ("etag", header::IF_NONE_MATCH),
-        ("last-modified", header::IF_MODIFIED_SINCE),
-    ] {
-        let value = meta.headers.iter().find(|(n, _)| n == stored);
-        if let Some(Ok(v)) = value.map(|(_, v)| HeaderValue::from_bytes(v)) {
-            conditional.insert(asks, v);
-        }
-    }
-    conditional
-}
-
-fn has_validators(meta: &Meta) -> bool {
-    meta.headers
-        .iter()
-        .any(|(name, _)| name == "etag" || name == "last-modified")
-}
-
-/// RFC 9111 §3.2: fields of a 304 replace the stored ones of the same name, except those
-/// that describe the body's framing.
-fn refresh_headers(stored: &mut Vec<(String, Vec<u8>)>, fresh: &HeaderMap) {
-    const KEEP: [header::HeaderName; 4] = [
-        header::CONTENT_LENGTH,
-        header::CONTENT_ENCODING,
-        header::TRANSFER_ENCODING,
-        header::CONTENT_RANGE,
-    ];
-    for name in fresh.keys() {
-        if KEEP.contains(name) {
-            continue;
-        }
-        stored.retain(|(n, _)| n != name.as_str());
-        for value in fresh.get_all(name) {
-            stored.push((name.as_str().to_string(), value.as_bytes().to_vec()));
-        }
-    }
 }
 
 struct Upstream {
@@ -924,84 +795,6 @@ struct Received {
     source: Source,
 }
 
-/// The freshness policy of a response we just received.
-fn new_policy(policy_req: &request::Parts, head: &response::Parts, now: SystemTime) -> CachePolicy {
-    CachePolicy::new_options(policy_req, &policy_view(head, now), now, cache_options())
-}
-
-/// The response as the freshness rules should see it. Two corrections to `http-cache-semantics`
-/// (the stored headers stay as the origin sent them):
-/// - RFC 9111 §4.2.3: a response's age is at least the time since its `Date` (the apparent
-///   age); the crate counts only the `Age` field, so an old `Date` is made explicit in `Age`.
-/// - RFC 9111 §5.2.2.8: for a shared cache `proxy-revalidate` means `must-revalidate`; the
-///   crate instead treats the response as always stale, and lets `max-stale` serve it stale.
-fn policy_view(head: &response::Parts, now: SystemTime) -> response::Parts {
-    let (mut view, ()) = http::Response::new(()).into_parts();
-    view.status = head.status;
-    view.version = head.version;
-    view.headers = head.headers.clone();
-    let apparent_age = head
-        .headers
-        .get(header::DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .and_then(|date| now.duration_since(date).ok())
-        .map_or(0, |age| age.as_secs());
-    let age_field = head
-        .headers
-        .get(header::AGE)
-        .and_then(|a| a.to_str().ok())
-        .and_then(|a| a.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if apparent_age > age_field {
-        view.headers
-            .insert(header::AGE, HeaderValue::from(apparent_age));
-    }
-    if has_directive(&head.headers, "proxy-revalidate") {
-        let rewritten: Vec<String> = directives(&head.headers)
-            .map(|(name, value)| {
-                let name = if name == "proxy-revalidate" {
-                    "must-revalidate".to_string()
-                } else {
-                    name
-                };
-                match value {
-                    Some(v) => format!("{name}={v}"),
-                    None => name,
-                }
-            })
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&rewritten.join(", ")) {
-            view.headers.insert(header::CACHE_CONTROL, v);
-        }
-    }
-    view
-}
-
-/// Shared-cache rules: `private` responses are not stored, `s-maxage` counts.
-fn cache_options() -> CacheOptions {
-    CacheOptions {
-        shared: true,
-        ..CacheOptions::default()
-    }
-}
-
-/// The request as the freshness rules see it: the canonical URL with the client's headers.
-fn policy_request(url: &CanonicalUrl, req: &request::Parts) -> request::Parts {
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = Method::GET;
-    parts.uri = url.to_uri();
-    parts.headers = req.headers.clone();
-    // What we store answers the full, unconditional request we send upstream; ranges and
-    // conditionals are answered from it in the respond phase.
-    headers::strip_for_full_fetch(&mut parts.headers);
-    // Stored responses are matched on Host too; clients spell it variously, the URL does not.
-    if let Ok(host) = HeaderValue::from_str(url.authority()) {
-        parts.headers.insert(header::HOST, host);
-    }
-    parts
-}
-
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -1011,171 +804,12 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Status and headers of a stored response, with `Age` brought up to `now`.
-/// `Date` stays the origin's, so hopping between nodes never makes a copy look younger.
-/// `committed_len` is the stored body's length; None while it is still arriving, when the
-/// origin's own `Content-Length` (if any) stands.
-fn stored_head(meta: &Meta, now: SystemTime, committed_len: Option<u64>) -> response::Parts {
-    let (mut head, ()) = http::Response::new(()).into_parts();
-    head.status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
-    for (name, value) in &meta.headers {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            head.headers.append(n, v);
-        }
-    }
-    head.headers.insert(
-        header::AGE,
-        HeaderValue::from(meta.policy.age(now).as_secs()),
-    );
-    if let Some(len) = committed_len {
-        head.headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
-    head
-}
-
-/// A committed local copy, served from its file (so the respond phase can slice ranges).
-fn serve_hit(hit: reef_cache::Hit, now: SystemTime, cache: CacheStatus) -> Served {
-    let len = hit.meta.body_len;
-    Served {
-        head: stored_head(&hit.meta, now, Some(len)),
-        payload: Payload::File {
-            file: hit.file,
-            len,
-        },
-        source: Source::Local,
-        cache,
-    }
-}
-
-fn serve_tail(tail: reef_cache::Tail, source: Source) -> Served {
-    let head = stored_head(tail.meta(), SystemTime::now(), None);
-    Served {
-        head,
-        payload: Payload::Stream(body::from_tail(tail)),
-        source,
-        cache: CacheStatus::Miss,
-    }
-}
-
-fn pass_through(head: response::Parts, incoming: Incoming, source: Source) -> Served {
-    let body = incoming
-        .map_err(|e| -> body::BoxError { Box::new(e) })
-        .boxed_unsync();
-    Served {
-        head,
-        payload: Payload::Stream(body),
-        source,
-        cache: CacheStatus::Miss,
-    }
-}
-
 /// An origin failure that `stale-if-error` may cover: no answer, or a 5xx answer.
 fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
     match fetched {
         Ok(served) => served.head.status.is_server_error(),
         Err(e) => e.status().is_server_error(),
     }
-}
-
-/// RFC 5861 §4: a stale copy may stand in for an error for `stale-if-error` seconds past its
-/// freshness (given by the response or the request).
-fn stale_if_error_allows(meta: &Meta, policy_req: &request::Parts) -> bool {
-    stale_within(meta, "stale-if-error", Some(&policy_req.headers))
-}
-
-/// RFC 5861 §3: a copy stale for less than the response's `stale-while-revalidate` seconds may
-/// be served while it is refreshed in the background, unless the client asked for something
-/// fresher (`no-cache`, `max-age`, `min-fresh`, `Pragma: no-cache`).
-fn stale_while_revalidate_allows(meta: &Meta, policy_req: &request::Parts) -> bool {
-    let strict = ["no-cache", "max-age", "min-fresh"]
-        .iter()
-        .any(|d| has_directive(&policy_req.headers, d))
-        || policy_req.headers.contains_key(header::PRAGMA);
-    !strict && stale_within(meta, "stale-while-revalidate", None)
-}
-
-/// Whether the copy went stale at most `directive` seconds ago, and may be served stale at all
-/// (RFC 9111 §4.2.4: not under `must-revalidate`, `proxy-revalidate` or `no-cache`).
-fn stale_within(meta: &Meta, directive: &str, request: Option<&HeaderMap>) -> bool {
-    let stored = stored_head(meta, SystemTime::now(), None);
-    if ["must-revalidate", "proxy-revalidate", "no-cache"]
-        .iter()
-        .any(|d| has_directive(&stored.headers, d))
-    {
-        return false;
-    }
-    let window = std::iter::once(&stored.headers)
-        .chain(request)
-        .filter_map(|h| directive_secs(h, directive))
-        .max();
-    let Some(window) = window else { return false };
-    let staleness = meta
-        .policy
-        .age(SystemTime::now())
-        .saturating_sub(freshness_lifetime(meta));
-    staleness <= Duration::from_secs(window)
-}
-
-/// How long the stored response was fresh for in all (RFC 9111 §4.2.1). The crate only tells
-/// the time left, which is zero for a copy that arrived already stale, so ask it about the
-/// response as it was at its `Date`, when its age was zero.
-fn freshness_lifetime(meta: &Meta) -> Duration {
-    let date = meta
-        .headers
-        .iter()
-        .find(|(n, _)| n == "date")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-        .unwrap_or(meta.stored_at);
-    let mut head = stored_head(meta, date, None);
-    head.headers.remove(header::AGE);
-    let request = asked_request(meta, &HeaderMap::new());
-    new_policy(&request, &head, date).time_to_live(date)
-}
-
-/// Cache-Control directives of `headers`, lower-cased, with their values.
-fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| match d.split_once('=') {
-            Some((k, v)) => (
-                k.trim().to_ascii_lowercase(),
-                Some(v.trim().trim_matches('"').to_string()),
-            ),
-            None => (d.trim().to_ascii_lowercase(), None),
-        })
-}
-
-/// Whether the stored response's `Cache-Control` has directive `name`.
-fn stored_has_directive(meta: &Meta, name: &str) -> bool {
-    meta.headers
-        .iter()
-        .filter(|(n, _)| n == "cache-control")
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            let directive = d.split_once('=').map_or(d, |(k, _)| k);
-            directive.trim().eq_ignore_ascii_case(name)
-        })
-}
-
-fn has_directive(headers: &HeaderMap, name: &str) -> bool {
-    directives(headers).any(|(k, _)| k == name)
-}
-
-fn directive_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
-    directives(headers)
-        .find(|(k, _)| k == name)?
-        .1?
-        .parse()
-        .ok()
 }
 
 /// Copies the upstream body into the store; any error or stall aborts the fill.
