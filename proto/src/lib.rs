@@ -1,13 +1,20 @@
-//! Reef's shared vocabulary: content keys, canonical URLs and the records nodes exchange.
+//! Reef's shared vocabulary: identities, signed records, content keys and canonical URLs.
 //!
 //! This crate owns the wire and persisted types and their canonical encoding (postcard,
-//! versioned). It must not do I/O: no sockets, no files, no clocks beyond what a caller passes in.
+//! versioned), and everything needed to check what arrives from the network: [`records`]
+//! seals and opens the signed envelope every record and gossip message travels in, and says
+//! why a rejected one was rejected. It must not do I/O: no sockets, no files, no clocks beyond
+//! what a caller passes in (the one exception is OS randomness for a new key).
+//!
+//! [`NodeRecord`] at the top level is the overlay's current, separately signed node record;
+//! [`records::NodeRecord`] is the enveloped one that replaces it.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod content_key;
 mod node_record;
 mod purge;
+pub mod records;
 mod runtime;
 mod url;
 mod withdrawal;
