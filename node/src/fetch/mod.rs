@@ -107,8 +107,9 @@ impl Fetcher {
     pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
         let primary = ContentKey::for_url(&url);
         let request = policy_request(&url, req);
-        // A follower whose leader found that the URL varies comes back once to find the variant
-        // it selects; a second surprise (the origin changing `Vary` under us) is not chased.
+        // A follower comes back once when its leader stored nothing it can use: the URL turned
+        // out to vary, or the copy the leader kept is too stale for this request. A second
+        // surprise (the origin changing `Vary` under us) is not chased.
         for _ in 0..2 {
             let mut policy_req = request.clone();
             match self.get_once(primary, &url, &mut policy_req).await {
@@ -215,6 +216,9 @@ impl Fetcher {
                     match self.lookup(target.primary, &mut again).await {
                         (_, Local::Fresh(served)) => Ok(*served),
                         (found, _) if found.key != key => return Step::LookAgain,
+                        // The leader kept a copy that is still too stale for this request:
+                        // revalidate it ourselves, coalesced with anyone else who must.
+                        (_, Local::Stale(_)) => return Step::LookAgain,
                         _ => self.fetch_uncached(url, policy_req).await,
                     }
                 }
