@@ -59,6 +59,10 @@ impl Layout {
             .join(format!("{}.{nonce:016x}{TEMP_SUFFIX}", key.short()))
     }
 
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Deletes everything in `tmp/`: at open no fill can be in progress, so it is all debris
     /// of a crash.
     pub fn clear_tmp(&self) -> io::Result<usize> {

@@ -232,6 +232,12 @@ impl Store {
         blocking(move || inner.remove_entry(key, None)).await
     }
 
+    /// Where callers may create scratch files (best unnamed, e.g. `tempfile::tempfile_in`):
+    /// on the cache's file system, and emptied at every open.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.inner.layout.tmp_dir().to_path_buf()
+    }
+
     pub fn stats(&self) -> Stats {
         let c = lock(&self.inner.catalog);
         Stats {

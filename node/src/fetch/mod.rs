@@ -290,10 +290,7 @@ impl Fetcher {
                     guard.skip();
                     return Step::Done(Ok(*served));
                 }
-                Ok(Revalidation::Replaced(response)) => Upstream {
-                    response,
-                    source: Source::Origin,
-                },
+                Ok(Revalidation::Replaced(response)) => Upstream::new(response, Source::Origin),
                 Err(e) => return Step::Done(Err(e)),
             },
             None => match self.fetch_upstream(target, &url, policy_req).await {
@@ -301,7 +298,11 @@ impl Fetcher {
                 Err(e) => return Step::Done(Err(e)),
             },
         };
-        let (mut head, incoming) = upstream.response.into_parts();
+        let Upstream {
+            mut head,
+            body: incoming,
+            ..
+        } = upstream;
         strip_hop_by_hop(&mut head.headers);
         if upstream.source == Source::Peer && head.status == StatusCode::MULTIPLE_CHOICES {
             self.store_index_from_peer(guard, &url, policy_req, &head)
@@ -561,7 +562,7 @@ impl Fetcher {
         let resp = self.origin_get(url, policy_req).await?;
         let (mut head, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        Ok(pass_through(head, incoming, Source::Origin))
+        Ok(pass_through(head, boxed(incoming), Source::Origin))
     }
 
     /// Phase: upstream. The nearest holder that has a fresh copy, else the origin.
@@ -599,17 +600,15 @@ impl Fetcher {
                     if resp.status() == StatusCode::MULTIPLE_CHOICES && target.vary.is_none() =>
                 {
                     debug!(%peer, key = %key.short(), "the URL varies");
-                    return Ok(Upstream {
-                        response: resp,
-                        source: Source::Peer,
-                    });
+                    return Ok(Upstream::new(resp, Source::Peer));
                 }
                 Ok(resp) if resp.status() == StatusCode::OK => {
                     let (head, body) = resp.into_parts();
                     if self.fresh_for(policy_req, &head) {
                         debug!(%peer, key = %key.short(), "fetching from peer");
                         return Ok(Upstream {
-                            response: hyper::Response::from_parts(head, body),
+                            head,
+                            body: boxed(body),
                             source: Source::Peer,
                         });
                     }
@@ -620,10 +619,7 @@ impl Fetcher {
             }
         }
         let response = self.origin_get(url, policy_req).await?;
-        Ok(Upstream {
-            response,
-            source: Source::Origin,
-        })
+        Ok(Upstream::new(response, Source::Origin))
     }
 
     fn fresh_for(&self, policy_req: &request::Parts, head: &response::Parts) -> bool {
@@ -788,14 +784,31 @@ enum Revalidation {
 }
 
 struct Upstream {
-    response: hyper::Response<Incoming>,
+    head: response::Parts,
+    body: Body,
     source: Source,
+}
+
+impl Upstream {
+    fn new(response: hyper::Response<Incoming>, source: Source) -> Upstream {
+        let (head, body) = response.into_parts();
+        Upstream {
+            head,
+            body: boxed(body),
+            source,
+        }
+    }
+}
+
+fn boxed(body: Incoming) -> Body {
+    body.map_err(|e| -> body::BoxError { Box::new(e) })
+        .boxed_unsync()
 }
 
 /// An upstream response with its hop-by-hop fields removed.
 struct Received {
     head: response::Parts,
-    body: Incoming,
+    body: Body,
     source: Source,
 }
 
@@ -817,12 +830,12 @@ fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
 }
 
 /// Copies the upstream body into the store; any error or stall aborts the fill.
-async fn pump(mut incoming: Incoming, writer: &mut reef_cache::Writer) -> Result<(), String> {
+async fn pump(mut incoming: Body, writer: &mut reef_cache::Writer) -> Result<(), String> {
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, incoming.frame()).await {
             Err(_) => return Err(format!("body stalled for {BODY_IDLE_TIMEOUT:?}")),
             Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return Err(upstream::error_chain(&e)),
+            Ok(Some(Err(e))) => return Err(upstream::error_chain(e.as_ref())),
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {

@@ -4,8 +4,6 @@
 use std::time::SystemTime;
 
 use http::{HeaderValue, StatusCode, header, response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use reef_cache::Meta;
 
 use super::Source;
@@ -100,10 +98,7 @@ pub(super) fn serve_tail(tail: reef_cache::Tail, source: Source) -> Served {
     }
 }
 
-pub(super) fn pass_through(head: response::Parts, incoming: Incoming, source: Source) -> Served {
-    let body = incoming
-        .map_err(|e| -> body::BoxError { Box::new(e) })
-        .boxed_unsync();
+pub(super) fn pass_through(head: response::Parts, body: Body, source: Source) -> Served {
     Served {
         head,
         payload: Payload::Stream(body),
