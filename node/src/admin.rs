@@ -1,5 +1,5 @@
-//! The admin API: `/healthz`, `/api/status`, `/api/holders?url=` and `POST /api/purge` (more
-//! operator surfaces come later).
+//! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
+//! `POST /api/purge` and `/metrics` (more operator surfaces come later).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,23 +7,29 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use prometheus_client::registry::Registry;
 use reef_cache::Store;
-use reef_overlay::Published;
+use reef_overlay::{PeerId, Published};
 use reef_proto::{CanonicalUrl, ContentKey, PurgeTarget};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::provider::ProviderStatus;
 
 pub struct AdminState {
     pub overlay: reef_overlay::Client,
     pub store: Store,
     pub announcer: crate::fetch::Announcer,
     pub purger: crate::purge::Purger,
-    pub provider: String,
+    /// Whom this node belongs to.
+    pub provider: ProviderStatus,
+    /// The node's metrics, served at `/metrics`.
+    pub registry: Arc<Registry>,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -32,7 +38,8 @@ pub struct AdminState {
 #[derive(Serialize)]
 struct StatusBody {
     peer_id: String,
-    provider: String,
+    /// `{id, name, certified}`: the certifying provider, or this node itself.
+    provider: ProviderStatus,
     region: String,
     http: SocketAddr,
     admin: SocketAddr,
@@ -47,6 +54,8 @@ struct StatusBody {
     purges: crate::purge::PurgeStats,
     /// Gossip messages dropped because their consumer was behind.
     gossip_dropped: u64,
+    /// DHT records refused, by `"<kind>/<reason>"` (see `/metrics`).
+    records_rejected: BTreeMap<String, u64>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -54,6 +63,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
         .route("/api/holders", get(holders))
+        .route("/api/node", get(node))
+        .route("/metrics", get(metrics))
         .route(
             "/api/purge",
             post(purge).layer(DefaultBodyLimit::max(PURGE_BODY_LIMIT)),
@@ -104,8 +115,75 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         announcements: state.announcer.stats(),
         purges: state.purger.stats(),
         gossip_dropped: overlay.gossip_dropped,
+        records_rejected: overlay.records_rejected,
     })
     .into_response()
+}
+
+/// Prometheus metrics in OpenMetrics text.
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    match crate::metrics::encode(&state.registry) {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => one_line(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode metrics: {e}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeQuery {
+    peer: String,
+}
+
+#[derive(Serialize)]
+struct CapacityBody {
+    req_per_s: u32,
+    mbit_per_s: u32,
+}
+
+#[derive(Serialize)]
+struct NodeBody {
+    peer_id: String,
+    http: String,
+    region: String,
+    /// Verified: `certified` only with a valid certificate from that provider's key.
+    provider: ProviderStatus,
+    capacity: CapacityBody,
+    listen_addrs: Vec<String>,
+    /// Unix milliseconds.
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+/// A node's verified NodeRecord, looked up by peer id: where its HTTP edge is, whom it
+/// belongs to, its region and capacity. 404 when the DHT has no valid record of it.
+async fn node(State(state): State<Arc<AdminState>>, Query(q): Query<NodeQuery>) -> Response {
+    let peer: PeerId = match q.peer.parse() {
+        Ok(peer) => peer,
+        Err(e) => return one_line(StatusCode::BAD_REQUEST, &format!("peer: {e}")),
+    };
+    match state.overlay.node_record(peer).await {
+        Ok(Some(info)) => Json(NodeBody {
+            peer_id: info.peer.to_string(),
+            http: info.record.http,
+            region: info.record.region,
+            provider: ProviderStatus::of(&info.membership),
+            capacity: CapacityBody {
+                req_per_s: info.record.capacity.req_per_s,
+                mbit_per_s: info.record.capacity.mbit_per_s,
+            },
+            listen_addrs: info.record.listen_addrs,
+            issued_at_ms: info.issued_at,
+            expires_at_ms: info.expires_at,
+        })
+        .into_response(),
+        Ok(None) => one_line(StatusCode::NOT_FOUND, "no valid record of this node"),
+        Err(e) => one_line(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("lookup failed: {e}"),
+        ),
+    }
 }
 
 /// How many holders `/api/holders` lists; the fetch path asks for as many.
@@ -120,7 +198,7 @@ struct HoldersQuery {
 struct HolderBody {
     peer_id: String,
     http: String,
-    provider: String,
+    provider: ProviderStatus,
     region: String,
     rtt_ms: Option<f64>,
 }
@@ -161,7 +239,7 @@ async fn holders(State(state): State<Arc<AdminState>>, Query(q): Query<HoldersQu
             .map(|h| HolderBody {
                 peer_id: h.peer.to_string(),
                 http: h.record.http,
-                provider: h.record.provider,
+                provider: ProviderStatus::of(&h.membership),
                 region: h.record.region,
                 rtt_ms: h.rtt.map(|d| d.as_secs_f64() * 1e3),
             })

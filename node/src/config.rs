@@ -14,6 +14,10 @@ use serde::Deserialize;
 pub const DEFAULT_CACHE_SIZE: u64 = 1 << 30;
 /// How long an origin may take to send response headers before the client gets 504.
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Requests per second a node says it can serve, unless its operator says otherwise.
+pub const DEFAULT_CAPACITY_RPS: u32 = 1000;
+/// Megabits per second a node says it can send, unless its operator says otherwise.
+pub const DEFAULT_CAPACITY_MBPS: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -45,8 +49,13 @@ pub struct FileConfig {
     #[serde(default)]
     pub bootstrap: Vec<String>,
     pub provider: Option<String>,
+    /// A key file from `reef provider init`: the node is certified by that provider.
+    pub provider_key: Option<PathBuf>,
     pub region: Option<String>,
     pub mdns: Option<bool>,
+    /// What the node can serve (published in its NodeRecord).
+    pub capacity_rps: Option<u32>,
+    pub capacity_mbps: Option<u32>,
     /// Bytes, or a size with a unit: "512MiB", "2GiB".
     pub cache_size: Option<toml::Value>,
     /// Seconds.
@@ -85,10 +94,15 @@ pub struct Config {
     pub admin: SocketAddr,
     pub listen: Vec<String>,
     pub bootstrap: Vec<String>,
-    /// None: the node is its own single-node provider, named after its peer id.
+    /// With a provider key: must match the key's name if given. Without one: a label for
+    /// this node only (it is its own provider); None: `solo-<peer id tail>`.
     pub provider: Option<String>,
+    /// The provider key file; None: the node is its own single-node provider.
+    pub provider_key: Option<PathBuf>,
     pub region: String,
     pub mdns: bool,
+    pub capacity_rps: u32,
+    pub capacity_mbps: u32,
     pub cache_size: u64,
     pub origin_timeout: Duration,
     /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
@@ -114,8 +128,11 @@ impl Config {
             ],
             bootstrap: Vec::new(),
             provider: None,
+            provider_key: None,
             region: "default".into(),
             mdns: false,
+            capacity_rps: DEFAULT_CAPACITY_RPS,
+            capacity_mbps: DEFAULT_CAPACITY_MBPS,
             cache_size: DEFAULT_CACHE_SIZE,
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
             services: BTreeMap::new(),
@@ -147,6 +164,15 @@ impl Config {
         self.bootstrap.extend(file.bootstrap);
         if file.provider.is_some() {
             self.provider = file.provider;
+        }
+        if file.provider_key.is_some() {
+            self.provider_key = file.provider_key;
+        }
+        if let Some(v) = file.capacity_rps {
+            self.capacity_rps = positive("capacity_rps", v)?;
+        }
+        if let Some(v) = file.capacity_mbps {
+            self.capacity_mbps = positive("capacity_mbps", v)?;
         }
         if let Some(v) = file.region {
             self.region = v;
@@ -184,6 +210,16 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+fn positive(field: &'static str, v: u32) -> Result<u32, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(v)
 }
 
 /// `--quota HOST=SIZE` flags as the services layer of the flags.
@@ -297,18 +333,32 @@ mod tests {
             http = "127.0.0.5:80"
             bootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWAbc"]
             provider = "acme"
+            provider_key = "/etc/reef/acme.key"
+            capacity_rps = 5000
             cache_size = "2GiB"
             origin_timeout = 2.5
             "#,
         )
         .unwrap();
         let c = Config::defaults().with_file(file).unwrap();
+        assert_eq!(c.provider_key, Some(PathBuf::from("/etc/reef/acme.key")));
+        assert_eq!(
+            (c.capacity_rps, c.capacity_mbps),
+            (5000, DEFAULT_CAPACITY_MBPS)
+        );
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.http.port(), 80);
         assert_eq!(c.bootstrap.len(), 1);
         assert_eq!(c.provider.as_deref(), Some("acme"));
         assert_eq!(c.cache_size, 2 << 30);
         assert_eq!(c.origin_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn capacity_must_be_positive() {
+        let file: FileConfig = toml::from_str("capacity_mbps = 0").unwrap();
+        let e = Config::defaults().with_file(file).unwrap_err().to_string();
+        assert!(e.contains("capacity_mbps"), "{e}");
     }
 
     #[test]

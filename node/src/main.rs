@@ -1,4 +1,4 @@
-//! `reef`: run a node, fetch through one, or print a node's identity.
+//! `reef`: run a node, fetch through one, print a node's identity, or make a provider key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +46,23 @@ enum Command {
         #[arg(long, default_value = "reef-data")]
         data_dir: PathBuf,
     },
+    /// Manage provider keys (a provider is an ed25519 key; its name is a label).
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+}
+
+#[derive(Subcommand)]
+enum ProviderCommand {
+    /// Make a new provider key file (mode 0600, never overwritten) and print its provider id.
+    /// Nodes run with `--provider-key FILE` are certified as this provider.
+    Init {
+        /// Where to write the key file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The provider's name: a label carried in its certificates (1-64 bytes).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -71,15 +88,25 @@ struct RunArgs {
     /// Multiaddr (ending in /p2p/PEER_ID) of a node to join through, repeatable.
     #[arg(long)]
     bootstrap: Vec<String>,
-    /// Provider (organisation) name this node belongs to [default: its own].
+    /// Without --provider-key: a label for this node, which is its own provider [default:
+    /// solo-<peer id tail>]. With it: must be the key's name.
     #[arg(long)]
     provider: Option<String>,
+    /// Provider key file (from `reef provider init`): the node is certified as that provider.
+    #[arg(long)]
+    provider_key: Option<PathBuf>,
     /// Region label, used to prefer nearby nodes [default: default].
     #[arg(long)]
     region: Option<String>,
     /// Find nodes on the local network with mDNS (multicasts on the LAN).
     #[arg(long)]
     mdns: bool,
+    /// Requests per second this node can serve, published in its record [default: 1000].
+    #[arg(long)]
+    capacity_rps: Option<u32>,
+    /// Megabits per second this node can send, published in its record [default: 1000].
+    #[arg(long)]
+    capacity_mbps: Option<u32>,
     /// Cache budget in bytes or with a unit: 512MiB, 2GiB [default: 1GiB].
     #[arg(long)]
     cache_size: Option<String>,
@@ -130,6 +157,15 @@ fn main() -> ExitCode {
                 }
                 Err(e) => Err((EXIT_USAGE, e.to_string())),
             },
+            Command::Provider(ProviderCommand::Init { out, name }) => {
+                match reef_node::provider::init(&out, &name) {
+                    Ok(provider) => {
+                        println!("{}", provider.key.id());
+                        Ok(())
+                    }
+                    Err(e) => Err((EXIT_USAGE, e.to_string())),
+                }
+            }
         }
     });
     match result {
@@ -155,8 +191,11 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         listen: args.listen,
         bootstrap: args.bootstrap,
         provider: args.provider,
+        provider_key: args.provider_key,
         region: args.region,
         mdns: args.mdns.then_some(true),
+        capacity_rps: args.capacity_rps,
+        capacity_mbps: args.capacity_mbps,
         cache_size: args.cache_size.map(toml::Value::String),
         origin_timeout: args.origin_timeout,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,

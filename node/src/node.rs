@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use reef_overlay::Multiaddr;
+use reef_proto::records::{Capacity, ProviderId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -13,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
 use crate::{identity, runtime_file};
 
@@ -36,10 +39,30 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let keypair = identity::load_or_create(&config.data_dir).map_err(|e| input("node key", &e))?;
     let peer_id = keypair.public().to_peer_id();
     let short = short_peer(&peer_id.to_string());
-    let provider = config
-        .provider
-        .clone()
-        .unwrap_or_else(|| format!("solo-{short}"));
+    let node_public = keypair
+        .public()
+        .try_into_ed25519()
+        .map_err(|_| StartError::Input("node key: not an ed25519 key".into()))?
+        .to_bytes();
+    let certifier = match &config.provider_key {
+        Some(path) => Some(provider::load(path).map_err(|e| input("--provider-key", &e))?),
+        None => None,
+    };
+    let membership = membership(
+        certifier.as_ref(),
+        config.provider.as_deref(),
+        ProviderId::from_bytes(node_public),
+        &short,
+    )?;
+    let provider = membership.name.clone().unwrap_or_default();
+    let cert = match &certifier {
+        Some(p) => Some(
+            provider::issue_cert(p, &peer_id, provider::unix_ms()).map_err(|e| {
+                StartError::Runtime(format!("cannot issue our provider certificate: {e}"))
+            })?,
+        ),
+        None => None,
+    };
     let listen = parse_multiaddrs("--listen", &config.listen)?;
     let bootstrap = parse_multiaddrs("--bootstrap", &config.bootstrap)?;
 
@@ -65,6 +88,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             StartError::Runtime(format!("cannot open cache in {}: {e}", cache_dir.display()))
         })?;
 
+    let mut registry = Registry::default();
     let overlay = reef_overlay::spawn(reef_overlay::Config {
         keypair,
         listen,
@@ -73,25 +97,38 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         peers_file: Some(config.data_dir.join("peers.json")),
         local_record: reef_overlay::LocalInfo {
             http: advertised_http.to_string(),
-            provider: provider.clone(),
             region: config.region.clone(),
+            capacity: Capacity {
+                req_per_s: config.capacity_rps,
+                mbit_per_s: config.capacity_mbps,
+            },
+            cert,
         },
+        metrics: reef_overlay::Metrics::register(&mut registry),
     })
     .await
-    .map_err(|e| StartError::Runtime(format!("cannot start the overlay: {e}")))?;
+    .map_err(|e| match e {
+        // What we would publish about ourselves is wrong: the operator's to fix.
+        reef_overlay::Error::Rejected { .. }
+        | reef_overlay::Error::Cert(_)
+        | reef_overlay::Error::Identity(_) => input("our node record", &e),
+        e => StartError::Runtime(format!("cannot start the overlay: {e}")),
+    })?;
+    let registry = Arc::new(registry);
+    let renewal = certifier.map(|p| provider::spawn_renewal(p, peer_id, overlay.clone()));
     // Subscribed before joining, so no notice published after we join passes us by.
     let notices = overlay
         .subscribe(reef_proto::PURGE_TOPIC, purge::NOTICE_QUEUE)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to purge notices: {e}")))?;
-    let purger = Purger::new(store.clone(), overlay.clone(), provider.clone());
+    let purger = Purger::new(store.clone(), overlay.clone(), membership.id);
     let purge_task = purger.listen(notices);
 
     let upstreams =
         Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
     let announcer = Announcer::new(overlay.clone());
     let local = LocalInfo {
-        provider: provider.clone(),
+        provider: membership.id,
         region: config.region.clone(),
     };
     let fetcher = Fetcher::new(
@@ -111,6 +148,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         peer_id: peer_id.to_string(),
         pid: std::process::id(),
         provider: provider.clone(),
+        provider_id: membership.id.to_string(),
+        certified: membership.certified,
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,
@@ -120,7 +159,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .map_err(|e| StartError::Runtime(format!("cannot write runtime.json: {e}")))?;
     info!(
         target: "reef::ready",
-        peer_id = %peer_id, %provider, region = %config.region, http = %http_addr,
+        peer_id = %peer_id, %provider, provider_id = %membership.id,
+        certified = membership.certified, region = %config.region, http = %http_addr,
         admin = %admin_addr, listen = ?status.listen_addrs, "node ready"
     );
 
@@ -131,7 +171,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         store: store.clone(),
         announcer: announcer.clone(),
         purger,
-        provider,
+        provider: membership,
+        registry,
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,
@@ -152,6 +193,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     info!("shutting down");
     let _ = stop_tx.send(true);
     reannounce.abort();
+    if let Some(renewal) = renewal {
+        renewal.abort();
+    }
     let _ = edge_task.await;
     let _ = admin_task.await;
     overlay.shutdown().await;
@@ -161,6 +205,39 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     runtime_file::remove(&config.data_dir);
     info!("stopped");
     Ok(())
+}
+
+/// Whom this node belongs to: the provider whose key it was given, or itself. `label` is
+/// `--provider`: with a key it must be the key's name (a mismatch is a misconfiguration);
+/// without one it only names this node.
+fn membership(
+    certifier: Option<&ProviderIdentity>,
+    label: Option<&str>,
+    own: ProviderId,
+    short: &str,
+) -> Result<ProviderStatus, StartError> {
+    match (certifier, label) {
+        (Some(p), Some(label)) if label != p.name => Err(StartError::Input(format!(
+            "--provider {label:?} does not match the name in the provider key ({:?}); \
+             leave --provider out or make them the same",
+            p.name
+        ))),
+        (Some(p), _) => Ok(ProviderStatus {
+            id: p.key.id(),
+            name: Some(p.name.clone()),
+            certified: true,
+        }),
+        (None, label) => {
+            let name = label.map_or_else(|| format!("solo-{short}"), str::to_string);
+            provider::check_name(&name)
+                .map_err(|e| StartError::Input(format!("--provider: {e}")))?;
+            Ok(ProviderStatus {
+                id: own,
+                name: Some(name),
+                certified: false,
+            })
+        }
+    }
 }
 
 pub fn short_peer(peer_id: &str) -> String {

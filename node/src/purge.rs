@@ -4,10 +4,11 @@
 //! [`Purger::request`] (behind `POST /api/purge`) removes the matching objects here, keeps
 //! fills already under way from storing them, withdraws their DHT announcements, and publishes
 //! a [`PurgeNotice`] on gossip. Every node runs [`Purger::listen`]: it checks each notice it
-//! receives (well-formed, recent, and published by a node whose signed NodeRecord names the
-//! notice's provider), lets valid ones travel on whatever its own provider (gossip may reach a
-//! provider's nodes through nodes of other providers), and applies those for its own provider
-//! the same way, without publishing again.
+//! receives (well-formed, recent, and published by a node whose verified membership is the
+//! notice's provider: a certificate from that provider's key in its NodeRecord, or, for a node
+//! without one, its own key), lets valid ones travel on whatever its own provider (gossip may
+//! reach a provider's nodes through nodes of other providers), and applies those for its own
+//! provider the same way, without publishing again.
 //!
 //! What a purge does not do: other providers' copies stay (they are not ours to drop), so a
 //! node that misses afterwards may refill from one of them while that copy is fresh by its own
@@ -20,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use reef_cache::Store;
 use reef_overlay::{Acceptance, GossipMessage, Published};
+use reef_proto::records::ProviderId;
 use reef_proto::{CanonicalUrl, ContentKey, PURGE_TOPIC, PurgeNotice, PurgeTarget};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -89,12 +91,13 @@ pub struct Purger {
 struct Inner {
     store: Store,
     overlay: reef_overlay::Client,
-    provider: String,
+    /// Our provider's id (our own key's when we are independent).
+    provider: ProviderId,
     counts: Counts,
 }
 
 impl Purger {
-    pub fn new(store: Store, overlay: reef_overlay::Client, provider: String) -> Self {
+    pub fn new(store: Store, overlay: reef_overlay::Client, provider: ProviderId) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -122,7 +125,7 @@ impl Purger {
     /// means the local removal failed (the notice may have gone out).
     pub async fn request(&self, target: PurgeTarget) -> Result<Outcome, PurgeError> {
         let notice = PurgeNotice {
-            provider: self.inner.provider.clone(),
+            provider: self.inner.provider,
             targets: vec![target],
             issued_at: unix_now(),
             nonce: rand::random(),
@@ -186,7 +189,7 @@ impl Purger {
         self.report(handle, Acceptance::Accept).await;
         if notice.provider != self.inner.provider {
             bump(&counts.other_provider, 1);
-            debug!(provider = %notice.provider, "purge notice for another provider passed on");
+            debug!(provider = %notice.provider.short(), "purge notice for another provider passed on");
             return;
         }
         match self.apply(&notice.targets).await {
@@ -199,9 +202,9 @@ impl Purger {
     }
 
     /// A notice is valid when it decodes within limits, is recent, and its publisher (whose
-    /// signature gossipsub checked) has a signed NodeRecord naming the notice's provider. Any
-    /// node can say which provider it belongs to; signed ProviderCerts (the providers issue)
-    /// will make that claim verifiable, and this check becomes "holds a certificate of it".
+    /// signature gossipsub checked) belongs to the notice's provider by its verified NodeRecord:
+    /// it carries a current certificate signed by that provider's key (or, independent, the
+    /// provider id is its own key). A name proves nothing.
     async fn check(&self, message: &GossipMessage) -> Result<PurgeNotice, (Acceptance, String)> {
         let notice =
             PurgeNotice::decode(&message.data).map_err(|e| (Acceptance::Reject, e.to_string()))?;
@@ -210,12 +213,13 @@ impl Purger {
             .check_age(unix_now())
             .map_err(|e| (Acceptance::Ignore, e.to_string()))?;
         match self.inner.overlay.node_record(message.source).await {
-            Ok(Some(record)) if record.provider == notice.provider => Ok(notice),
-            Ok(Some(record)) => Err((
+            Ok(Some(node)) if node.membership.provider() == notice.provider => Ok(notice),
+            Ok(Some(node)) => Err((
                 Acceptance::Reject,
                 format!(
-                    "sender belongs to {:?}, not {:?}",
-                    record.provider, notice.provider
+                    "sender belongs to {}, not {}",
+                    node.membership.provider().short(),
+                    notice.provider.short()
                 ),
             )),
             // We cannot tell right now; someone who can will forward it.
@@ -280,7 +284,8 @@ mod tests {
 
     use http_cache_semantics::CachePolicy;
     use reef_cache::{Fill, Meta};
-    use reef_overlay::{Keypair, LocalInfo, Multiaddr};
+    use reef_overlay::{Keypair, LocalInfo, Metrics, Multiaddr};
+    use reef_proto::records::{Capacity, ProviderCert, ProviderKey, Record, seal};
 
     use super::*;
 
@@ -294,7 +299,8 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
-    async fn node(provider: &str, bootstrap: Vec<Multiaddr>) -> TestNode {
+    /// A node certified by `provider`.
+    async fn node(provider: &ProviderKey, bootstrap: Vec<Multiaddr>) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(reef_cache::Config {
             dir: dir.path().to_path_buf(),
@@ -302,22 +308,38 @@ mod tests {
             quotas: Default::default(),
         })
         .unwrap();
+        let keypair = Keypair::generate_ed25519();
+        let cert = ProviderCert {
+            provider: provider.id(),
+            name: "acme".into(),
+            node: keypair.public().to_peer_id().to_bytes(),
+        };
+        let now = crate::provider::unix_ms();
+        let cert = seal(
+            provider.signing_key(),
+            &cert,
+            now,
+            now + ProviderCert::MAX_LIFETIME_MS,
+        )
+        .unwrap();
         let overlay = reef_overlay::spawn(reef_overlay::Config {
-            keypair: Keypair::generate_ed25519(),
+            keypair,
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap,
             mdns: false,
             peers_file: None,
             local_record: LocalInfo {
                 http: "127.0.0.1:1".into(),
-                provider: provider.into(),
                 region: "r".into(),
+                capacity: Capacity::default(),
+                cert: Some(cert),
             },
+            metrics: Metrics::default(),
         })
         .await
         .unwrap();
         let notices = overlay.subscribe(PURGE_TOPIC, NOTICE_QUEUE).await.unwrap();
-        let purger = Purger::new(store.clone(), overlay.clone(), provider.into());
+        let purger = Purger::new(store.clone(), overlay.clone(), provider.id());
         purger.listen(notices);
         TestNode {
             overlay,
@@ -344,9 +366,9 @@ mod tests {
         key
     }
 
-    fn notice(provider: &str, url: &str, issued_at: u64) -> Vec<u8> {
+    fn notice(provider: ProviderId, url: &str, issued_at: u64) -> Vec<u8> {
         PurgeNotice {
-            provider: provider.into(),
+            provider,
             targets: vec![PurgeTarget::url(&CanonicalUrl::parse(url).unwrap())],
             issued_at,
             nonce: rand::random(),
@@ -370,11 +392,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn notices_apply_only_when_recent_and_from_a_node_of_the_named_provider() {
-        let a = node("acme", vec![]).await;
+        let acme = ProviderKey::from_bytes(&[1; 32]);
+        // Calls itself acme too, but has its own key.
+        let globex = ProviderKey::from_bytes(&[2; 32]).id();
+        let a = node(&acme, vec![]).await;
         let a_addr = a.overlay.status().await.unwrap().listen_addrs[0]
             .parse()
             .unwrap();
-        let b = node("acme", vec![a_addr]).await;
+        let b = node(&acme, vec![a_addr]).await;
         b.overlay.wait_joined(WAIT).await.unwrap();
         a.overlay.wait_joined(WAIT).await.unwrap();
         let url = "http://origin.test/x";
@@ -388,7 +413,7 @@ mod tests {
             assert!(Instant::now() < deadline, "b never heard a notice");
             let told = a
                 .overlay
-                .publish(PURGE_TOPIC, notice("globex", url, unix_now()));
+                .publish(PURGE_TOPIC, notice(globex, url, unix_now()));
             if told.await.unwrap() == Published::Sent {
                 sent += 1;
             }
@@ -399,7 +424,7 @@ mod tests {
 
         // Too old to be anything but a replay; and bytes that are no notice at all.
         let old = unix_now() - reef_proto::MAX_PURGE_NOTICE_AGE_SECS - 60;
-        for data in [notice("acme", url, old), b"\x01garbage".to_vec()] {
+        for data in [notice(acme.id(), url, old), b"\x02garbage".to_vec()] {
             let told = a.overlay.publish(PURGE_TOPIC, data).await.unwrap();
             assert_eq!(told, Published::Sent);
         }

@@ -27,8 +27,9 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// One DHT query (all its requests) may take this long; lookups on the fetch path give up sooner.
 pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
-/// TTL of our NodeRecord in other peers' stores; we re-put every 10 min, so 1 h survives misses.
-pub(crate) const NODE_RECORD_TTL: Duration = Duration::from_secs(60 * 60);
+/// Kad's own expiry for stored values (an hour, the longest a NodeRecord lives). Every value
+/// we store also gets its envelope's expiry, which is never later; kad drops it at the sooner.
+pub(crate) const RECORD_TTL: Duration = Duration::from_secs(60 * 60);
 /// How often peers re-replicate records they hold to the current closest peers (below the TTL).
 const RECORD_REPLICATION_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// Provider records expire after this unless re-announced; bounds how long an evicted object is
@@ -38,9 +39,10 @@ const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(4 * 60 * 60);
 const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Distinct keys (ours and others') held in the provider store; a cache node holds many objects.
 const MAX_PROVIDER_KEYS: usize = 16 * 1024;
-/// Value records held for others (node records, one per node in our part of the keyspace).
+/// Value records held for others (node, content and offer records in our part of the keyspace).
 const MAX_STORED_RECORDS: usize = 4 * 1024;
-/// Largest value we store for others; node records are far smaller.
+/// Largest value we store: the largest record kind's limit (`NodeRecord::MAX_LEN`, 8 KiB).
+/// Validation refuses anything over its own kind's limit before the store sees it.
 const MAX_RECORD_VALUE_BYTES: usize = 8 * 1024;
 /// Largest kad message; a GetProviders answer with 20 peers and their addresses fits easily.
 const KAD_MAX_PACKET_SIZE: usize = 64 * 1024;
@@ -94,14 +96,16 @@ fn build_behaviour(keypair: &Keypair, mdns_on: bool) -> Result<Behaviour, Error>
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config
         .set_query_timeout(KAD_QUERY_TIMEOUT)
-        .set_record_ttl(Some(NODE_RECORD_TTL))
+        .set_record_ttl(Some(RECORD_TTL))
         .set_replication_interval(Some(RECORD_REPLICATION_INTERVAL))
-        // We re-put our own NodeRecord with a fresh issued_at ourselves (event loop).
+        // We re-put our own NodeRecord with a fresh issued_at ourselves (event loop), and other
+        // records' signers renew theirs: a re-signed record is the only way to extend one.
         .set_publication_interval(None)
         .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
         .set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL))
         .set_max_packet_size(KAD_MAX_PACKET_SIZE)
-        // Everything others PUT into our store is validated by the event loop first.
+        // Everything others PUT into our store is validated by the event loop first
+        // (event_loop/records.rs), and provider records are checked there too (events.rs).
         .set_record_filtering(kad::StoreInserts::FilterBoth);
     let store_config = kad::store::MemoryStoreConfig {
         max_records: MAX_STORED_RECORDS,

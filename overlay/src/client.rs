@@ -1,10 +1,12 @@
 //! The cloneable handle through which the rest of the node talks to the overlay.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
 use libp2p::PeerId;
-use reef_proto::{ContentKey, NodeRecord};
+use reef_proto::ContentKey;
+use reef_proto::records::{Membership, NodeRecord};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::behaviour::KAD_QUERY_TIMEOUT;
 use crate::gossip::{Acceptance, GossipMessage, MessageHandle, Published};
+use crate::node_records::NodeInfo;
 
 /// Commands queued for the event loop; a full queue applies back-pressure to callers.
 pub(crate) const COMMAND_QUEUE: usize = 64;
@@ -23,6 +26,11 @@ const PROVIDE_TIMEOUT: Duration = Duration::from_secs(KAD_QUERY_TIMEOUT.as_secs(
 const FIND_PROVIDERS_TIMEOUT: Duration = Duration::from_secs(3);
 /// One NodeRecord lookup; runs in parallel for all holders, so this bounds the second phase.
 const NODE_RECORD_TIMEOUT: Duration = Duration::from_secs(3);
+/// A generic record lookup: long enough for a lookup across a large overlay, short enough
+/// that callers on a request path are not held up for long.
+pub(crate) const GET_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishing a record: find the closest peers, then store at them; quorum one.
+pub(crate) const PUT_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra wait for the loop's answer after its own deadline, so the loop answers, not the timer.
 const REPLY_SLACK: Duration = Duration::from_secs(1);
 /// Most holders resolved per lookup; kad keeps at most 20 providers per key anyway.
@@ -73,7 +81,26 @@ pub(crate) enum Command {
     NodeRecord {
         peer: PeerId,
         deadline: Instant,
-        reply: oneshot::Sender<Result<Option<NodeRecord>, Error>>,
+        reply: oneshot::Sender<Result<Option<NodeInfo>, Error>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, Error>>,
+    },
+    LocalRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    SetCert {
+        cert: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<(), Error>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -88,6 +115,8 @@ pub(crate) enum Command {
 pub struct Holder {
     pub peer: PeerId,
     pub record: NodeRecord,
+    /// Whom the holder belongs to (see [`NodeInfo::membership`]).
+    pub membership: Membership,
     /// Last ping round-trip time, if we are connected to the holder.
     pub rtt: Option<Duration>,
 }
@@ -103,6 +132,9 @@ pub struct Status {
     pub joined: bool,
     /// Gossip messages dropped because their subscriber's queue was full.
     pub gossip_dropped: u64,
+    /// DHT records refused since start, by `"<kind>/<reason>"` (the labels of
+    /// `reef_records_rejected_total`); only those that happened.
+    pub records_rejected: BTreeMap<String, u64>,
 }
 
 /// Handle to the overlay's event loop. Cheap to clone; the loop ends when the last clone is
@@ -239,8 +271,8 @@ impl Client {
 
     /// Who holds `key`, other than us: up to `limit` providers (the DHT lookup ends early once
     /// that many are found, and after 3 s at the latest), each with its verified NodeRecord
-    /// (holders whose record cannot be found are dropped) and last measured RTT. Sorted by
-    /// RTT, unknown last.
+    /// and membership (holders whose record cannot be found are dropped) and last measured
+    /// RTT. Sorted by RTT, unknown last.
     pub async fn find_holders(&self, key: ContentKey, limit: usize) -> Result<Vec<Holder>, Error> {
         let limit = limit.min(MAX_HOLDERS);
         if limit == 0 {
@@ -260,7 +292,12 @@ impl Client {
             .await??;
         let lookups = providers.into_iter().map(|(peer, rtt)| async move {
             match self.node_record(peer).await {
-                Ok(Some(record)) => Some(Holder { peer, record, rtt }),
+                Ok(Some(info)) => Some(Holder {
+                    peer,
+                    record: info.record,
+                    membership: info.membership,
+                    rtt,
+                }),
                 Ok(None) => {
                     tracing::debug!(%peer, key = %key.short(), "holder has no node record");
                     None
@@ -276,9 +313,9 @@ impl Client {
         Ok(holders)
     }
 
-    /// The verified NodeRecord of `peer` (from the cache, else the DHT); `None` if the DHT has
-    /// no valid one.
-    pub async fn node_record(&self, peer: PeerId) -> Result<Option<NodeRecord>, Error> {
+    /// The verified NodeRecord of `peer` and its membership (from the cache, else the DHT);
+    /// `None` if the DHT has no valid one. Our own peer id gives our current record.
+    pub async fn node_record(&self, peer: PeerId) -> Result<Option<NodeInfo>, Error> {
         let deadline = Instant::now() + NODE_RECORD_TIMEOUT;
         self.request(
             |reply| Command::NodeRecord {
@@ -289,6 +326,59 @@ impl Client {
             NODE_RECORD_TIMEOUT + REPLY_SLACK,
         )
         .await?
+    }
+
+    /// Publishes a signed record in the DHT: `value` is a sealed envelope of the kind that
+    /// `key` names (`node_record_key`, `content_record_key`, `offer_key`), checked here exactly
+    /// as every receiving node will check it. Stored locally, then at the closest peers;
+    /// returns once one of them has stored it (quorum one), `Err(Timeout)` after 10 s.
+    /// Refused with [`Error::Rejected`] when it is invalid, or older than the version we
+    /// already hold (`replay`); re-putting the same value is fine (that is how to keep a record
+    /// alive: kad re-replicates it, but only its signer can renew it before it expires).
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
+        let deadline = Instant::now() + PUT_RECORD_TIMEOUT;
+        self.request(
+            |reply| Command::PutRecord {
+                key,
+                value,
+                deadline,
+                reply,
+            },
+            PUT_RECORD_TIMEOUT + REPLY_SLACK,
+        )
+        .await?
+    }
+
+    /// The newest valid value the DHT holds under `key` (ours included), validated by the
+    /// kind `key` names; invalid answers are dropped and counted like invalid inbound records.
+    /// The lookup stops once three peers have answered with a valid value, when the query
+    /// ends, or after 5 s (then: the newest found so far, or `Err(Timeout)` if none).
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        let deadline = Instant::now() + GET_RECORD_TIMEOUT;
+        self.request(
+            |reply| Command::GetRecord {
+                key,
+                deadline,
+                reply,
+            },
+            GET_RECORD_TIMEOUT + REPLY_SLACK,
+        )
+        .await?
+    }
+
+    /// What this node's own DHT store holds under `key`, without asking anyone: for
+    /// diagnostics and tests (everything in it was validated on the way in).
+    pub async fn local_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        self.request(|reply| Command::LocalRecord { key, reply }, COMMAND_TIMEOUT)
+            .await
+    }
+
+    /// Replaces the node's provider certificate (renewal) and republishes its NodeRecord at
+    /// once. `Err(Cert)` if it is not a current certificate for this node; `None` makes the
+    /// node independent.
+    pub async fn set_provider_cert(&self, cert: Option<Vec<u8>>) -> Result<(), Error> {
+        self.request(|reply| Command::SetCert { cert, reply }, COMMAND_TIMEOUT)
+            .await?
     }
 
     /// Saves the peers file and stops the event loop. Afterwards every method returns

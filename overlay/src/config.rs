@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use libp2p::{Multiaddr, identity::Keypair};
+use reef_proto::records::Capacity;
+
+use crate::Metrics;
 
 /// Everything [`crate::spawn`] needs.
 #[derive(Clone)]
@@ -20,6 +23,9 @@ pub struct Config {
     pub peers_file: Option<PathBuf>,
     /// What goes into the node's signed NodeRecord.
     pub local_record: LocalInfo,
+    /// Where the overlay counts what it does (rejected records, ...): made with
+    /// [`Metrics::register`] into the node's registry, or `Metrics::default()` for none.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Config {
@@ -32,17 +38,22 @@ impl std::fmt::Debug for Config {
             .field("mdns", &self.mdns)
             .field("peers_file", &self.peers_file)
             .field("local_record", &self.local_record)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-/// The node's own facts published in its NodeRecord.
+/// The node's own facts published in its NodeRecord (signed with the node's key; checked at
+/// [`crate::spawn`], so a node never publishes what its peers would reject).
 #[derive(Debug, Clone)]
 pub struct LocalInfo {
     /// `host:port` of the node's HTTP edge.
     pub http: String,
-    /// The CDN provider (organisation) the node belongs to.
-    pub provider: String,
     /// The node's region, used to rank holders.
     pub region: String,
+    /// What the operator says the node can serve.
+    pub capacity: Capacity,
+    /// A sealed [`ProviderCert`](reef_proto::records::ProviderCert) for this node, signed by
+    /// the provider's key: the only thing that makes the node a member of a provider. `None`:
+    /// the node is its own provider. Replace it with [`crate::Client::set_provider_cert`].
+    pub cert: Option<Vec<u8>>,
 }

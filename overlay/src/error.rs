@@ -1,6 +1,7 @@
 //! The one error type of the overlay's public API.
 
 use libp2p::Multiaddr;
+use reef_proto::records::RecordError;
 
 /// What can go wrong when starting the overlay or talking to its event loop.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,19 @@ pub enum Error {
     /// Too many queries of this kind are in flight; retry later.
     #[error("too many overlay queries in flight")]
     Busy,
+    /// The node key cannot sign records (not ed25519).
+    #[error("node identity: {0}")]
+    Identity(String),
+    /// The provider certificate given for this node is not valid for it.
+    #[error("provider certificate: {0}")]
+    Cert(RecordError),
+    /// A record (ours to publish, or found) fails validation: peers would reject it.
+    #[error("{kind} record rejected: {error}")]
+    Rejected {
+        /// `Kind::label()`, or `unknown` for a key no record kind owns.
+        kind: &'static str,
+        error: RecordError,
+    },
     /// Gossip refused the operation (message too large, duplicate, topic not allowed, a
     /// second subscriber for a topic...).
     #[error("gossip: {0}")]

@@ -3,8 +3,14 @@
 //! This crate owns the libp2p Swarm (Kademlia on `/reef/kad/1.0.0`, gossipsub, identify, ping,
 //! and mDNS when asked for), the single event-loop task that drives it, and the cloneable
 //! [`Client`] through which the rest of the node uses it: join, announce, withdraw and find
-//! content holders, resolve and verify signed NodeRecords, publish and subscribe to gossip
+//! content holders, resolve and verify signed NodeRecords (and with them, which provider a
+//! node belongs to), put and get any signed record in the DHT, publish and subscribe to gossip
 //! topics, remember peers across restarts.
+//!
+//! Nothing unverified enters the DHT through us: Kademlia runs with
+//! `StoreInserts::FilterBoth`, and the event loop opens every value a peer asks us to store
+//! (and every value a lookup returns) as the record kind its key names, refusing and counting
+//! (`reef_records_rejected_total{kind,reason}`) whatever fails.
 //!
 //! It must not know about HTTP (it only carries the HTTP address inside records), must not be
 //! reached around (nobody else touches the Swarm), and must not block its event loop: queries
@@ -20,8 +26,10 @@ mod config;
 mod error;
 mod event_loop;
 mod gossip;
+mod metrics;
 mod node_records;
 mod peers_file;
+mod validate;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -37,6 +45,8 @@ pub use client::{Client, Holder, Status};
 pub use config::{Config, LocalInfo};
 pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
+pub use metrics::{Metrics, RejectLabels};
+pub use node_records::NodeInfo;
 
 /// Binding a socket is local and quick; if it takes this long something is badly wrong.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,9 +55,25 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`Client::status`] reports real ports right away), spawns the event loop, and dials the
 /// bootstrap and remembered peers.
 ///
+/// Fails before touching the network if the node could not publish a valid NodeRecord: a key
+/// that is not ed25519 ([`Error::Identity`]), a provider certificate that is not a current one
+/// for this node ([`Error::Cert`]), or an HTTP address or region peers would refuse
+/// ([`Error::Rejected`]).
+///
 /// Must be called within a tokio runtime.
 pub async fn spawn(config: Config) -> Result<Client, Error> {
     let started = Instant::now();
+    let signer = node_records::signing_key(&config.keypair)?;
+    let now_ms = validate::unix_ms();
+    if let Some(cert) = &config.local_record.cert {
+        node_records::check_own_cert(&signer, cert, now_ms).map_err(Error::Cert)?;
+    }
+    node_records::seal_own(&signer, &config.local_record, Vec::new(), now_ms).map_err(|error| {
+        Error::Rejected {
+            kind: reef_proto::records::Kind::NodeRecord.label(),
+            error,
+        }
+    })?;
     let bootstrap = config
         .bootstrap
         .iter()
@@ -109,8 +135,9 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
     let mut event_loop = event_loop::EventLoop::new(
         swarm,
         event_loop::Parts {
-            keypair: config.keypair,
+            signer,
             local_info: config.local_record,
+            metrics: config.metrics,
             commands: commands_rx,
             joined_tx,
             started,

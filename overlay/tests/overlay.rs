@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use reef_overlay::{
-    Acceptance, Client, Config, Error, GossipMessage, Keypair, LocalInfo, Multiaddr, PeerId,
-    Published,
+    Acceptance, Client, Config, Error, GossipMessage, Keypair, LocalInfo, Metrics, Multiaddr,
+    PeerId, Published,
 };
 use reef_proto::ContentKey;
+use reef_proto::records::{Capacity, Membership};
 
 /// Joining over loopback takes well under a second; generous for a loaded 2-core machine.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,9 +45,14 @@ fn config(
         peers_file,
         local_record: LocalInfo {
             http: format!("{name}.test:8080"),
-            provider: format!("provider-of-{name}"),
             region: format!("region-of-{name}"),
+            capacity: Capacity {
+                req_per_s: 100,
+                mbit_per_s: 200,
+            },
+            cert: None,
         },
+        metrics: Metrics::default(),
     }
 }
 
@@ -141,8 +147,14 @@ async fn four_nodes_join_provide_and_find() -> Result<()> {
     let holder = &holders[0];
     ensure!(holder.peer == b.local_peer_id());
     ensure!(holder.record.http == "b.test:8080");
-    ensure!(holder.record.provider == "provider-of-b");
     ensure!(holder.record.region == "region-of-b");
+    ensure!(holder.record.capacity.mbit_per_s == 200);
+    // No certificate: B is a provider of its own.
+    ensure!(
+        matches!(holder.membership, Membership::Independent { .. }),
+        "{:?}",
+        holder.membership
+    );
     ensure!(holder.record.peer_id == b.local_peer_id().to_bytes());
     ensure!(!holder.record.listen_addrs.is_empty());
 
@@ -171,13 +183,15 @@ async fn four_nodes_join_provide_and_find() -> Result<()> {
         Ok(d.node_record(c.local_peer_id()).await?)
     })
     .await?;
-    ensure!(record.provider == "provider-of-c");
+    ensure!(record.record.region == "region-of-c");
+    ensure!(record.peer == c.local_peer_id());
+    ensure!(record.expires_at > record.issued_at);
     ensure!(d.node_record(PeerId::random()).await?.is_none());
     let own = a
         .node_record(a.local_peer_id())
         .await?
         .context("own record")?;
-    ensure!(own.region == "region-of-a");
+    ensure!(own.record.region == "region-of-a");
 
     // Unprovide is accepted (withdrawal from other nodes: see
     // unprovide_withdraws_the_record_from_other_nodes).

@@ -5,14 +5,10 @@
 //! seals and opens the signed envelope every record and gossip message travels in, and says
 //! why a rejected one was rejected. It must not do I/O: no sockets, no files, no clocks beyond
 //! what a caller passes in (the one exception is OS randomness for a new key).
-//!
-//! [`NodeRecord`] at the top level is the overlay's current, separately signed node record;
-//! [`records::NodeRecord`] is the enveloped one that replaces it.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod content_key;
-mod node_record;
 mod purge;
 pub mod records;
 mod runtime;
@@ -21,10 +17,9 @@ mod withdrawal;
 
 pub use content_key::BadKey;
 pub use content_key::ContentKey;
-pub use node_record::{MAX_NODE_RECORD_LEN, NodeRecord, RecordError};
 pub use purge::{
-    MAX_PROVIDER_NAME_LEN, MAX_PURGE_CLOCK_SKEW_SECS, MAX_PURGE_NOTICE_AGE_SECS,
-    MAX_PURGE_NOTICE_LEN, MAX_PURGE_TARGETS, NoticeError, PURGE_TOPIC, PurgeNotice, PurgeTarget,
+    MAX_PURGE_CLOCK_SKEW_SECS, MAX_PURGE_NOTICE_AGE_SECS, MAX_PURGE_NOTICE_LEN, MAX_PURGE_TARGETS,
+    NoticeError, PURGE_TOPIC, PurgeNotice, PurgeTarget,
 };
 pub use runtime::{RUNTIME_FILE, Runtime};
 pub use url::{CanonicalUrl, MAX_URL_LEN, UrlError};

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::records::ProviderId;
 use crate::{CanonicalUrl, MAX_URL_LEN};
 
 /// Gossipsub topic carrying [`PurgeNotice`]s. Every node subscribes (and forwards valid notices),
@@ -13,16 +14,15 @@ pub const PURGE_TOPIC: &str = "reef/purge/1";
 pub const MAX_PURGE_NOTICE_LEN: usize = 32 * 1024;
 /// Most URLs plus prefixes in one notice; an operator purging more sends several.
 pub const MAX_PURGE_TARGETS: usize = 64;
-/// Longest provider name a notice may carry; real ones are a word or two.
-pub const MAX_PROVIDER_NAME_LEN: usize = 256;
 /// A notice older than this is refused: gossip delivers in seconds, so an old one is a replay
 /// (gossipsub forgets message ids after a minute) or comes from a badly wrong clock.
 pub const MAX_PURGE_NOTICE_AGE_SECS: u64 = 10 * 60;
 /// A notice issued further in the future than this comes from a badly wrong clock.
 pub const MAX_PURGE_CLOCK_SKEW_SECS: u64 = 10 * 60;
 
-/// Current wire version of [`PurgeNotice`].
-const PURGE_NOTICE_VERSION: u8 = 1;
+/// Current wire version of [`PurgeNotice`]. Version 1 named the provider by its (unverifiable)
+/// name; version 2 by its [`ProviderId`].
+const PURGE_NOTICE_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {
@@ -36,8 +36,6 @@ pub enum NoticeError {
     Empty,
     #[error("notice names {0} URLs and prefixes, over the limit of {MAX_PURGE_TARGETS}")]
     TooManyTargets(usize),
-    #[error("notice has an empty or over-long provider name")]
-    Provider,
     #[error("{0:?} is not a canonical http(s) URL")]
     NotCanonical(String),
     #[error("notice was issued {0} s ago, too long ago to apply")]
@@ -77,14 +75,13 @@ impl PurgeTarget {
 ///
 /// Who may say so: the gossip message carrying the notice is signed by the publishing node
 /// (gossipsub's strict mode), so the receiver knows which node sent it, and it applies the
-/// notice only if that node's signed NodeRecord names the notice's provider and that provider is
-/// its own. A NodeRecord's provider is still the node's own claim; the provider-certificate issue
-/// (ProviderCerts signed by provider keys) makes that claim verifiable, and this check then
-/// becomes "the sender holds a valid certificate of this provider".
+/// notice only if that node's verified membership (its NodeRecord's
+/// [`ProviderCert`](crate::records::ProviderCert), or the node's own key for a node without
+/// one) is the notice's provider and that provider is its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeNotice {
     /// The provider whose nodes must drop the targets.
-    pub provider: String,
+    pub provider: ProviderId,
     pub targets: Vec<PurgeTarget>,
     /// Seconds since the Unix epoch when the operator asked.
     pub issued_at: u64,
@@ -121,12 +118,9 @@ impl PurgeNotice {
         Ok(notice)
     }
 
-    /// Size limits, a provider name, and every target a canonical URL (so all nodes match
-    /// the same strings the same way).
+    /// Size limits, and every target a canonical URL (so all nodes match the same strings the
+    /// same way).
     pub fn validate(&self) -> Result<(), NoticeError> {
-        if self.provider.is_empty() || self.provider.len() > MAX_PROVIDER_NAME_LEN {
-            return Err(NoticeError::Provider);
-        }
         match self.targets.len() {
             0 => return Err(NoticeError::Empty),
             n if n > MAX_PURGE_TARGETS => return Err(NoticeError::TooManyTargets(n)),
@@ -170,9 +164,13 @@ fn truncated(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn acme() -> ProviderId {
+        ProviderId::from_bytes([7; 32])
+    }
+
     fn notice(targets: Vec<PurgeTarget>) -> PurgeNotice {
         PurgeNotice {
-            provider: "acme".into(),
+            provider: acme(),
             targets,
             issued_at: 1_000_000,
             nonce: 7,
@@ -213,11 +211,16 @@ mod tests {
             Err(NoticeError::Decode(_))
         ));
         assert!(matches!(
-            PurgeNotice::decode(&[2, 0, 0]),
-            Err(NoticeError::Version(2))
+            PurgeNotice::decode(&[3, 0, 0]),
+            Err(NoticeError::Version(3))
+        ));
+        // Version 1 named providers by name, which nobody could verify.
+        assert!(matches!(
+            PurgeNotice::decode(&[1, 4, b'a', b'c', b'm', b'e']),
+            Err(NoticeError::Version(1))
         ));
         assert!(matches!(
-            PurgeNotice::decode(&[1, 0xff, 0xff]),
+            PurgeNotice::decode(&[PURGE_NOTICE_VERSION, 0xff, 0xff]),
             Err(NoticeError::Decode(_))
         ));
     }
@@ -254,7 +257,8 @@ mod tests {
             Err(NoticeError::TooLarge(_))
         ));
         // A huge claimed length of a list with nothing behind it fails cleanly.
-        let mut bytes = vec![PURGE_NOTICE_VERSION, 4, b'a', b'c', b'm', b'e'];
+        let mut bytes = vec![PURGE_NOTICE_VERSION];
+        bytes.extend_from_slice(acme().as_bytes());
         bytes.extend([0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(matches!(
             PurgeNotice::decode(&bytes),
@@ -289,16 +293,6 @@ mod tests {
                 "{bad}"
             );
         }
-        let no_provider = PurgeNotice {
-            provider: String::new(),
-            ..notice(vec![url("http://a/x")])
-        };
-        assert!(matches!(raw(&no_provider), Err(NoticeError::Provider)));
-        let long_provider = PurgeNotice {
-            provider: "p".repeat(MAX_PROVIDER_NAME_LEN + 1),
-            ..notice(vec![url("http://a/x")])
-        };
-        assert!(matches!(long_provider.encode(), Err(NoticeError::Provider)));
     }
 
     #[test]

@@ -11,7 +11,15 @@ pub const RUNTIME_FILE: &str = "runtime.json";
 pub struct Runtime {
     pub peer_id: String,
     pub pid: u32,
+    /// The provider's name: the certified one, or the node's own label.
     pub provider: String,
+    /// The provider's id (hex public key; the node's own key when it is independent). Empty
+    /// in files written before provider keys existed.
+    #[serde(default)]
+    pub provider_id: String,
+    /// Whether a provider key certified the node.
+    #[serde(default)]
+    pub certified: bool,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,

@@ -537,6 +537,8 @@ async fn bench_join(opts: &BenchOptions) -> Result<JoinResult, Error> {
         dir: dir.join(name),
         ip,
         provider: provider.clone(),
+        // Join time does not depend on membership; independent nodes need no key files.
+        provider_key: None,
         region: region.clone(),
         bootstrap,
         extra_args: Vec::new(),

@@ -62,6 +62,10 @@ pub enum Error {
     #[error("TLS setup failed: {0}")]
     Tls(String),
 
+    /// `reef provider init` could not make a provider's key.
+    #[error("making provider key {path}: {reason}")]
+    ProviderKey { path: PathBuf, reason: String },
+
     /// The caller asked for something impossible.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

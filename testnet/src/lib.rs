@@ -9,7 +9,8 @@
 //!   (`runtime.json`), status polling over the admin API, graceful stop, crash (SIGKILL),
 //!   restart, and cleanup that leaves no orphan behind;
 //! - [`Testnet`], N nodes of K providers on their own loopback addresses plus an origin,
-//!   launched, joined and described in a JSON [`Manifest`];
+//!   launched, joined and described in a JSON [`Manifest`]; each provider is a real key made
+//!   with `reef provider init`, and its nodes are certified with it;
 //! - [`client`], a tiny hyper client that fetches through a node used as forward proxy;
 //! - [`bench`], the foundation measurements (join time, DHT lookup, peer fetch, origin
 //!   offload, idle memory) behind `reef-testnet bench`;
@@ -39,5 +40,6 @@ pub use node::{
 };
 pub use origin::Origin;
 pub use testnet::{
-    JOIN_TIMEOUT, Manifest, ManifestNode, Options, Testnet, node_ip, provider_region,
+    JOIN_TIMEOUT, Manifest, ManifestNode, Options, Testnet, node_ip, provider_key_path,
+    provider_region,
 };

@@ -330,15 +330,17 @@ fn short(peer_id: &str) -> String {
 fn print_nodes(testnet: &Testnet) {
     println!();
     println!(
-        "{:<8} {:<8} {:<6} {:<14} {:<22} admin",
-        "name", "provider", "region", "peer", "http"
+        "{:<8} {:<8} {:<10} {:<6} {:<14} {:<22} admin",
+        "name", "provider", "id", "region", "peer", "http"
     );
     for (i, node) in testnet.nodes.iter().enumerate() {
         let rt = node.runtime();
+        let id: String = rt.provider_id.chars().take(8).collect();
         println!(
-            "{:<8} {:<8} {:<6} {:<14} {:<22} {}",
+            "{:<8} {:<8} {:<10} {:<6} {:<14} {:<22} {}",
             Testnet::node_name(i),
             rt.provider,
+            id,
             rt.region,
             short(&rt.peer_id),
             rt.http.to_string(),

@@ -53,7 +53,11 @@ pub struct NodeSpec {
     pub dir: PathBuf,
     /// Loopback address every listener binds to (port 0).
     pub ip: Ipv4Addr,
+    /// `--provider`: the name in the provider key, or (without a key) the node's own label.
     pub provider: String,
+    /// `--provider-key`: a key file from `reef provider init`, which makes the node a
+    /// certified member of that provider; `None`: the node is its own provider.
+    pub provider_key: Option<PathBuf>,
     pub region: String,
     /// `--bootstrap` multiaddrs (with `/p2p/` suffix).
     pub bootstrap: Vec<String>,
@@ -84,6 +88,10 @@ impl NodeSpec {
             "--region".into(),
             self.region.clone().into(),
         ];
+        if let Some(key) = &self.provider_key {
+            args.push("--provider-key".into());
+            args.push(key.clone().into_os_string());
+        }
         for addr in &self.bootstrap {
             args.push("--bootstrap".into());
             args.push(addr.into());
@@ -693,6 +701,7 @@ mod tests {
             dir: dir.to_path_buf(),
             ip: Ipv4Addr::new(127, 0, 0, 12),
             provider: "p1".into(),
+            provider_key: Some(PathBuf::from("/tmp/p1.key")),
             region: "r1".into(),
             bootstrap: vec![
                 "/ip4/127.0.0.10/tcp/4000/p2p/12D3KooWA".into(),
@@ -728,6 +737,8 @@ mod tests {
                 "p1",
                 "--region",
                 "r1",
+                "--provider-key",
+                "/tmp/p1.key",
                 "--bootstrap",
                 "/ip4/127.0.0.10/tcp/4000/p2p/12D3KooWA",
                 "--bootstrap",

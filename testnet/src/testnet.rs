@@ -1,7 +1,7 @@
 //! N nodes of K providers plus an origin, on loopback.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -33,9 +33,11 @@ pub struct Options {
     pub bin: PathBuf,
     /// Number of nodes (≥ 1).
     pub nodes: usize,
-    /// Number of providers (1 ≤ K ≤ nodes), assigned round-robin.
+    /// Number of providers (1 ≤ K ≤ nodes), assigned round-robin. Each is a real provider
+    /// key, made with `reef provider init` in `DIR/providers/p<k>.key` (reused if present),
+    /// and its nodes run with `--provider-key`, so they are certified members of it.
     pub providers: usize,
-    /// Root directory: `DIR/node-<i>/` per node, `DIR/manifest.json`.
+    /// Root directory: `DIR/node-<i>/` per node, `DIR/providers/`, `DIR/manifest.json`.
     pub dir: PathBuf,
     /// Appended to every node's command line.
     pub extra_args: Vec<String>,
@@ -65,7 +67,11 @@ pub struct Manifest {
 pub struct ManifestNode {
     pub name: String,
     pub peer_id: String,
+    /// The provider's name.
     pub provider: String,
+    /// The provider's id (hex public key), as the node reports it.
+    #[serde(default)]
+    pub provider_id: String,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -101,6 +107,40 @@ pub fn provider_region(i: usize, providers: usize) -> (String, String) {
     (format!("p{p}"), format!("r{}", p % 2))
 }
 
+/// Where the testnet in `dir` keeps the key of provider `p` (named `p<p>`).
+pub fn provider_key_path(dir: &Path, p: usize) -> PathBuf {
+    dir.join("providers").join(format!("p{p}.key"))
+}
+
+/// Makes each provider's key with the real `reef provider init` (the node owns the file
+/// format), or reuses the one a previous run left in `dir`.
+async fn provider_keys(bin: &Path, dir: &Path, providers: usize) -> Result<(), Error> {
+    for p in 0..providers {
+        let path = provider_key_path(dir, p);
+        if path.exists() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let out = tokio::process::Command::new(bin)
+            .args(["provider", "init", "--name", &format!("p{p}"), "--out"])
+            .arg(&path)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {} provider init", bin.display()), e))?;
+        if !out.status.success() {
+            return Err(Error::ProviderKey {
+                path,
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Testnet {
     /// Starts the origin on 127.0.0.1:0, then node 0, then node 1 bootstrapping from node 0,
     /// then the others in parallel bootstrapping from nodes 0 and 1; waits until every node
@@ -126,6 +166,7 @@ impl Testnet {
             .collect::<Result<Vec<_>, _>>()?;
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| Error::io(format!("creating {}", opts.dir.display()), e))?;
+        provider_keys(&opts.bin, &opts.dir, opts.providers).await?;
 
         let origin = Origin::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         info!(addr = %origin.addr(), "origin up");
@@ -219,6 +260,7 @@ impl Testnet {
                         name: Self::node_name(i),
                         peer_id: rt.peer_id.clone(),
                         provider: rt.provider.clone(),
+                        provider_id: rt.provider_id.clone(),
                         region: rt.region.clone(),
                         http: rt.http,
                         admin: rt.admin,
@@ -266,6 +308,7 @@ fn spec_for(opts: &Options, i: usize) -> Result<NodeSpec, Error> {
         dir: opts.dir.join(Testnet::node_name(i)),
         ip: node_ip(i)?,
         provider,
+        provider_key: Some(provider_key_path(&opts.dir, i % opts.providers)),
         region,
         bootstrap: Vec::new(),
         extra_args: opts.extra_args.clone(),
@@ -319,6 +362,7 @@ mod tests {
                 name: "node-0".into(),
                 peer_id: "12D3KooWabc".into(),
                 provider: "p0".into(),
+                provider_id: "ab".repeat(32),
                 region: "r0".into(),
                 http: "127.0.0.10:1000".parse().unwrap(),
                 admin: "127.0.0.10:1001".parse().unwrap(),
@@ -335,7 +379,7 @@ mod tests {
                 "origin": "127.0.0.1:8080",
                 "nodes": [{
                     "name": "node-0", "peer_id": "12D3KooWabc", "provider": "p0",
-                    "region": "r0", "http": "127.0.0.10:1000", "admin": "127.0.0.10:1001",
+                    "provider_id": "ab".repeat(32), "region": "r0", "http": "127.0.0.10:1000", "admin": "127.0.0.10:1001",
                     "dns": null, "p2p": ["/ip4/127.0.0.10/tcp/1002/p2p/12D3KooWabc"],
                     "data_dir": "/tmp/t/node-0", "log": "/tmp/t/node-0/node.log"
                 }]

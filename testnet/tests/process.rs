@@ -27,9 +27,18 @@ use tokio::task::JoinHandle;
 
 /// A stand-in for `reef run`: records its arguments, writes `runtime.json` atomically with
 /// its own pid (kept by `exec`), then idles until signalled; exits 3 at once if
-/// `DIR/fail` exists. `@ADMIN@` is replaced by the
+/// `DIR/fail` exists. `provider init` writes a placeholder key file. `@ADMIN@` is replaced by the
 /// fake admin API's address.
 const FAKE_NODE: &str = r#"#!/bin/sh
+if [ "$1" = provider ]; then
+  prev=
+  for a in "$@"; do
+    if [ "$prev" = --out ]; then echo "fake provider key" > "$a"; fi
+    prev=$a
+  done
+  echo 0000000000000000000000000000000000000000000000000000000000000000
+  exit 0
+fi
 prev=
 for a in "$@"; do
   case "$prev" in
@@ -126,6 +135,7 @@ fn spec(bin: PathBuf, dir: PathBuf) -> NodeSpec {
         dir,
         ip: Ipv4Addr::new(127, 0, 0, 77),
         provider: "p0".into(),
+        provider_key: None,
         region: "r0".into(),
         bootstrap: vec![],
         extra_args: vec![],
@@ -308,6 +318,13 @@ async fn launch_assigns_ips_providers_and_bootstrap_and_shuts_down() {
             args(i)
         );
         assert!(args(i).ends_with("--extra\n"));
+        let key = root.join(format!("providers/p{}.key", i % 2));
+        assert!(
+            args(i).contains(&format!("--provider-key\n{}\n", key.display())),
+            "{}",
+            args(i)
+        );
+        assert!(key.exists());
         assert!(!args(i).contains("--mdns"));
     }
 

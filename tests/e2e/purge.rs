@@ -115,8 +115,8 @@ fn counter(status: &Value, path: [&str; 2]) -> u64 {
     status[path[0]][path[1]].as_u64().unwrap_or(0)
 }
 
-/// Three nodes of provider `p0` (the testnet's 0, 1, 2) and one node of `p1` started next to
-/// them, joined through the same bootstrap nodes.
+/// Three nodes of provider `p0` (the testnet's 0, 1, 2, certified with the testnet's `p0`
+/// key) and one node started next to them without a key, labelled `p1`: its own provider.
 struct Mixed {
     net: Net,
     other: NodeProcess,
@@ -130,6 +130,7 @@ impl Mixed {
             dir: net.dir.path().join("node-p1"),
             ip: node_ip(3).expect("loopback address"),
             provider: "p1".into(),
+            provider_key: None,
             region: "r1".into(),
             bootstrap: net.testnet.bootstrap_addrs(usize::MAX),
             extra_args: Vec::new(),

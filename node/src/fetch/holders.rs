@@ -3,13 +3,15 @@
 use std::time::Duration;
 
 use reef_overlay::Holder;
+use reef_proto::records::ProviderId;
 
-/// Orders holders: our own provider first, then our region, then lowest measured RTT;
-/// holders whose RTT we have not measured go after those we have.
-pub fn rank(mut holders: Vec<Holder>, provider: &str, region: &str) -> Vec<Holder> {
+/// Orders holders: our own provider first (by verified membership: a holder counts as ours
+/// only with a certificate from our provider's key), then our region, then lowest measured
+/// RTT; holders whose RTT we have not measured go after those we have.
+pub fn rank(mut holders: Vec<Holder>, provider: ProviderId, region: &str) -> Vec<Holder> {
     holders.sort_by_key(|h| {
         (
-            h.record.provider != provider,
+            h.membership.provider() != provider,
             h.record.region != region,
             h.rtt.unwrap_or(Duration::MAX),
         )
@@ -21,21 +23,42 @@ pub fn rank(mut holders: Vec<Holder>, provider: &str, region: &str) -> Vec<Holde
 mod tests {
     use super::*;
     use reef_overlay::{Keypair, PeerId};
-    use reef_proto::NodeRecord;
+    use reef_proto::records::{Capacity, Membership, NodeRecord};
 
-    fn holder(provider: &str, region: &str, rtt_ms: Option<u64>) -> Holder {
+    fn acme() -> ProviderId {
+        ProviderId::from_bytes([1; 32])
+    }
+
+    fn other() -> ProviderId {
+        ProviderId::from_bytes([2; 32])
+    }
+
+    fn holder(membership: Membership, region: &str, rtt_ms: Option<u64>) -> Holder {
         let peer = PeerId::from(Keypair::generate_ed25519().public());
+        let tag = match &membership {
+            Membership::Certified { provider, .. } if *provider == acme() => "acme",
+            Membership::Certified { .. } => "other",
+            Membership::Independent { .. } => "solo",
+        };
         Holder {
             peer,
             record: NodeRecord {
                 peer_id: peer.to_bytes(),
-                http: format!("{provider}-{region}-{rtt_ms:?}"),
-                provider: provider.into(),
+                http: format!("{tag}-{region}-{rtt_ms:?}"),
                 region: region.into(),
                 listen_addrs: vec![],
-                issued_at: 0,
+                capacity: Capacity::default(),
+                cert: None,
             },
+            membership,
             rtt: rtt_ms.map(Duration::from_millis),
+        }
+    }
+
+    fn certified(provider: ProviderId, name: &str) -> Membership {
+        Membership::Certified {
+            provider,
+            name: name.into(),
         }
     }
 
@@ -43,13 +66,13 @@ mod tests {
     fn same_provider_then_region_then_rtt() {
         let ranked = rank(
             vec![
-                holder("other", "eu", Some(1)),
-                holder("acme", "us", Some(1)),
-                holder("acme", "eu", None),
-                holder("acme", "eu", Some(30)),
-                holder("acme", "eu", Some(5)),
+                holder(certified(other(), "other"), "eu", Some(1)),
+                holder(certified(acme(), "acme"), "us", Some(1)),
+                holder(certified(acme(), "acme"), "eu", None),
+                holder(certified(acme(), "acme"), "eu", Some(30)),
+                holder(certified(acme(), "acme"), "eu", Some(5)),
             ],
-            "acme",
+            acme(),
             "eu",
         );
         let order: Vec<_> = ranked.iter().map(|h| h.record.http.as_str()).collect();
@@ -63,5 +86,27 @@ mod tests {
                 "other-eu-Some(1)"
             ]
         );
+    }
+
+    #[test]
+    fn a_name_alone_never_makes_a_holder_ours() {
+        // Another provider that calls itself "acme", and an independent node: neither is
+        // ranked with acme's own nodes.
+        let ranked = rank(
+            vec![
+                holder(certified(other(), "acme"), "eu", Some(1)),
+                holder(
+                    Membership::Independent {
+                        provider: ProviderId::from_bytes([3; 32]),
+                    },
+                    "eu",
+                    Some(1),
+                ),
+                holder(certified(acme(), "acme"), "us", Some(50)),
+            ],
+            acme(),
+            "eu",
+        );
+        assert_eq!(ranked[0].record.http, "acme-us-Some(50)");
     }
 }

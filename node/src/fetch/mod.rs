@@ -53,7 +53,8 @@ const FRESHNESS_REQUEST_HEADERS: [header::HeaderName; 2] = [header::CACHE_CONTRO
 /// Who we are, for ranking holders (same provider, then same region, first).
 #[derive(Debug, Clone)]
 pub struct LocalInfo {
-    pub provider: String,
+    /// Our provider's id (our own key's when we are independent).
+    pub provider: reef_proto::records::ProviderId,
     pub region: String,
 }
 
@@ -587,7 +588,7 @@ impl Fetcher {
             }
         };
         let local = &self.inner.local;
-        for holder in holders::rank(holders, &local.provider, &local.region) {
+        for holder in holders::rank(holders, local.provider, &local.region) {
             let peer = holder.peer;
             match self
                 .inner

@@ -1,4 +1,5 @@
-//! Swarm and behaviour events, and validation of what peers ask us to store.
+//! Swarm and behaviour events; records peers ask us to store are checked in `records.rs`,
+//! provider announcements here.
 
 use std::collections::HashMap;
 
@@ -13,7 +14,6 @@ use tracing::{debug, warn};
 use super::EventLoop;
 use crate::addrs;
 use crate::behaviour::{BehaviourEvent, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-use crate::node_records;
 
 /// Listen addresses fed from one identify message into kad; more is noise or abuse.
 const MAX_IDENTIFY_ADDRS: usize = 8;
@@ -159,42 +159,11 @@ impl EventLoop {
         }
     }
 
-    /// A peer asks us to store a record (FilterBoth): only valid node records get in, and a
-    /// newer record is never replaced by an older one.
-    pub(super) fn on_inbound_record(&mut self, source: PeerId, record: kad::Record) {
-        let Some(peer) = node_records::peer_of_key(&record.key) else {
-            debug!(%source, "refusing a record under a key we do not know");
-            return;
-        };
-        if peer == self.local {
-            // We publish our own record; nobody else may write it.
-            return;
-        }
-        let now = node_records::unix_now();
-        let incoming = match node_records::verify(&peer, &record.value, now) {
-            Ok(incoming) => incoming,
-            Err(error) => {
-                debug!(%source, %peer, %error, "refusing an invalid node record");
-                return;
-            }
-        };
-        let store = self.swarm.behaviour_mut().kad.store_mut();
-        if let Some(existing) = store.get(&record.key)
-            && let Ok(existing) = node_records::verify(&peer, &existing.value, now)
-            && existing.issued_at > incoming.issued_at
-        {
-            debug!(%source, %peer, "refusing an older node record");
-            return;
-        }
-        if let Err(error) = store.put(record) {
-            debug!(%source, %peer, %error, "cannot store a node record");
-            return;
-        }
-        self.records
-            .insert(peer, incoming, std::time::Instant::now());
-    }
-
-    /// A peer announces it provides a key (kad already checked the announcer is the sender).
+    /// A peer announces it provides a key. Kad already checked that the announcer is the
+    /// sender, so a provider record can only ever name its sender; it carries no value, only
+    /// addresses, which we filter. There is nothing to sign or verify here (and nothing is
+    /// counted in `reef_records_rejected_total`): a node that lies about holding a key is found
+    /// out at fetch time, when it has no valid NodeRecord or answers 404.
     pub(super) fn on_inbound_provider(&mut self, mut record: kad::ProviderRecord) {
         if record.key.as_ref().len() != 32 {
             debug!(provider = %record.provider, "refusing a provider record that is not for a content key");

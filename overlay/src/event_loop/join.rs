@@ -4,22 +4,26 @@ use std::time::Duration;
 
 use libp2p::{
     PeerId,
-    kad::{self, QueryId, store::RecordStore},
+    kad::{self, QueryId, RecordKey, store::RecordStore},
 };
-use reef_proto::NodeRecord;
+use reef_proto::records::{Kind, RecordError, node_record_key};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::EventLoop;
+use super::records::republish_delay;
+use crate::Error;
 use crate::addrs;
 use crate::node_records;
 use crate::peers_file;
+use crate::validate;
 
 /// First retry of joining (re-dial known peers, kad bootstrap) when the last attempt failed.
 pub(super) const JOIN_RETRY_MIN: Duration = Duration::from_millis(500);
 /// Join retries back off to this; once joined, kad's own periodic bootstrap (5 min) takes over.
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(30);
-/// Our NodeRecord is re-put this often (records live 1 h in other peers' stores).
+/// Our NodeRecord is re-put this often (it expires after an hour, its kind's longest
+/// lifetime, or sooner with a certificate about to expire: then at half the time left).
 pub(super) const RECORD_REPUBLISH_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// A failed NodeRecord put is retried sooner than the next round: without it nobody can
 /// resolve us as a holder.
@@ -100,37 +104,45 @@ impl EventLoop {
         self.save_peers();
     }
 
-    pub(super) fn own_record(&self) -> NodeRecord {
+    /// Our record sealed at `now_ms`, and when it expires.
+    pub(super) fn seal_own_record(&self, now_ms: u64) -> Result<(Vec<u8>, u64), Error> {
         let local = self.local;
-        NodeRecord {
-            peer_id: local.to_bytes(),
-            http: self.local_info.http.clone(),
-            provider: self.local_info.provider.clone(),
-            region: self.local_info.region.clone(),
-            listen_addrs: self
-                .swarm
-                .listeners()
-                .map(|a| addrs::with_peer(a, local).to_string())
-                .collect(),
-            issued_at: node_records::unix_now(),
-        }
+        let listen = self
+            .swarm
+            .listeners()
+            .map(|a| addrs::with_peer(a, local).to_string())
+            .collect();
+        node_records::seal_own(&self.signer, &self.local_info, listen, now_ms).map_err(
+            |error: RecordError| Error::Rejected {
+                kind: Kind::NodeRecord.label(),
+                error,
+            },
+        )
     }
 
     pub(super) fn put_own_record(&mut self) {
         self.next_record_put = None;
         if self.record_put_query.is_some() {
+            self.record_changed = true;
             return;
         }
-        let record = self.own_record();
-        let value = match node_records::sign(&self.keypair, &record) {
-            Ok(value) => value,
+        self.record_changed = false;
+        let now_ms = validate::unix_ms();
+        let (value, expires_at) = match self.seal_own_record(now_ms) {
+            Ok(sealed) => sealed,
             Err(error) => {
-                warn!(%error, "cannot sign our node record");
-                self.next_record_put = Some(Instant::now() + RECORD_REPUBLISH_INTERVAL);
+                warn!(%error, "cannot seal our node record");
+                self.next_record_put = Some(Instant::now() + RECORD_RETRY_DELAY);
                 return;
             }
         };
-        let record = kad::Record::new(node_records::record_key(&self.local), value);
+        self.own_record_expires = expires_at;
+        let record = kad::Record {
+            key: RecordKey::new(&node_record_key(&self.local.to_bytes())),
+            value,
+            publisher: None,
+            expires: Some(validate::instant_at(expires_at, now_ms)),
+        };
         match self
             .swarm
             .behaviour_mut()
@@ -143,6 +155,40 @@ impl EventLoop {
                 self.next_record_put = Some(Instant::now() + RECORD_RETRY_DELAY);
             }
         }
+    }
+
+    /// The end of publishing our record: the next one is due before this one expires.
+    pub(super) fn on_own_record_put(&mut self, result: &kad::PutRecordResult) {
+        self.record_put_query = None;
+        let delay = match result {
+            Ok(_) if self.record_changed => Duration::ZERO,
+            Ok(_) => {
+                debug!("node record published");
+                republish_delay(
+                    RECORD_REPUBLISH_INTERVAL,
+                    self.own_record_expires,
+                    validate::unix_ms(),
+                )
+            }
+            Err(error) => {
+                warn!(%error, "publishing our node record failed; retrying");
+                RECORD_RETRY_DELAY
+            }
+        };
+        self.next_record_put = Some(Instant::now() + delay);
+    }
+
+    /// A new provider certificate (or none): checked, then published with our record at once.
+    pub(super) fn set_cert(&mut self, cert: Option<Vec<u8>>) -> Result<(), Error> {
+        if let Some(cert) = &cert {
+            node_records::check_own_cert(&self.signer, cert, validate::unix_ms())
+                .map_err(Error::Cert)?;
+        }
+        self.local_info.cert = cert;
+        if self.joined {
+            self.put_own_record();
+        }
+        Ok(())
     }
 
     /// Announces keys provided before we joined, a few at a time.

@@ -3,7 +3,7 @@
 //!
 //! Nothing here blocks: file writes go to `spawn_blocking`, queries are answered from events.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,30 +11,33 @@ use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm,
     gossipsub::TopicHash,
-    identity::Keypair,
     kad::{QueryId, RecordKey},
     swarm::dial_opts::DialOpts,
 };
-use reef_proto::{ContentKey, NodeRecord};
+use reef_proto::ContentKey;
+use reef_proto::records::SigningKey;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::Error;
+use crate::Metrics;
 use crate::addrs;
 use crate::behaviour::Behaviour;
 use crate::client::{Command, ProvidersReply, Status};
 use crate::config::LocalInfo;
 use crate::gossip::GossipMessage;
-use crate::node_records::{self, RECORD_CACHE_CAPACITY, RECORD_CACHE_TTL, RecordCache};
+use crate::node_records::{RECORD_CACHE_CAPACITY, RECORD_CACHE_TTL, RecordCache};
 use crate::peers_file::RecentPeers;
 use join::JOIN_RETRY_MIN;
+use records::{GetQuery, PutQuery};
 
 mod events;
 mod gossip;
 mod join;
 mod queries;
+mod records;
 #[cfg(test)]
 mod tests;
 
@@ -57,17 +60,15 @@ struct ProvidersQuery {
     reply: ProvidersReply,
 }
 
-struct RecordQuery {
-    peer: PeerId,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<Option<NodeRecord>, Error>>,
-}
-
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     local: PeerId,
-    keypair: Keypair,
+    /// The node's key as an envelope signer (its libp2p ed25519 key).
+    signer: SigningKey,
     local_info: LocalInfo,
+    metrics: Metrics,
+    /// Rejected records by `"<kind>/<reason>"`, for the status (at most kinds × reasons).
+    rejected: BTreeMap<String, u64>,
     commands: mpsc::Receiver<Command>,
     joined_tx: watch::Sender<bool>,
     started: Instant,
@@ -93,10 +94,15 @@ pub(crate) struct EventLoop {
 
     record_put_query: Option<QueryId>,
     next_record_put: Option<Instant>,
+    /// Our record changed (new certificate) while a put of the old one was in flight.
+    record_changed: bool,
+    /// When the record we last published expires (unix ms).
+    own_record_expires: u64,
 
     pending_provide: HashMap<QueryId, oneshot::Sender<Result<(), Error>>>,
     pending_providers: HashMap<QueryId, ProvidersQuery>,
-    pending_records: HashMap<QueryId, RecordQuery>,
+    pending_gets: HashMap<QueryId, GetQuery>,
+    pending_puts: HashMap<QueryId, PutQuery>,
     unannounced: VecDeque<RecordKey>,
     announcing: HashSet<QueryId>,
 
@@ -110,8 +116,9 @@ pub(crate) struct EventLoop {
 
 /// What [`EventLoop::new`] needs besides the swarm.
 pub(crate) struct Parts {
-    pub(crate) keypair: Keypair,
+    pub(crate) signer: SigningKey,
     pub(crate) local_info: LocalInfo,
+    pub(crate) metrics: Metrics,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) joined_tx: watch::Sender<bool>,
     pub(crate) started: Instant,
@@ -123,8 +130,10 @@ impl EventLoop {
         Self {
             local: *swarm.local_peer_id(),
             swarm,
-            keypair: parts.keypair,
+            signer: parts.signer,
             local_info: parts.local_info,
+            metrics: parts.metrics,
+            rejected: BTreeMap::new(),
             commands: parts.commands,
             joined_tx: parts.joined_tx,
             started: parts.started,
@@ -142,9 +151,12 @@ impl EventLoop {
             next_join_attempt: Some(Instant::now()),
             record_put_query: None,
             next_record_put: None,
+            record_changed: false,
+            own_record_expires: 0,
             pending_provide: HashMap::new(),
             pending_providers: HashMap::new(),
-            pending_records: HashMap::new(),
+            pending_gets: HashMap::new(),
+            pending_puts: HashMap::new(),
             unannounced: VecDeque::new(),
             announcing: HashSet::new(),
             subscribers: HashMap::new(),
@@ -301,7 +313,24 @@ impl EventLoop {
                 peer,
                 deadline,
                 reply,
-            } => self.lookup_record(peer, deadline, reply),
+            } => self.lookup_node_record(peer, deadline, reply),
+            Command::PutRecord {
+                key,
+                value,
+                deadline,
+                reply,
+            } => self.put_value(key, value, deadline, reply),
+            Command::GetRecord {
+                key,
+                deadline,
+                reply,
+            } => self.lookup_record(key, deadline, reply),
+            Command::LocalRecord { key, reply } => {
+                let _ = reply.send(self.local_value(&key));
+            }
+            Command::SetCert { cert, reply } => {
+                let _ = reply.send(self.set_cert(cert));
+            }
             // Handled by the run loop; nothing to do if it ever arrives here.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -328,6 +357,7 @@ impl EventLoop {
             routing_table_size: self.routing_table_size(),
             joined: self.joined,
             gossip_dropped: self.gossip_dropped,
+            records_rejected: self.rejected.clone(),
         }
     }
 
@@ -356,39 +386,6 @@ impl EventLoop {
         }
     }
 
-    fn lookup_record(
-        &mut self,
-        peer: PeerId,
-        deadline: Instant,
-        reply: oneshot::Sender<Result<Option<NodeRecord>, Error>>,
-    ) {
-        if peer == self.local {
-            let _ = reply.send(Ok(Some(self.own_record())));
-            return;
-        }
-        if let Some(record) = self.records.get(&peer, std::time::Instant::now()) {
-            let _ = reply.send(Ok(Some(record)));
-            return;
-        }
-        if self.pending_records.len() >= MAX_PENDING_QUERIES {
-            let _ = reply.send(Err(Error::Busy));
-            return;
-        }
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_record(node_records::record_key(&peer));
-        self.pending_records.insert(
-            id,
-            RecordQuery {
-                peer,
-                deadline,
-                reply,
-            },
-        );
-    }
-
     /// Answers lookups whose caller's deadline has passed (or who stopped waiting) with what
     /// they have, and stops their kad queries; publishes queued withdrawals.
     fn sweep(&mut self) {
@@ -403,19 +400,7 @@ impl EventLoop {
         for id in expired {
             self.finish_providers(id);
         }
-        let expired: Vec<QueryId> = self
-            .pending_records
-            .iter()
-            .filter(|(_, q)| q.deadline <= now || q.reply.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(q) = self.pending_records.remove(&id) {
-                debug!(peer = %q.peer, "node record lookup timed out");
-                let _ = q.reply.send(Err(Error::Timeout));
-            }
-            self.stop_query(id);
-        }
+        self.sweep_gets(now);
     }
 
     pub(super) fn stop_query(&mut self, id: QueryId) {

@@ -6,13 +6,10 @@ use libp2p::{
     PeerId,
     kad::{self, QueryId, QueryResult},
 };
-use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::EventLoop;
-use super::join::{RECORD_REPUBLISH_INTERVAL, RECORD_RETRY_DELAY};
 use crate::Error;
-use crate::node_records;
 
 impl EventLoop {
     pub(super) fn on_query_progress(
@@ -42,18 +39,16 @@ impl EventLoop {
                 debug!(%error, "provider republish failed")
             }
             QueryResult::GetProviders(result) => self.on_providers(id, result, step.last),
-            QueryResult::GetRecord(result) => self.on_record(id, result, step.last),
+            QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
             QueryResult::PutRecord(result) if self.record_put_query == Some(id) => {
-                self.record_put_query = None;
-                match result {
-                    Ok(_) => {
-                        debug!("node record published");
-                        self.next_record_put = Some(Instant::now() + RECORD_REPUBLISH_INTERVAL);
-                    }
-                    Err(error) => {
-                        warn!(%error, "publishing our node record failed; retrying");
-                        self.next_record_put = Some(Instant::now() + RECORD_RETRY_DELAY);
-                    }
+                self.on_own_record_put(&result);
+            }
+            QueryResult::PutRecord(result) => {
+                if !self.on_put_record(id, &result)
+                    && let Err(error) = result
+                {
+                    // Bringing stale replicas up to date (see `finish_get`): best effort.
+                    debug!(%error, "record update failed");
                 }
             }
             QueryResult::RepublishRecord(Err(error)) => debug!(%error, "record republish failed"),
@@ -102,41 +97,5 @@ impl EventLoop {
             .collect();
         debug!(key = %query.key.short(), holders = holders.len(), "provider lookup done");
         let _ = query.reply.send(Ok(holders));
-    }
-
-    pub(super) fn on_record(&mut self, id: QueryId, result: kad::GetRecordResult, last: bool) {
-        let Some(query) = self.pending_records.get(&id) else {
-            return;
-        };
-        let peer = query.peer;
-        let answer = match result {
-            Ok(kad::GetRecordOk::FoundRecord(found)) => {
-                match node_records::verify(&peer, &found.record.value, node_records::unix_now()) {
-                    Ok(record) => {
-                        self.records
-                            .insert(peer, record.clone(), std::time::Instant::now());
-                        Some(Ok(Some(record)))
-                    }
-                    Err(error) => {
-                        debug!(%peer, from = ?found.peer, %error, "ignoring an invalid node record");
-                        None
-                    }
-                }
-            }
-            Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => Some(Ok(None)),
-            Err(kad::GetRecordError::NotFound { .. }) => Some(Ok(None)),
-            Err(kad::GetRecordError::Timeout { .. }) => Some(Err(Error::Timeout)),
-        };
-        let answer = match answer {
-            Some(answer) => answer,
-            None if last => Ok(None),
-            None => return,
-        };
-        if let Some(query) = self.pending_records.remove(&id) {
-            let _ = query.reply.send(answer);
-        }
-        if !last {
-            self.stop_query(id);
-        }
     }
 }

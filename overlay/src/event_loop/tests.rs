@@ -7,12 +7,24 @@ use libp2p::{
     identity::Keypair,
     kad::{self, RecordKey, store::RecordStore},
 };
-use reef_proto::{ContentKey, NodeRecord};
+use reef_proto::ContentKey;
+use reef_proto::records::{Capacity, NodeRecord, node_record_key, peer_id_bytes, seal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::*;
 use crate::behaviour::build_swarm;
+use crate::node_records::signing_key;
+use crate::validate::unix_ms;
+
+fn local_info(http: &str) -> LocalInfo {
+    LocalInfo {
+        http: http.into(),
+        region: "r".into(),
+        capacity: Capacity::default(),
+        cert: None,
+    }
+}
 
 fn event_loop() -> EventLoop {
     let keypair = Keypair::generate_ed25519();
@@ -22,12 +34,9 @@ fn event_loop() -> EventLoop {
     EventLoop::new(
         swarm,
         Parts {
-            keypair,
-            local_info: LocalInfo {
-                http: "h:1".into(),
-                provider: "p".into(),
-                region: "r".into(),
-            },
+            signer: signing_key(&keypair).unwrap(),
+            local_info: local_info("h:1"),
+            metrics: Metrics::default(),
             commands,
             joined_tx,
             started: Instant::now(),
@@ -36,25 +45,30 @@ fn event_loop() -> EventLoop {
     )
 }
 
-fn signed(keypair: &Keypair, claimed: PeerId, issued_at: u64) -> Vec<u8> {
+/// A node record of `keypair`'s node, issued at `issued_at` (unix ms).
+fn signed(keypair: &Keypair, issued_at: u64) -> Vec<u8> {
+    let key = signing_key(keypair).unwrap();
     let record = NodeRecord {
-        peer_id: claimed.to_bytes(),
+        peer_id: peer_id_bytes(&key.verifying_key().to_bytes()),
         http: "x:1".into(),
-        provider: "p".into(),
         region: "r".into(),
         listen_addrs: vec![],
-        issued_at,
+        capacity: Capacity::default(),
+        cert: None,
     };
-    node_records::sign(keypair, &record).unwrap()
+    seal(&key, &record, issued_at, issued_at + 60_000).unwrap()
+}
+
+fn key_of(peer: &PeerId) -> RecordKey {
+    RecordKey::new(&node_record_key(&peer.to_bytes()))
 }
 
 fn stored(el: &mut EventLoop, peer: &PeerId) -> Option<kad::Record> {
-    let key = node_records::record_key(peer);
     el.swarm
         .behaviour_mut()
         .kad
         .store_mut()
-        .get(&key)
+        .get(&key_of(peer))
         .map(|r| r.into_owned())
 }
 
@@ -64,22 +78,18 @@ async fn inbound_records_are_validated_before_storing() {
     let source = PeerId::random();
     let y = Keypair::generate_ed25519();
     let y_peer = y.public().to_peer_id();
-    let now = node_records::unix_now();
+    let now = unix_ms();
 
-    // Forged: X signs a record claiming to be Y.
+    // X's valid record offered under Y's key.
     let x = Keypair::generate_ed25519();
-    let forged = kad::Record::new(node_records::record_key(&y_peer), signed(&x, y_peer, now));
-    el.on_inbound_record(source, forged);
+    el.on_inbound_record(source, kad::Record::new(key_of(&y_peer), signed(&x, now)));
     assert!(stored(&mut el, &y_peer).is_none());
 
-    // Garbage under a node key, and anything under a key we do not know.
+    // Garbage under a node key, and anything under a key no record kind owns.
+    el.on_inbound_record(source, kad::Record::new(key_of(&y_peer), vec![1, 2, 3]));
     el.on_inbound_record(
         source,
-        kad::Record::new(node_records::record_key(&y_peer), vec![1, 2, 3]),
-    );
-    el.on_inbound_record(
-        source,
-        kad::Record::new(b"/other/key".to_vec(), signed(&y, y_peer, now)),
+        kad::Record::new(b"/other/key".to_vec(), signed(&y, now)),
     );
     assert!(stored(&mut el, &y_peer).is_none());
     assert_eq!(
@@ -87,31 +97,35 @@ async fn inbound_records_are_validated_before_storing() {
         0
     );
 
-    // Genuine: stored and cached.
-    let genuine = signed(&y, y_peer, now);
-    el.on_inbound_record(
-        source,
-        kad::Record::new(node_records::record_key(&y_peer), genuine.clone()),
+    // Genuine: stored (expiring with the record) and cached.
+    let genuine = signed(&y, now);
+    el.on_inbound_record(source, kad::Record::new(key_of(&y_peer), genuine.clone()));
+    let held = stored(&mut el, &y_peer).unwrap();
+    assert_eq!(held.value, genuine);
+    let expires = held.expires.unwrap();
+    assert!(expires <= std::time::Instant::now() + Duration::from_secs(60));
+    assert!(
+        el.records
+            .get(&y_peer, std::time::Instant::now(), now)
+            .is_some()
     );
-    assert_eq!(stored(&mut el, &y_peer).unwrap().value, genuine);
-    assert!(el.records.get(&y_peer, std::time::Instant::now()).is_some());
 
-    // An older (replayed) record does not replace the newer one.
-    let older = signed(&y, y_peer, now - 100);
-    el.on_inbound_record(
-        source,
-        kad::Record::new(node_records::record_key(&y_peer), older),
-    );
+    // The same record again is no attack; an older one is a replay and changes nothing.
+    el.on_inbound_record(source, kad::Record::new(key_of(&y_peer), genuine.clone()));
+    let older = signed(&y, now - 100);
+    el.on_inbound_record(source, kad::Record::new(key_of(&y_peer), older));
     assert_eq!(stored(&mut el, &y_peer).unwrap().value, genuine);
 
-    // Nobody else may write our own record.
-    let local = el.local;
-    let ours = signed(&y, local, now);
-    el.on_inbound_record(
-        source,
-        kad::Record::new(node_records::record_key(&local), ours),
+    let counted: Vec<(String, u64)> = el.rejected.clone().into_iter().collect();
+    assert_eq!(
+        counted,
+        [
+            ("node_record/garbage".to_string(), 1),
+            ("node_record/replay".to_string(), 1),
+            ("node_record/wrong_signer".to_string(), 1),
+            ("unknown/invalid".to_string(), 1),
+        ]
     );
-    assert!(stored(&mut el, &local).is_none());
 }
 
 #[tokio::test]
@@ -151,11 +165,8 @@ fn test_config(name: &str, bootstrap: Vec<Multiaddr>) -> crate::Config {
         bootstrap,
         mdns: false,
         peers_file: None,
-        local_record: LocalInfo {
-            http: format!("{name}:80"),
-            provider: "p".into(),
-            region: "r".into(),
-        },
+        local_record: local_info(&format!("{name}:80")),
+        metrics: Metrics::default(),
     }
 }
 
@@ -195,4 +206,21 @@ async fn keys_provided_before_joining_are_announced_on_join() {
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[test]
+fn our_record_is_republished_well_before_it_expires() {
+    use super::records::republish_delay;
+    let interval = Duration::from_secs(600);
+    let now = 1_700_000_000_000;
+    assert_eq!(republish_delay(interval, now + 3_600_000, now), interval);
+    // A certificate expiring in 4 minutes: again in 2.
+    assert_eq!(
+        republish_delay(interval, now + 240_000, now),
+        Duration::from_secs(120)
+    );
+    assert_eq!(
+        republish_delay(interval, now - 1, now),
+        Duration::from_secs(1)
+    );
 }

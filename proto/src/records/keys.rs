@@ -1,7 +1,7 @@
 //! DHT keys. Each kind has its own prefix, so keys of different kinds can never collide and
 //! a node receiving a `PutRecord` knows from the key alone which kind to open the value as.
 //! The `v1` is the envelope version: a future format gets fresh keys instead of fighting over
-//! the old ones (today's unversioned `/reef/node/…` keys included).
+//! the old ones (the unversioned `/reef/node/…` keys of earlier builds included).
 
 use super::{Kind, Opened, Record, RecordError, open};
 use crate::ContentKey;
