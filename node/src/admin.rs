@@ -25,6 +25,7 @@ pub struct AdminState {
     pub overlay: reef_overlay::Client,
     pub store: Store,
     pub announcer: crate::fetch::Announcer,
+    pub fetcher: crate::fetch::Fetcher,
     pub purger: crate::purge::Purger,
     /// Whom this node belongs to.
     pub provider: ProviderStatus,
@@ -51,6 +52,9 @@ struct StatusBody {
     /// Per service with a storage quota: the quota, bytes stored, and objects refused.
     quotas: BTreeMap<String, reef_cache::QuotaStats>,
     announcements: crate::fetch::AnnounceStats,
+    /// Bodies from peers that did not match their ContentRecord (each peer is then avoided
+    /// for that content).
+    peer_bodies_rejected: u64,
     purges: crate::purge::PurgeStats,
     /// Gossip messages dropped because their consumer was behind.
     gossip_dropped: u64,
@@ -113,6 +117,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         cache: state.store.stats(),
         quotas: state.store.quotas(),
         announcements: state.announcer.stats(),
+        peer_bodies_rejected: state.fetcher.verify_failures(),
         purges: state.purger.stats(),
         gossip_dropped: overlay.gossip_dropped,
         records_rejected: overlay.records_rejected,

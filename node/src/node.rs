@@ -88,6 +88,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             StartError::Runtime(format!("cannot open cache in {}: {e}", cache_dir.display()))
         })?;
 
+    // Signs what this node vouches for in the DHT, such as the ContentRecords of what it
+    // fetched from origins.
+    let signer = reef_overlay::signing_key(&keypair).map_err(|e| input("node key", &e))?;
     let mut registry = Registry::default();
     let overlay = reef_overlay::spawn(reef_overlay::Config {
         keypair,
@@ -126,7 +129,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
 
     let upstreams =
         Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
-    let announcer = Announcer::new(overlay.clone());
+    let announcer = Announcer::new(overlay.clone(), signer);
     let local = LocalInfo {
         provider: membership.id,
         region: config.region.clone(),
@@ -138,7 +141,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         local,
         announcer.clone(),
     );
-    let edge = Arc::new(Edge::new(fetcher, upstreams, &short));
+    let edge = Arc::new(Edge::new(fetcher.clone(), upstreams, &short));
 
     let status = overlay
         .status()
@@ -170,6 +173,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         overlay: overlay.clone(),
         store: store.clone(),
         announcer: announcer.clone(),
+        fetcher,
         purger,
         provider: membership,
         registry,

@@ -46,7 +46,7 @@ pub use config::{Config, LocalInfo};
 pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 pub use metrics::{Metrics, RejectLabels};
-pub use node_records::NodeInfo;
+pub use node_records::{NodeInfo, signing_key};
 
 /// Binding a socket is local and quick; if it takes this long something is badly wrong.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);

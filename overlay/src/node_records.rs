@@ -54,7 +54,7 @@ impl NodeInfo {
 
 /// The node's own signing key for envelopes: the ed25519 secret of its libp2p key (the same
 /// public key, so the record's signer is the node's peer id).
-pub(crate) fn signing_key(keypair: &Keypair) -> Result<SigningKey, Error> {
+pub fn signing_key(keypair: &Keypair) -> Result<SigningKey, Error> {
     let ed = keypair
         .clone()
         .try_into_ed25519()

@@ -15,3 +15,4 @@ mod semantics;
 mod support;
 mod tls;
 mod vary;
+mod verify;

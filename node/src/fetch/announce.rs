@@ -1,9 +1,12 @@
-//! Telling the DHT that we hold an object, off the request path and with bounded effort.
+//! Telling the DHT that we hold an object, off the request path and with bounded effort; for
+//! an object fetched from its origin, first publishing the signed ContentRecord that lets
+//! other nodes verify the copies they fetch from peers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use reef_proto::ContentKey;
+use reef_proto::records::{ContentRecord, Record, SigningKey, content_record_key, seal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -14,6 +17,7 @@ const MAX_CONCURRENT_ANNOUNCES: usize = 64;
 #[derive(Clone)]
 pub struct Announcer {
     overlay: reef_overlay::Client,
+    signer: Arc<SigningKey>,
     permits: Arc<Semaphore>,
     counts: Arc<Counts>,
 }
@@ -36,9 +40,10 @@ pub struct AnnounceStats {
 }
 
 impl Announcer {
-    pub fn new(overlay: reef_overlay::Client) -> Self {
+    pub fn new(overlay: reef_overlay::Client, signer: SigningKey) -> Self {
         Self {
             overlay,
+            signer: Arc::new(signer),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_ANNOUNCES)),
             counts: Arc::default(),
         }
@@ -54,16 +59,30 @@ impl Announcer {
         }
     }
 
-    pub fn announce(&self, key: ContentKey) {
+    /// Announces `key`; with `record` (for a body fetched from the origin) publishes it first, so
+    /// that whoever finds us as a holder can also find what our body must hash to.
+    pub fn announce(&self, key: ContentKey, record: Option<ContentRecord>) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             warn!(key = %key.short(), "too many announcements in flight; skipping this one");
             self.counts.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        tokio::spawn(self.clone().provide(key, permit));
+        tokio::spawn(self.clone().provide(key, record, permit));
     }
 
-    async fn provide(self, key: ContentKey, permit: OwnedSemaphorePermit) {
+    async fn provide(
+        self,
+        key: ContentKey,
+        record: Option<ContentRecord>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        if let Some(record) = record
+            && let Err(e) = self.publish(&record).await
+        {
+            // Peers cannot verify our copy without it; they fetch elsewhere. Still announce:
+            // an older record for the same body may be out there.
+            debug!(key = %key.short(), error = %e, "publishing the content record failed");
+        }
         match self.overlay.provide(key).await {
             Ok(()) => self.counts.done.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
@@ -72,6 +91,21 @@ impl Announcer {
             }
         };
         drop(permit);
+    }
+
+    async fn publish(&self, record: &ContentRecord) -> Result<(), String> {
+        let now = crate::provider::unix_ms();
+        let sealed = seal(
+            &self.signer,
+            record,
+            now,
+            now + ContentRecord::MAX_LIFETIME_MS,
+        )
+        .map_err(|e| e.to_string())?;
+        self.overlay
+            .put_record(content_record_key(&record.key), sealed)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Re-announces every stored object, a bounded number at a time (used once at start).

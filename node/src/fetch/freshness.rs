@@ -58,21 +58,27 @@ pub(super) fn fresh_enough(meta: &Meta, policy_req: &request::Parts, now: System
     {
         return false;
     }
-    let mut reload = policy_req.clone();
-    let kept: Vec<String> = directives(&policy_req.headers)
-        .filter(|(name, _)| name != "max-age")
-        .map(|(name, value)| match value {
-            Some(v) => format!("{name}={v}"),
-            None => name,
+    let reload = without_directive(policy_req, "max-age");
+    fresh(&reload)
+}
+
+/// `request` without the `Cache-Control` directive `name`.
+pub(super) fn without_directive(request: &request::Parts, name: &str) -> request::Parts {
+    let mut out = request.clone();
+    let kept: Vec<String> = directives(&request.headers)
+        .filter(|(directive, _)| directive != name)
+        .map(|(directive, value)| match value {
+            Some(v) => format!("{directive}={v}"),
+            None => directive,
         })
         .collect();
-    reload.headers.remove(header::CACHE_CONTROL);
+    out.headers.remove(header::CACHE_CONTROL);
     if let Ok(v) = HeaderValue::from_str(&kept.join(", "))
         && !kept.is_empty()
     {
-        reload.headers.insert(header::CACHE_CONTROL, v);
+        out.headers.insert(header::CACHE_CONTROL, v);
     }
-    fresh(&reload)
+    out
 }
 
 /// `request` plus the conditional fields that ask whether our stored copy is still current.

@@ -11,8 +11,10 @@ mod serve;
 mod source;
 pub mod upstream;
 mod vary;
+mod verify;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,13 +24,14 @@ use http_body_util::BodyExt;
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
 use reef_cache::{Fill, Meta, Outcome, Store};
+use reef_proto::records::{ContentRecord, content_record_key, open};
 use reef_proto::{CanonicalUrl, ContentKey};
 use tracing::{Instrument, debug, info_span, warn};
 
 use freshness::{
     asked_request, fresh_enough, has_directive, has_validators, new_policy, policy_request,
     policy_view, refresh_headers, stale_if_error_allows, stale_while_revalidate_allows,
-    with_validators,
+    with_validators, without_directive,
 };
 use serve::{pass_through, serve_hit, serve_tail, stored_head};
 
@@ -82,6 +85,9 @@ struct Inner {
     /// Where each in-progress fill gets its bytes, so coalesced followers can say so too.
     /// Bounded by the number of fills in progress: entries leave when the fill ends.
     fill_sources: Mutex<HashMap<ContentKey, Source>>,
+    /// Peers that served a body not matching its ContentRecord, per key.
+    bad_holders: verify::BadHolders,
+    verify_failures: AtomicU64,
 }
 
 impl Fetcher {
@@ -100,6 +106,8 @@ impl Fetcher {
                 local,
                 announcer,
                 fill_sources: Mutex::new(HashMap::new()),
+                bad_holders: verify::BadHolders::default(),
+                verify_failures: AtomicU64::new(0),
             }),
         }
     }
@@ -339,7 +347,7 @@ impl Fetcher {
         index.vary = Some(names);
         let key = guard.key();
         match guard.put_bodiless(index).await {
-            Ok(()) => self.inner.announcer.announce(key),
+            Ok(()) => self.inner.announcer.announce(key, None),
             Err(e) => warn!(key = %key.short(), error = %e, "cannot store the variant index"),
         }
     }
@@ -423,10 +431,13 @@ impl Fetcher {
                     Ok(()) => match writer.commit().await {
                         Ok(meta) => {
                             debug!(bytes = meta.body_len, "stored");
-                            fetcher.inner.announcer.announce(store_key);
+                            // Only the node that fetched from the origin vouches for the bytes.
+                            let record = (source == Source::Origin)
+                                .then(|| content_record(store_key, &meta));
+                            fetcher.inner.announcer.announce(store_key, record);
                         }
                         // Served in full to everyone reading it; the cache logged why.
-                        Err(reef_cache::Error::OverQuota { .. }) => {}
+                        Err(reef_cache::Error::OverQuota { .. } | reef_cache::Error::Purged) => {}
                         Err(e) => warn!(error = %e, "commit failed"),
                     },
                     Err(reason) => warn!(%reason, "upstream body failed; nothing stored"),
@@ -469,7 +480,7 @@ impl Fetcher {
             if let Some(g) = index_guard {
                 match g.put_bodiless(index).await {
                     // Announced so that other nodes learn from us that the URL varies.
-                    Ok(()) => self.inner.announcer.announce(primary),
+                    Ok(()) => self.inner.announcer.announce(primary, None),
                     Err(e) => {
                         warn!(key = %primary.short(), error = %e, "cannot store the variant index");
                     }
@@ -588,7 +599,14 @@ impl Fetcher {
             }
         };
         let local = &self.inner.local;
-        for holder in holders::rank(holders, local.provider, &local.region) {
+        let holders: Vec<_> = holders::rank(holders, local.provider, &local.region)
+            .into_iter()
+            .filter(|h| !self.inner.bad_holders.is_bad(&key, &h.peer))
+            .collect();
+        // Looked up only when there is a peer copy to check; None sends us to the origin, as a
+        // copy nobody vouches for could be anything.
+        let mut expected = None;
+        for holder in holders {
             let peer = holder.peer;
             match self
                 .inner
@@ -605,15 +623,34 @@ impl Fetcher {
                 }
                 Ok(resp) if resp.status() == StatusCode::OK => {
                     let (head, body) = resp.into_parts();
-                    if self.fresh_for(policy_req, &head) {
-                        debug!(%peer, key = %key.short(), "fetching from peer");
-                        return Ok(Upstream {
-                            head,
-                            body: boxed(body),
-                            source: Source::Peer,
-                        });
+                    if !self.fresh_for(policy_req, &head) {
+                        debug!(%peer, key = %key.short(), "peer copy not fresh enough; skipping");
+                        continue;
                     }
-                    debug!(%peer, key = %key.short(), "peer copy not fresh enough; skipping");
+                    if expected.is_none() {
+                        expected = Some(self.expected_body(key).await);
+                    }
+                    let Some(Some(want)) = expected else {
+                        debug!(key = %key.short(), "no content record; not trusting peer copies");
+                        break;
+                    };
+                    let scratch = self.inner.store.scratch_dir();
+                    match verify::download(boxed(body), want, &scratch).await {
+                        Ok(file) => {
+                            debug!(%peer, key = %key.short(), "fetched and verified from peer");
+                            return Ok(Upstream {
+                                head,
+                                body: body::from_file(file, want.len),
+                                source: Source::Peer,
+                            });
+                        }
+                        Err(e) if e.is_mismatch() => {
+                            warn!(%peer, key = %key.short(), error = %e, "peer served a wrong body; not asking it for this again");
+                            self.inner.bad_holders.mark(key, peer);
+                            self.inner.verify_failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => debug!(%peer, error = %e, "peer body failed; trying next"),
+                    }
                 }
                 Ok(resp) => debug!(%peer, status = %resp.status(), "peer does not have it"),
                 Err(reason) => debug!(%peer, %reason, "peer fetch failed; trying next"),
@@ -623,8 +660,40 @@ impl Fetcher {
         Ok(Upstream::new(response, Source::Origin))
     }
 
+    /// The body length and hash the DHT's ContentRecord for `key` promises, if any.
+    async fn expected_body(&self, key: ContentKey) -> Option<verify::Expected> {
+        let value = match self
+            .inner
+            .overlay
+            .get_record(content_record_key(&key))
+            .await
+        {
+            Ok(Some(value)) => value,
+            Ok(None) => return None,
+            Err(e) => {
+                debug!(key = %key.short(), error = %e, "content record lookup failed");
+                return None;
+            }
+        };
+        // The overlay validated it already; opening it again gives us its fields.
+        let record = open::<ContentRecord>(&value, crate::provider::unix_ms()).ok()?;
+        let record = record.record();
+        (record.key == key).then_some(verify::Expected {
+            hash: record.body_hash,
+            len: record.body_len,
+        })
+    }
+
+    /// Peer bodies that did not match their ContentRecord, since start.
+    pub fn verify_failures(&self) -> u64 {
+        self.inner.verify_failures.load(Ordering::Relaxed)
+    }
+
     fn fresh_for(&self, policy_req: &request::Parts, head: &response::Parts) -> bool {
         let now = SystemTime::now();
+        // A client's `no-store` forbids keeping the response, not using a fresh one; the crate
+        // would call a response to such a request unstorable and so never fresh.
+        let policy_req = &without_directive(policy_req, "no-store");
         let policy = new_policy(policy_req, head, now);
         matches!(
             policy.before_request(policy_req, now),
@@ -827,6 +896,23 @@ fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
     match fetched {
         Ok(served) => served.head.status.is_server_error(),
         Err(e) => e.status().is_server_error(),
+    }
+}
+
+/// What a node that fetched `meta`'s body from the origin signs, so peers can verify copies.
+fn content_record(key: ContentKey, meta: &Meta) -> ContentRecord {
+    let field = |name: &str| {
+        meta.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    };
+    ContentRecord {
+        key,
+        body_hash: meta.body_hash,
+        body_len: meta.body_len,
+        etag: field("etag"),
+        last_modified: field("last-modified"),
     }
 }
 
