@@ -68,6 +68,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/status", get(status))
         .route("/api/holders", get(holders))
         .route("/api/node", get(node))
+        .route("/api/offers", get(offers))
         .route("/metrics", get(metrics))
         .route(
             "/api/purge",
@@ -217,6 +218,39 @@ struct HoldersBody {
 }
 
 /// Which nodes the DHT says hold a URL, and how long the lookup took.
+#[derive(Deserialize)]
+struct OffersQuery {
+    region: String,
+}
+
+#[derive(Serialize)]
+struct OffersBody {
+    region: String,
+    lookup_ms: f64,
+    offers: Vec<crate::offers::OfferView>,
+}
+
+/// Runs a discovery: the verified capacity offers of every provider serving `region`.
+async fn offers(State(state): State<Arc<AdminState>>, Query(q): Query<OffersQuery>) -> Response {
+    if q.region.is_empty() || q.region.len() > reef_proto::records::MAX_REGION_LEN {
+        return (StatusCode::BAD_REQUEST, "region must be 1 to 32 bytes\n").into_response();
+    }
+    let started = std::time::Instant::now();
+    match crate::offers::discover(&state.overlay, &q.region, state.provider.id).await {
+        Ok(offers) => Json(OffersBody {
+            region: q.region,
+            lookup_ms: started.elapsed().as_secs_f64() * 1e3,
+            offers,
+        })
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("discovery failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn holders(State(state): State<Arc<AdminState>>, Query(q): Query<HoldersQuery>) -> Response {
     let url = match CanonicalUrl::parse(&q.url) {
         Ok(url) => url,

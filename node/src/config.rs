@@ -63,6 +63,8 @@ pub struct FileConfig {
     /// Per-service settings, keyed by hostname (case-insensitive, no port).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
+    /// The spare capacity this provider lends; published by a node with a provider key.
+    pub offer: Option<crate::offers::OfferConfig>,
 }
 
 /// One `[services."HOST"]` table.
@@ -107,6 +109,7 @@ pub struct Config {
     pub origin_timeout: Duration,
     /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
     pub services: BTreeMap<String, Service>,
+    pub offer: Option<crate::offers::OfferConfig>,
 }
 
 /// Settings of one service (tenant).
@@ -136,6 +139,7 @@ impl Config {
             cache_size: DEFAULT_CACHE_SIZE,
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
             services: BTreeMap::new(),
+            offer: None,
         }
     }
 
@@ -167,6 +171,9 @@ impl Config {
         }
         if file.provider_key.is_some() {
             self.provider_key = file.provider_key;
+        }
+        if file.offer.is_some() {
+            self.offer = file.offer;
         }
         if let Some(v) = file.capacity_rps {
             self.capacity_rps = positive("capacity_rps", v)?;

@@ -16,6 +16,7 @@ pub mod fetch_cmd;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod offers;
 pub mod provider;
 pub mod purge;
 pub mod runtime_file;

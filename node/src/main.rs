@@ -199,6 +199,8 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         cache_size: args.cache_size.map(toml::Value::String),
         origin_timeout: args.origin_timeout,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
+        // Offers are policy: they come from the config file only.
+        offer: None,
     };
     let config = Config::defaults()
         .with_file(file)

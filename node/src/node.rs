@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::offers;
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
 use crate::{identity, runtime_file};
@@ -47,6 +48,20 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let certifier = match &config.provider_key {
         Some(path) => Some(provider::load(path).map_err(|e| input("--provider-key", &e))?),
         None => None,
+    };
+    // Checked before anything starts, so a bad `[offer]` is a clear exit 2.
+    let offer = match (&config.offer, &certifier) {
+        (Some(offer), Some(p)) => Some((
+            p.clone(),
+            offer.to_record(p).map_err(|e| input("[offer]", &e))?,
+        )),
+        (Some(_), None) => {
+            return Err(input(
+                "[offer]",
+                &"publishing an offer needs --provider-key",
+            ));
+        }
+        (None, _) => None,
     };
     let membership = membership(
         certifier.as_ref(),
@@ -119,6 +134,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     })?;
     let registry = Arc::new(registry);
     let renewal = certifier.map(|p| provider::spawn_renewal(p, peer_id, overlay.clone()));
+    let offer_task = offer.map(|(p, record)| offers::spawn_publisher(p, record, overlay.clone()));
     // Subscribed before joining, so no notice published after we join passes us by.
     let notices = overlay
         .subscribe(reef_proto::PURGE_TOPIC, purge::NOTICE_QUEUE)
@@ -197,6 +213,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     info!("shutting down");
     let _ = stop_tx.send(true);
     reannounce.abort();
+    if let Some(task) = offer_task {
+        task.abort();
+    }
     if let Some(renewal) = renewal {
         renewal.abort();
     }

@@ -43,6 +43,13 @@ pub fn region_key(region: &str) -> Vec<u8> {
     key(REGION, region.as_bytes())
 }
 
+/// The 32-byte key nodes announce themselves under (kad provider records) for a region of
+/// their provider's offer: blake3 of [`region_key`], as the overlay keys every announcement
+/// like a content key.
+pub fn region_announce_key(region: &str) -> ContentKey {
+    ContentKey::from_bytes(*blake3::hash(&region_key(region)).as_bytes())
+}
+
 /// The kind of record stored under `dht_key`, or `None` if no record belongs there (a region
 /// key holds provider announcements only; anything else is not ours).
 pub fn kind_of_key(dht_key: &[u8]) -> Option<Kind> {

@@ -72,7 +72,7 @@ pub use identity::{
 };
 pub use keys::{
     content_record_key, key_belongs, kind_of_key, node_record_key, offer_key, open_under_key,
-    region_key,
+    region_announce_key, region_key,
 };
 pub use kind::Kind;
 pub use load::{LoadReport, MAX_HIT_RATIO_PERMILLE, MAX_UTILISATION_PERMILLE};
