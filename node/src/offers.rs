@@ -49,14 +49,7 @@ impl OfferConfig {
             min_duration_s: self.min_duration_s,
             max_duration_s: self.max_duration_s,
         };
-        let now = unix_ms();
-        seal(
-            provider.key.signing_key(),
-            &offer,
-            now,
-            now + OFFER_LIFETIME.as_millis() as u64,
-        )
-        .map_err(|e| format!("the offer would be rejected: {e}"))?;
+        sealed(provider, &offer).map_err(|e| format!("the offer would be rejected: {e}"))?;
         Ok(offer)
     }
 }
@@ -94,16 +87,9 @@ async fn publish(
         .wait_joined(Duration::from_secs(60))
         .await
         .map_err(|e| e.to_string())?;
-    let now = unix_ms();
-    let sealed = seal(
-        provider.key.signing_key(),
-        offer,
-        now,
-        now + OFFER_LIFETIME.as_millis() as u64,
-    )
-    .map_err(|e| e.to_string())?;
+    let value = sealed(provider, offer).map_err(|e| e.to_string())?;
     overlay
-        .put_record(offer_key(&offer.provider), sealed)
+        .put_record(offer_key(&offer.provider), value)
         .await
         .map_err(|e| e.to_string())?;
     for region in &offer.regions {
@@ -113,6 +99,16 @@ async fn publish(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// `offer` signed by its provider, valid from now for [`OFFER_LIFETIME`].
+fn sealed(
+    provider: &ProviderIdentity,
+    offer: &CapacityOffer,
+) -> Result<Vec<u8>, reef_proto::records::RecordError> {
+    let now = unix_ms();
+    let until = now + OFFER_LIFETIME.as_millis() as u64;
+    seal(provider.key.signing_key(), offer, now, until)
 }
 
 /// A verified offer, as the admin API shows it.
