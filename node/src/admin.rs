@@ -1,5 +1,5 @@
-//! The admin API: `/healthz`, `/api/status`, `/api/holders?url=` and `POST /api/purge` (more
-//! operator surfaces come later).
+//! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `POST /api/purge` and
+//! `/api/load` (more operator surfaces come later).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ pub struct AdminState {
     pub store: Store,
     pub announcer: crate::fetch::Announcer,
     pub purger: crate::purge::Purger,
+    pub load: crate::load::Load,
     pub provider: String,
     pub region: String,
     pub http: SocketAddr,
@@ -47,6 +48,25 @@ struct StatusBody {
     purges: crate::purge::PurgeStats,
     /// Gossip messages dropped because their consumer was behind.
     gossip_dropped: u64,
+    /// Load gossip: our own figures, the table's size, and what was received and rejected.
+    load: crate::load::LoadStats,
+    gossip: GossipBody,
+}
+
+/// Gossip traffic and peer scores (see `reef_overlay::Traffic` for exactly what is counted).
+#[derive(Serialize)]
+struct GossipBody {
+    /// Message bytes received / sent over all topics.
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The same per topic, with message counts.
+    topics: BTreeMap<String, reef_overlay::TopicTraffic>,
+    /// All libp2p stream bytes, every protocol (gossip control messages included).
+    streams_in: u64,
+    streams_out: u64,
+    /// Gossipsub score of each connected peer; below the graylist threshold a peer is ignored.
+    scores: BTreeMap<String, f64>,
+    graylist_threshold: f64,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -54,6 +74,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
         .route("/api/holders", get(holders))
+        .route("/api/load", get(load))
         .route(
             "/api/purge",
             post(purge).layer(DefaultBodyLimit::max(PURGE_BODY_LIMIT)),
@@ -89,6 +110,16 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
                 .into_response();
         }
     };
+    let (bytes_in, bytes_out) = overlay.traffic.gossip_bytes();
+    let gossip = GossipBody {
+        bytes_in,
+        bytes_out,
+        topics: overlay.traffic.gossip,
+        streams_in: overlay.traffic.streams_in,
+        streams_out: overlay.traffic.streams_out,
+        scores: overlay.gossip_scores,
+        graylist_threshold: reef_overlay::GRAYLIST_THRESHOLD,
+    };
     Json(StatusBody {
         peer_id: overlay.peer_id,
         provider: state.provider.clone(),
@@ -104,8 +135,15 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         announcements: state.announcer.stats(),
         purges: state.purger.stats(),
         gossip_dropped: overlay.gossip_dropped,
+        load: state.load.stats(),
+        gossip,
     })
     .into_response()
+}
+
+/// Every node's latest load report (ourselves included) and the sums per provider.
+async fn load(State(state): State<Arc<AdminState>>) -> Json<crate::load::LoadView> {
+    Json(state.load.view())
 }
 
 /// How many holders `/api/holders` lists; the fetch path asks for as many.

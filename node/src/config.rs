@@ -14,6 +14,11 @@ use serde::Deserialize;
 pub const DEFAULT_CACHE_SIZE: u64 = 1 << 30;
 /// How long an origin may take to send response headers before the client gets 504.
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Requests per second a node is assumed to handle when the operator does not say: a modest
+/// machine serving mostly cached objects. Utilisation in load reports is measured against it.
+pub const DEFAULT_CAPACITY_RPS: u32 = 1000;
+/// Egress a node is assumed to have when the operator does not say: a 1 Gbit/s port.
+pub const DEFAULT_CAPACITY_MBPS: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +56,10 @@ pub struct FileConfig {
     pub cache_size: Option<toml::Value>,
     /// Seconds.
     pub origin_timeout: Option<f64>,
+    /// Requests per second this node can serve (utilisation is measured against it).
+    pub capacity_rps: Option<u32>,
+    /// Egress this node can send, in Mbit/s (10^6 bits per second).
+    pub capacity_mbps: Option<u32>,
     /// Per-service settings, keyed by hostname (case-insensitive, no port).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
@@ -91,6 +100,10 @@ pub struct Config {
     pub mdns: bool,
     pub cache_size: u64,
     pub origin_timeout: Duration,
+    /// Requests per second the node can serve; at least 1.
+    pub capacity_rps: u32,
+    /// Egress the node can send, Mbit/s; at least 1.
+    pub capacity_mbps: u32,
     /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
     pub services: BTreeMap<String, Service>,
 }
@@ -118,6 +131,8 @@ impl Config {
             mdns: false,
             cache_size: DEFAULT_CACHE_SIZE,
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
+            capacity_rps: DEFAULT_CAPACITY_RPS,
+            capacity_mbps: DEFAULT_CAPACITY_MBPS,
             services: BTreeMap::new(),
         }
     }
@@ -162,6 +177,12 @@ impl Config {
         }
         if let Some(secs) = file.origin_timeout {
             self.origin_timeout = parse_secs("origin_timeout", secs)?;
+        }
+        if let Some(v) = file.capacity_rps {
+            self.capacity_rps = positive("capacity_rps", v)?;
+        }
+        if let Some(v) = file.capacity_mbps {
+            self.capacity_mbps = positive("capacity_mbps", v)?;
         }
         // Per host: a later layer replaces only the settings it gives.
         let mut seen = HashSet::new();
@@ -235,6 +256,17 @@ fn size_value(v: toml::Value) -> Result<u64, String> {
     }
 }
 
+/// A capacity: utilisation divides by it, so 0 is refused.
+fn positive(field: &'static str, v: u32) -> Result<u32, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(v)
+}
+
 pub(crate) fn parse_secs(field: &'static str, secs: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(secs)
         .ok()
@@ -299,16 +331,34 @@ mod tests {
             provider = "acme"
             cache_size = "2GiB"
             origin_timeout = 2.5
+            capacity_rps = 250
+            capacity_mbps = 10000
             "#,
         )
         .unwrap();
-        let c = Config::defaults().with_file(file).unwrap();
+        let defaults = Config::defaults();
+        assert_eq!(
+            (defaults.capacity_rps, defaults.capacity_mbps),
+            (1000, 1000)
+        );
+        let c = defaults.with_file(file).unwrap();
+        assert_eq!((c.capacity_rps, c.capacity_mbps), (250, 10_000));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.http.port(), 80);
         assert_eq!(c.bootstrap.len(), 1);
         assert_eq!(c.provider.as_deref(), Some("acme"));
         assert_eq!(c.cache_size, 2 << 30);
         assert_eq!(c.origin_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn zero_capacity_is_rejected() {
+        for text in ["capacity_rps = 0", "capacity_mbps = 0"] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let e = Config::defaults().with_file(file).unwrap_err().to_string();
+            assert!(e.contains("capacity") && e.contains("at least 1"), "{e}");
+        }
+        assert!(toml::from_str::<FileConfig>("capacity_rps = -1").is_err());
     }
 
     #[test]

@@ -90,6 +90,14 @@ struct RunArgs {
     /// object that would exceed it is served but not stored.
     #[arg(long, value_name = "HOST=SIZE")]
     quota: Vec<String>,
+    /// Requests per second this node can serve; its reported utilisation is measured against
+    /// it [default: 1000].
+    #[arg(long, value_name = "N")]
+    capacity_rps: Option<u32>,
+    /// Egress this node can send, in Mbit/s; its reported utilisation is measured against it
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    capacity_mbps: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -159,6 +167,8 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         mdns: args.mdns.then_some(true),
         cache_size: args.cache_size.map(toml::Value::String),
         origin_timeout: args.origin_timeout,
+        capacity_rps: args.capacity_rps,
+        capacity_mbps: args.capacity_mbps,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
     };
     let config = Config::defaults()

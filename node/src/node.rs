@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reef_overlay::Multiaddr;
+use reef_proto::records::LOAD_TOPIC;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -13,6 +14,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::load::{self, Load};
 use crate::purge::{self, Purger};
 use crate::{identity, runtime_file};
 
@@ -34,6 +36,7 @@ pub enum StartError {
 pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), StartError> {
     let input = |what: &str, e: &dyn std::fmt::Display| StartError::Input(format!("{what}: {e}"));
     let keypair = identity::load_or_create(&config.data_dir).map_err(|e| input("node key", &e))?;
+    let signing_key = identity::signing_key(&keypair).map_err(|e| input("node key", &e))?;
     let peer_id = keypair.public().to_peer_id();
     let short = short_peer(&peer_id.to_string());
     let provider = config
@@ -86,6 +89,19 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to purge notices: {e}")))?;
     let purger = Purger::new(store.clone(), overlay.clone(), provider.clone());
     let purge_task = purger.listen(notices);
+    let load_config = load::Config {
+        capacity_rps: config.capacity_rps,
+        capacity_mbps: config.capacity_mbps,
+        // TODO(provider certificates): the node's sealed ProviderCert goes here, so that its
+        // load counts toward its provider instead of a provider of its own.
+        cert: None,
+    };
+    let load = Load::new(load_config, overlay.clone());
+    let reports = overlay
+        .subscribe(LOAD_TOPIC, load::REPORT_QUEUE)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot subscribe to load reports: {e}")))?;
+    let load_task = load.start(signing_key, reports);
 
     let upstreams =
         Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
@@ -101,7 +117,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         local,
         announcer.clone(),
     );
-    let edge = Arc::new(Edge::new(fetcher, upstreams, &short));
+    let edge = Arc::new(Edge::new(fetcher, upstreams, &short, load.meter()));
 
     let status = overlay
         .status()
@@ -131,6 +147,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         store: store.clone(),
         announcer: announcer.clone(),
         purger,
+        load,
         provider,
         region: config.region.clone(),
         http: http_addr,
@@ -158,6 +175,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     // It ends by itself once the overlay has dropped its queue; this only stops one that
     // still waits for a free check slot.
     purge_task.abort();
+    // Likewise ends once the overlay is gone; this stops one between two ticks.
+    load_task.abort();
     runtime_file::remove(&config.data_dir);
     info!("stopped");
     Ok(())

@@ -1,9 +1,11 @@
 //! The cloneable handle through which the rest of the node talks to the overlay.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use libp2p::PeerId;
+use libp2p::{PeerId, metrics::Registry};
 use reef_proto::{ContentKey, NodeRecord};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::behaviour::KAD_QUERY_TIMEOUT;
 use crate::gossip::{Acceptance, GossipMessage, MessageHandle, Published};
+use crate::traffic::{self, Traffic};
 
 /// Commands queued for the event loop; a full queue applies back-pressure to callers.
 pub(crate) const COMMAND_QUEUE: usize = 64;
@@ -103,6 +106,10 @@ pub struct Status {
     pub joined: bool,
     /// Gossip messages dropped because their subscriber's queue was full.
     pub gossip_dropped: u64,
+    /// Gossipsub score of each connected peer that has one (see [`crate::GRAYLIST_THRESHOLD`]).
+    pub gossip_scores: BTreeMap<String, f64>,
+    /// Gossip and stream bytes since start.
+    pub traffic: Traffic,
 }
 
 /// Handle to the overlay's event loop. Cheap to clone; the loop ends when the last clone is
@@ -112,6 +119,8 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     joined: watch::Receiver<bool>,
+    /// libp2p's own counters (gossipsub, bandwidth); read, never written, outside the loop.
+    metrics: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Client {
@@ -127,11 +136,13 @@ impl Client {
         commands: mpsc::Sender<Command>,
         local_peer_id: PeerId,
         joined: watch::Receiver<bool>,
+        metrics: Arc<Registry>,
     ) -> Self {
         Self {
             commands,
             local_peer_id,
             joined,
+            metrics,
         }
     }
 
@@ -140,8 +151,16 @@ impl Client {
     }
 
     pub async fn status(&self) -> Result<Status, Error> {
-        self.request(|reply| Command::Status { reply }, COMMAND_TIMEOUT)
-            .await
+        let mut status = self
+            .request(|reply| Command::Status { reply }, COMMAND_TIMEOUT)
+            .await?;
+        status.traffic = self.traffic();
+        Ok(status)
+    }
+
+    /// Gossip and stream byte counters since start (read here, not in the event loop).
+    pub fn traffic(&self) -> Traffic {
+        traffic::read(&self.metrics)
     }
 
     /// Resolves once the node has joined: at least one peer connected and one kad bootstrap

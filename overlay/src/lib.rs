@@ -22,8 +22,11 @@ mod event_loop;
 mod gossip;
 mod node_records;
 mod peers_file;
+mod scoring;
+mod traffic;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,6 +40,8 @@ pub use client::{Client, Holder, Status};
 pub use config::{Config, LocalInfo};
 pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
+pub use scoring::{GOSSIP_THRESHOLD, GRAYLIST_THRESHOLD, PUBLISH_THRESHOLD};
+pub use traffic::{TopicTraffic, Traffic};
 
 /// Binding a socket is local and quick; if it takes this long something is badly wrong.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +66,8 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
         None => Vec::new(),
     };
 
-    let mut swarm = behaviour::build_swarm(config.keypair.clone(), config.mdns)?;
+    let mut registry = libp2p::metrics::Registry::default();
+    let mut swarm = behaviour::build_swarm(config.keypair.clone(), config.mdns, &mut registry)?;
     let local = *swarm.local_peer_id();
     let mut waiting = HashSet::new();
     for addr in &config.listen {
@@ -132,5 +138,10 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
         "overlay started"
     );
     tokio::spawn(event_loop.run());
-    Ok(Client::new(commands_tx, local, joined_rx))
+    Ok(Client::new(
+        commands_tx,
+        local,
+        joined_rx,
+        Arc::new(registry),
+    ))
 }

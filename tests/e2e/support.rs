@@ -30,6 +30,20 @@ pub async fn launch(nodes: usize, extra_args: &[&str]) -> Net {
 }
 
 pub async fn launch_with_env(nodes: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Net {
+    launch_full(nodes, 1, extra_args, env).await
+}
+
+/// Like [`launch`], with the nodes spread round-robin over `providers` providers (p0, p1, …).
+pub async fn launch_providers(nodes: usize, providers: usize, extra_args: &[&str]) -> Net {
+    launch_full(nodes, providers, extra_args, &[]).await
+}
+
+async fn launch_full(
+    nodes: usize,
+    providers: usize,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Net {
     let dir = tempfile::Builder::new()
         .prefix("reef-e2e-")
         .tempdir()
@@ -37,7 +51,7 @@ pub async fn launch_with_env(nodes: usize, extra_args: &[&str], env: &[(&str, &s
     let testnet = Testnet::launch(Options {
         bin: reef_bin(),
         nodes,
-        providers: 1,
+        providers,
         dir: dir.path().to_path_buf(),
         extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         env: env

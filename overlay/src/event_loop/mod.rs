@@ -328,6 +328,9 @@ impl EventLoop {
             routing_table_size: self.routing_table_size(),
             joined: self.joined,
             gossip_dropped: self.gossip_dropped,
+            gossip_scores: self.gossip_scores(),
+            // Filled in by the client, outside the loop.
+            traffic: Default::default(),
         }
     }
 
