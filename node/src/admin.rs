@@ -1,5 +1,5 @@
 //! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
-//! `POST /api/purge` and `/metrics` (more operator surfaces come later).
+//! `/api/offers?region=`, `/api/load`, `POST /api/purge` and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +31,7 @@ pub struct AdminState {
     pub provider: ProviderStatus,
     /// The node's metrics, served at `/metrics`.
     pub registry: Arc<Registry>,
+    pub load: crate::load::Load,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -60,6 +61,25 @@ struct StatusBody {
     gossip_dropped: u64,
     /// DHT records refused, by `"<kind>/<reason>"` (see `/metrics`).
     records_rejected: BTreeMap<String, u64>,
+    /// Load gossip: our own figures, the table's size, and what was received and rejected.
+    load: crate::load::LoadStats,
+    gossip: GossipBody,
+}
+
+/// Gossip traffic and peer scores (see `reef_overlay::Traffic` for exactly what is counted).
+#[derive(Serialize)]
+struct GossipBody {
+    /// Message bytes received / sent over all topics.
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The same per topic, with message counts.
+    topics: BTreeMap<String, reef_overlay::TopicTraffic>,
+    /// All libp2p stream bytes, every protocol (gossip control messages included).
+    streams_in: u64,
+    streams_out: u64,
+    /// Gossipsub score of each connected peer; below the graylist threshold a peer is ignored.
+    scores: BTreeMap<String, f64>,
+    graylist_threshold: f64,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -70,6 +90,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/node", get(node))
         .route("/api/offers", get(offers))
         .route("/metrics", get(metrics))
+        .route("/api/load", get(load))
         .route(
             "/api/purge",
             post(purge).layer(DefaultBodyLimit::max(PURGE_BODY_LIMIT)),
@@ -105,6 +126,16 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
                 .into_response();
         }
     };
+    let (bytes_in, bytes_out) = overlay.traffic.gossip_bytes();
+    let gossip = GossipBody {
+        bytes_in,
+        bytes_out,
+        topics: overlay.traffic.gossip,
+        streams_in: overlay.traffic.streams_in,
+        streams_out: overlay.traffic.streams_out,
+        scores: overlay.gossip_scores,
+        graylist_threshold: reef_overlay::GRAYLIST_THRESHOLD,
+    };
     Json(StatusBody {
         peer_id: overlay.peer_id,
         provider: state.provider.clone(),
@@ -122,6 +153,8 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         purges: state.purger.stats(),
         gossip_dropped: overlay.gossip_dropped,
         records_rejected: overlay.records_rejected,
+        load: state.load.stats(),
+        gossip,
     })
     .into_response()
 }
@@ -190,6 +223,11 @@ async fn node(State(state): State<Arc<AdminState>>, Query(q): Query<NodeQuery>) 
             &format!("lookup failed: {e}"),
         ),
     }
+}
+
+/// Every node's latest load report (ourselves included) and the sums per provider.
+async fn load(State(state): State<Arc<AdminState>>) -> Json<crate::load::LoadView> {
+    Json(state.load.view())
 }
 
 /// How many holders `/api/holders` lists; the fetch path asks for as many.

@@ -14,9 +14,10 @@ use serde::Deserialize;
 pub const DEFAULT_CACHE_SIZE: u64 = 1 << 30;
 /// How long an origin may take to send response headers before the client gets 504.
 pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Requests per second a node says it can serve, unless its operator says otherwise.
+/// Requests per second a node is assumed to handle when the operator does not say: a modest
+/// machine serving mostly cached objects. Utilisation in load reports is measured against it.
 pub const DEFAULT_CAPACITY_RPS: u32 = 1000;
-/// Megabits per second a node says it can send, unless its operator says otherwise.
+/// Egress a node is assumed to have when the operator does not say: a 1 Gbit/s port.
 pub const DEFAULT_CAPACITY_MBPS: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +54,15 @@ pub struct FileConfig {
     pub provider_key: Option<PathBuf>,
     pub region: Option<String>,
     pub mdns: Option<bool>,
-    /// What the node can serve (published in its NodeRecord).
-    pub capacity_rps: Option<u32>,
-    pub capacity_mbps: Option<u32>,
     /// Bytes, or a size with a unit: "512MiB", "2GiB".
     pub cache_size: Option<toml::Value>,
     /// Seconds.
     pub origin_timeout: Option<f64>,
+    /// Requests per second this node can serve (published in its NodeRecord; utilisation is
+    /// measured against it).
+    pub capacity_rps: Option<u32>,
+    /// Egress this node can send, in Mbit/s (10^6 bits per second).
+    pub capacity_mbps: Option<u32>,
     /// Per-service settings, keyed by hostname (case-insensitive, no port).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
@@ -103,7 +106,9 @@ pub struct Config {
     pub provider_key: Option<PathBuf>,
     pub region: String,
     pub mdns: bool,
+    /// Requests per second the node can serve; at least 1.
     pub capacity_rps: u32,
+    /// Egress the node can send, Mbit/s; at least 1.
     pub capacity_mbps: u32,
     pub cache_size: u64,
     pub origin_timeout: Duration,
@@ -175,12 +180,6 @@ impl Config {
         if file.offer.is_some() {
             self.offer = file.offer;
         }
-        if let Some(v) = file.capacity_rps {
-            self.capacity_rps = positive("capacity_rps", v)?;
-        }
-        if let Some(v) = file.capacity_mbps {
-            self.capacity_mbps = positive("capacity_mbps", v)?;
-        }
         if let Some(v) = file.region {
             self.region = v;
         }
@@ -195,6 +194,12 @@ impl Config {
         }
         if let Some(secs) = file.origin_timeout {
             self.origin_timeout = parse_secs("origin_timeout", secs)?;
+        }
+        if let Some(v) = file.capacity_rps {
+            self.capacity_rps = positive("capacity_rps", v)?;
+        }
+        if let Some(v) = file.capacity_mbps {
+            self.capacity_mbps = positive("capacity_mbps", v)?;
         }
         // Per host: a later layer replaces only the settings it gives.
         let mut seen = HashSet::new();
@@ -217,16 +222,6 @@ impl Config {
         }
         Ok(self)
     }
-}
-
-fn positive(field: &'static str, v: u32) -> Result<u32, ConfigError> {
-    if v == 0 {
-        return Err(ConfigError::Invalid {
-            field,
-            reason: "must be at least 1".into(),
-        });
-    }
-    Ok(v)
 }
 
 /// `--quota HOST=SIZE` flags as the services layer of the flags.
@@ -276,6 +271,17 @@ fn size_value(v: toml::Value) -> Result<u64, String> {
             "expected bytes or a size like \"1GiB\", got {other}"
         )),
     }
+}
+
+/// A capacity: utilisation divides by it, so 0 is refused.
+fn positive(field: &'static str, v: u32) -> Result<u32, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(v)
 }
 
 pub(crate) fn parse_secs(field: &'static str, secs: f64) -> Result<Duration, ConfigError> {
@@ -341,18 +347,21 @@ mod tests {
             bootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWAbc"]
             provider = "acme"
             provider_key = "/etc/reef/acme.key"
-            capacity_rps = 5000
             cache_size = "2GiB"
             origin_timeout = 2.5
+            capacity_rps = 250
+            capacity_mbps = 10000
             "#,
         )
         .unwrap();
-        let c = Config::defaults().with_file(file).unwrap();
-        assert_eq!(c.provider_key, Some(PathBuf::from("/etc/reef/acme.key")));
+        let defaults = Config::defaults();
         assert_eq!(
-            (c.capacity_rps, c.capacity_mbps),
-            (5000, DEFAULT_CAPACITY_MBPS)
+            (defaults.capacity_rps, defaults.capacity_mbps),
+            (1000, 1000)
         );
+        let c = defaults.with_file(file).unwrap();
+        assert_eq!(c.provider_key, Some(PathBuf::from("/etc/reef/acme.key")));
+        assert_eq!((c.capacity_rps, c.capacity_mbps), (250, 10_000));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.http.port(), 80);
         assert_eq!(c.bootstrap.len(), 1);
@@ -362,10 +371,13 @@ mod tests {
     }
 
     #[test]
-    fn capacity_must_be_positive() {
-        let file: FileConfig = toml::from_str("capacity_mbps = 0").unwrap();
-        let e = Config::defaults().with_file(file).unwrap_err().to_string();
-        assert!(e.contains("capacity_mbps"), "{e}");
+    fn zero_capacity_is_rejected() {
+        for text in ["capacity_rps = 0", "capacity_mbps = 0"] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let e = Config::defaults().with_file(file).unwrap_err().to_string();
+            assert!(e.contains("capacity") && e.contains("at least 1"), "{e}");
+        }
+        assert!(toml::from_str::<FileConfig>("capacity_rps = -1").is_err());
     }
 
     #[test]

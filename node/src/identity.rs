@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use reef_overlay::Keypair;
+use reef_proto::records::SigningKey;
 
 const KEY_FILE: &str = "node.key";
 
@@ -26,6 +27,10 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Signed records need an ed25519 node key; `reef` only ever makes those, but a key file
+    /// written by another tool could hold another type.
+    #[error("the node key is not an ed25519 key; signed records need one")]
+    NotEd25519,
 }
 
 /// Loads `DIR/node.key`, or creates a fresh ed25519 key there (mode 0600) when it is absent.
@@ -47,6 +52,21 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
         }
         Err(source) => Err(IdentityError::Read { path, source }),
     }
+}
+
+/// The node's key as the signing key of the records it seals ([`reef_proto::records::seal`]):
+/// the same ed25519 secret, so its public key is the one inside the node's peer id.
+pub fn signing_key(keypair: &Keypair) -> Result<SigningKey, IdentityError> {
+    let ed25519 = keypair
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| IdentityError::NotEd25519)?;
+    let secret: [u8; 32] = ed25519
+        .secret()
+        .as_ref()
+        .try_into()
+        .map_err(|_| IdentityError::NotEd25519)?;
+    Ok(SigningKey::from_bytes(&secret))
 }
 
 fn write_key(path: &Path, key: &Keypair) -> Result<(), IdentityError> {
@@ -81,5 +101,16 @@ mod tests {
         std::fs::write(dir.path().join(KEY_FILE), b"garbage").unwrap();
         let err = load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_signing_key_is_the_one_in_the_peer_id() {
+        let keypair = Keypair::generate_ed25519();
+        let signing = signing_key(&keypair).unwrap();
+        let public = signing.verifying_key().to_bytes();
+        assert_eq!(
+            reef_proto::records::peer_id_bytes(&public),
+            keypair.public().to_peer_id().to_bytes()
+        );
     }
 }

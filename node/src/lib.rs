@@ -1,6 +1,6 @@
 //! The Reef node: configuration and CLI, the HTTP edge (forward proxy), the fetch pipeline
-//! (local cache → nearest peer that holds the object → origin), purge over gossip, and the
-//! admin API.
+//! (local cache → nearest peer that holds the object → origin), purge and load reports over
+//! gossip, and the admin API.
 //!
 //! It talks to the overlay only through `reef_overlay::Client` and must not reach into the
 //! libp2p Swarm; it stores objects only through `reef_cache::Store`.
@@ -14,6 +14,7 @@ pub mod edge;
 pub mod fetch;
 pub mod fetch_cmd;
 pub mod identity;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod offers;

@@ -101,12 +101,6 @@ struct RunArgs {
     /// Find nodes on the local network with mDNS (multicasts on the LAN).
     #[arg(long)]
     mdns: bool,
-    /// Requests per second this node can serve, published in its record [default: 1000].
-    #[arg(long)]
-    capacity_rps: Option<u32>,
-    /// Megabits per second this node can send, published in its record [default: 1000].
-    #[arg(long)]
-    capacity_mbps: Option<u32>,
     /// Cache budget in bytes or with a unit: 512MiB, 2GiB [default: 1GiB].
     #[arg(long)]
     cache_size: Option<String>,
@@ -117,6 +111,14 @@ struct RunArgs {
     /// object that would exceed it is served but not stored.
     #[arg(long, value_name = "HOST=SIZE")]
     quota: Vec<String>,
+    /// Requests per second this node can serve, published in its record; its reported
+    /// utilisation is measured against it [default: 1000].
+    #[arg(long, value_name = "N")]
+    capacity_rps: Option<u32>,
+    /// Egress this node can send, in Mbit/s; its reported utilisation is measured against it
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    capacity_mbps: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -194,10 +196,10 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         provider_key: args.provider_key,
         region: args.region,
         mdns: args.mdns.then_some(true),
-        capacity_rps: args.capacity_rps,
-        capacity_mbps: args.capacity_mbps,
         cache_size: args.cache_size.map(toml::Value::String),
         origin_timeout: args.origin_timeout,
+        capacity_rps: args.capacity_rps,
+        capacity_mbps: args.capacity_mbps,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
         // Offers are policy: they come from the config file only.
         offer: None,

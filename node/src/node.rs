@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use reef_overlay::Multiaddr;
-use reef_proto::records::{Capacity, ProviderId};
+use reef_proto::records::{Capacity, LOAD_TOPIC, ProviderId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::load::{self, Load};
 use crate::offers;
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
@@ -38,6 +39,7 @@ pub enum StartError {
 pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), StartError> {
     let input = |what: &str, e: &dyn std::fmt::Display| StartError::Input(format!("{what}: {e}"));
     let keypair = identity::load_or_create(&config.data_dir).map_err(|e| input("node key", &e))?;
+    let signing_key = identity::signing_key(&keypair).map_err(|e| input("node key", &e))?;
     let peer_id = keypair.public().to_peer_id();
     let short = short_peer(&peer_id.to_string());
     let node_public = keypair
@@ -103,9 +105,6 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             StartError::Runtime(format!("cannot open cache in {}: {e}", cache_dir.display()))
         })?;
 
-    // Signs what this node vouches for in the DHT, such as the ContentRecords of what it
-    // fetched from origins.
-    let signer = reef_overlay::signing_key(&keypair).map_err(|e| input("node key", &e))?;
     let mut registry = Registry::default();
     let overlay = reef_overlay::spawn(reef_overlay::Config {
         keypair,
@@ -120,7 +119,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
                 req_per_s: config.capacity_rps,
                 mbit_per_s: config.capacity_mbps,
             },
-            cert,
+            cert: cert.clone(),
         },
         metrics: reef_overlay::Metrics::register(&mut registry),
     })
@@ -142,10 +141,22 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to purge notices: {e}")))?;
     let purger = Purger::new(store.clone(), overlay.clone(), membership.id);
     let purge_task = purger.listen(notices);
+    let load_config = load::Config {
+        capacity_rps: config.capacity_rps,
+        capacity_mbps: config.capacity_mbps,
+        // Carried in every report, so the node's load counts toward its provider.
+        cert,
+    };
+    let load = Load::new(load_config, overlay.clone());
+    let reports = overlay
+        .subscribe(LOAD_TOPIC, load::REPORT_QUEUE)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot subscribe to load reports: {e}")))?;
+    let load_task = load.start(signing_key.clone(), reports);
 
     let upstreams =
         Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
-    let announcer = Announcer::new(overlay.clone(), signer);
+    let announcer = Announcer::new(overlay.clone(), signing_key.clone());
     let local = LocalInfo {
         provider: membership.id,
         region: config.region.clone(),
@@ -157,7 +168,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         local,
         announcer.clone(),
     );
-    let edge = Arc::new(Edge::new(fetcher.clone(), upstreams, &short));
+    let edge = Arc::new(Edge::new(fetcher.clone(), upstreams, &short, load.meter()));
 
     let status = overlay
         .status()
@@ -193,6 +204,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         purger,
         provider: membership,
         registry,
+        load,
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,
@@ -225,6 +237,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     // It ends by itself once the overlay has dropped its queue; this only stops one that
     // still waits for a free check slot.
     purge_task.abort();
+    // Likewise ends once the overlay is gone; this stops one between two ticks.
+    load_task.abort();
     runtime_file::remove(&config.data_dir);
     info!("stopped");
     Ok(())

@@ -1,10 +1,11 @@
 //! The cloneable handle through which the rest of the node talks to the overlay.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use libp2p::PeerId;
+use libp2p::{PeerId, metrics::Registry};
 use reef_proto::ContentKey;
 use reef_proto::records::{Membership, NodeRecord};
 use serde::Serialize;
@@ -15,6 +16,7 @@ use crate::Error;
 use crate::behaviour::KAD_QUERY_TIMEOUT;
 use crate::gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 use crate::node_records::NodeInfo;
+use crate::traffic::{self, Traffic};
 
 /// Commands queued for the event loop; a full queue applies back-pressure to callers.
 pub(crate) const COMMAND_QUEUE: usize = 64;
@@ -135,6 +137,10 @@ pub struct Status {
     /// DHT records refused since start, by `"<kind>/<reason>"` (the labels of
     /// `reef_records_rejected_total`); only those that happened.
     pub records_rejected: BTreeMap<String, u64>,
+    /// Gossipsub score of each connected peer that has one (see [`crate::GRAYLIST_THRESHOLD`]).
+    pub gossip_scores: BTreeMap<String, f64>,
+    /// Gossip and stream bytes since start.
+    pub traffic: Traffic,
 }
 
 /// Handle to the overlay's event loop. Cheap to clone; the loop ends when the last clone is
@@ -144,6 +150,8 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     joined: watch::Receiver<bool>,
+    /// libp2p's own counters (gossipsub, bandwidth); read, never written, outside the loop.
+    metrics: Arc<Registry>,
 }
 
 impl std::fmt::Debug for Client {
@@ -159,11 +167,13 @@ impl Client {
         commands: mpsc::Sender<Command>,
         local_peer_id: PeerId,
         joined: watch::Receiver<bool>,
+        metrics: Arc<Registry>,
     ) -> Self {
         Self {
             commands,
             local_peer_id,
             joined,
+            metrics,
         }
     }
 
@@ -172,8 +182,16 @@ impl Client {
     }
 
     pub async fn status(&self) -> Result<Status, Error> {
-        self.request(|reply| Command::Status { reply }, COMMAND_TIMEOUT)
-            .await
+        let mut status = self
+            .request(|reply| Command::Status { reply }, COMMAND_TIMEOUT)
+            .await?;
+        status.traffic = self.traffic();
+        Ok(status)
+    }
+
+    /// Gossip and stream byte counters since start (read here, not in the event loop).
+    pub fn traffic(&self) -> Traffic {
+        traffic::read(&self.metrics)
     }
 
     /// Resolves once the node has joined: at least one peer connected and one kad bootstrap

@@ -29,9 +29,12 @@ mod gossip;
 mod metrics;
 mod node_records;
 mod peers_file;
+mod scoring;
+mod traffic;
 mod validate;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -47,6 +50,8 @@ pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 pub use metrics::{Metrics, RejectLabels};
 pub use node_records::{NodeInfo, signing_key};
+pub use scoring::{GOSSIP_THRESHOLD, GRAYLIST_THRESHOLD, PUBLISH_THRESHOLD};
+pub use traffic::{TopicTraffic, Traffic};
 
 /// Binding a socket is local and quick; if it takes this long something is badly wrong.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,7 +92,8 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
         None => Vec::new(),
     };
 
-    let mut swarm = behaviour::build_swarm(config.keypair.clone(), config.mdns)?;
+    let mut registry = libp2p::metrics::Registry::default();
+    let mut swarm = behaviour::build_swarm(config.keypair.clone(), config.mdns, &mut registry)?;
     let local = *swarm.local_peer_id();
     let mut waiting = HashSet::new();
     for addr in &config.listen {
@@ -159,5 +165,10 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
         "overlay started"
     );
     tokio::spawn(event_loop.run());
-    Ok(Client::new(commands_tx, local, joined_rx))
+    Ok(Client::new(
+        commands_tx,
+        local,
+        joined_rx,
+        Arc::new(registry),
+    ))
 }

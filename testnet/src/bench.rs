@@ -269,13 +269,15 @@ impl Machine {
             .map(|v| v.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
         let bin = std::fs::canonicalize(bin).unwrap_or_else(|_| bin.to_path_buf());
-        let path = bin.to_string_lossy();
-        let build = if path.contains("/target/release/") {
-            "release"
-        } else if path.contains("/target/debug/") {
-            "debug"
-        } else {
-            "unknown"
+        // `target/<profile>/reef`, or `$CARGO_TARGET_DIR/<profile>/reef`.
+        let profile = bin
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|p| p.to_str());
+        let build = match profile {
+            Some("release") => "release",
+            Some("debug") => "debug",
+            _ => "unknown",
         };
         Machine {
             nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -1042,7 +1044,7 @@ async fn memory_snapshot(
 }
 
 /// (VmRSS, VmHWM) in KiB from `/proc/<pid>/status`.
-fn proc_memory(pid: u32) -> Result<(u64, u64), Error> {
+pub(crate) fn proc_memory(pid: u32) -> Result<(u64, u64), Error> {
     let path = format!("/proc/{pid}/status");
     let text =
         std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;

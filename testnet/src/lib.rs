@@ -14,7 +14,9 @@
 //! - [`client`], a tiny hyper client that fetches through a node used as forward proxy;
 //! - [`bench`], the foundation measurements (join time, DHT lookup, peer fetch, origin
 //!   offload, idle memory) behind `reef-testnet bench`;
-//! - the `reef-testnet` binary (`up`, `demo`, `bench`).
+//! - [`bench_load`], load gossip convergence and traffic at several testnet sizes, behind
+//!   `reef-testnet bench-load`;
+//! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
 //! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
@@ -27,6 +29,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bench;
+pub mod bench_load;
 pub mod client;
 mod error;
 mod node;

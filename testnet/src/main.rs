@@ -2,7 +2,8 @@
 //!
 //! `up` launches it and waits for Ctrl-C / SIGTERM; `demo` does the same with 5 nodes of
 //! 2 providers and first shows where fetched objects come from (origin, peer, local);
-//! `bench` measures the foundation figures and prints them as markdown.
+//! `bench` measures the foundation figures and `bench-load` the load gossip figures, and print
+//! them as markdown.
 //! Every process it started is stopped on exit; should this process die abruptly, the
 //! nodes die with it (PR_SET_PDEATHSIG), and a panic unwinds through `Testnet`'s drop.
 
@@ -14,7 +15,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
-    Announcements, NodeProcess, Options, Testnet, bench, locate_reef_binary, origin,
+    Announcements, NodeProcess, Options, Testnet, bench, bench_load, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -52,6 +53,35 @@ enum Cmd {
     /// Measure join time, DHT lookups, peer fetches, origin offload and idle memory on
     /// loopback; print a markdown report.
     Bench(BenchArgs),
+    /// Measure load gossip on testnets of several sizes: time until every node's load table
+    /// lists every node, gossip bytes per node and second; print a markdown report.
+    BenchLoad(BenchLoadArgs),
+}
+
+#[derive(Args)]
+struct BenchLoadArgs {
+    /// Testnet sizes, comma-separated, run one after another (each at least 2).
+    #[arg(long, value_delimiter = ',', default_value = "10,20,50", value_parser = at_least_two)]
+    nodes: Vec<usize>,
+    /// Providers per testnet, assigned round-robin.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    providers: usize,
+    /// Seconds over which gossip traffic is counted.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    window: usize,
+    /// Seconds to wait after the tables converged before counting (start-up DHT work settles).
+    #[arg(long, default_value_t = 10)]
+    settle: usize,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Root directory for node data and logs, kept afterwards
+    /// [default: a new reef-bench-load-<pid> under the temp dir, removed after a successful run].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -185,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up(args) => (args.common.options(args.nodes, args.providers)?, false),
         Cmd::Demo(args) => (args.common.options(5, 2)?, true),
         Cmd::Bench(args) => return run_bench(args, &mut sigterm).await,
+        Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -287,6 +318,54 @@ async fn run_bench(
     // Dropping the benchmark mid-way (signal) drops its nodes, which kills them.
     let report = tokio::select! {
         report = bench::run(&opts) => report.with_context(|| {
+            format!("benchmark failed; node data and logs are in {}", dir.display())
+        })?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = sigterm.recv() => anyhow::bail!("terminated"),
+    };
+    let text = report.markdown();
+    print!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("reef-testnet: report written to {}", out.display());
+    }
+    if temporary && let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
+    }
+    Ok(())
+}
+
+async fn run_bench_load(
+    args: BenchLoadArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let bin = locate_reef_binary(args.bin)?;
+    let (dir, temporary) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("reef-bench-load-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = bench_load::LoadBenchOptions {
+        bin,
+        sizes: args.nodes,
+        providers: args.providers,
+        window: Duration::from_secs(args.window as u64),
+        settle: Duration::from_secs(args.settle as u64),
+        dir: dir.clone(),
+        command: std::env::args()
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    opts.validate()?;
+    eprintln!(
+        "reef-testnet: benchmarking load gossip; node data and logs in {}",
+        dir.display()
+    );
+    let report = tokio::select! {
+        report = bench_load::run(&opts) => report.with_context(|| {
             format!("benchmark failed; node data and logs are in {}", dir.display())
         })?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),

@@ -33,6 +33,8 @@ fn bad_input_exits_with_code_2_and_says_why() {
         &["fetch", "ftp://x/y", "--via", "http://127.0.0.1:1"],
         &["fetch", "http://x/y", "--via", "https://127.0.0.1:1"],
         &["run", "--cache-size", "lots"],
+        &["run", "--capacity-rps", "0"],
+        &["run", "--capacity-mbps", "fast"],
         &[
             "run",
             "--bootstrap",

@@ -8,6 +8,7 @@ mod crash;
 mod errors;
 mod fetch;
 mod freshness;
+mod load;
 mod offers;
 mod providers;
 mod purge;

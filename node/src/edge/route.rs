@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use crate::fetch::{
     CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, Served, Source, Upstreams,
     strip_hop_by_hop,
 };
+use crate::load::Meter;
 
 /// Request header budget (names, values and request target); beyond it → 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -23,11 +25,13 @@ pub struct Edge {
     upstreams: Upstreams,
     via: HeaderValue,
     next_request_id: AtomicU64,
+    /// Load counters: requests, egress bytes, cache lookups (see `load::meter` for what counts).
+    meter: Arc<Meter>,
 }
 
 impl Edge {
     /// `node_name` goes into `Via` (e.g. the short peer id).
-    pub fn new(fetcher: Fetcher, upstreams: Upstreams, node_name: &str) -> Self {
+    pub fn new(fetcher: Fetcher, upstreams: Upstreams, node_name: &str, meter: Arc<Meter>) -> Self {
         let via = HeaderValue::from_str(&format!("1.1 reef-{node_name}"))
             .unwrap_or(HeaderValue::from_static("1.1 reef"));
         Self {
@@ -35,6 +39,7 @@ impl Edge {
             upstreams,
             via,
             next_request_id: AtomicU64::new(1),
+            meter,
         }
     }
 
@@ -43,6 +48,10 @@ impl Edge {
         let span = info_span!("request", request_id = id, method = %req.method(), %client);
         async move {
             let started = Instant::now();
+            self.meter.request();
+            // A client's GET or HEAD goes through the cache (peers' object requests do not).
+            let lookup = req.uri().scheme().is_some()
+                && (req.method() == Method::GET || req.method() == Method::HEAD);
             // A clone shares the URI's bytes; it is only formatted if the access log is on.
             let target = req.uri().clone();
             let mut resp = match self.route(req).await {
@@ -63,7 +72,11 @@ impl Edge {
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "served"
             );
-            resp
+            if lookup && let Some(source) = resp.headers().get("x-reef-source") {
+                self.meter
+                    .lookup(source.as_bytes() == Source::Local.as_str().as_bytes());
+            }
+            resp.map(|body| self.meter.count_egress(body))
         }
         .instrument(span)
         .await

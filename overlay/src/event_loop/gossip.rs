@@ -4,6 +4,7 @@
 //! Nothing here waits: a full subscriber queue drops the message (counted) instead of
 //! stalling the loop, and withdrawals are batched and published on the sweep tick.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 
 use libp2p::{
@@ -20,6 +21,7 @@ use crate::Error;
 use crate::gossip::{
     Acceptance, GossipMessage, MAX_SUBSCRIBER_QUEUE, MAX_SUBSCRIPTIONS, MessageHandle, Published,
 };
+use crate::scoring;
 
 impl EventLoop {
     pub(super) fn on_gossip_event(&mut self, event: gossipsub::Event) {
@@ -65,8 +67,7 @@ impl EventLoop {
             return Some(self.on_withdrawal(source, &message.data));
         }
         let Entry::Occupied(subscriber) = self.subscribers.entry(message.topic.clone()) else {
-            // Subscribed but nobody consumes it yet (the load topic): do not forward what
-            // nobody checked.
+            // Subscribed but nobody consumes it (any more): do not forward what nobody checked.
             return Some(Acceptance::Ignore);
         };
         let delivered = GossipMessage {
@@ -112,11 +113,14 @@ impl EventLoop {
                 "at most {MAX_SUBSCRIPTIONS} topics can have subscribers"
             )));
         }
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub
             .subscribe(&IdentTopic::new(topic))
             .map_err(|e| Error::Gossip(format!("subscribing to {topic}: {e}")))?;
+        // Whatever the subscriber rejects counts against the peer that relayed it.
+        gossipsub
+            .set_topic_params(IdentTopic::new(topic), scoring::topic())
+            .map_err(|e| Error::Gossip(format!("scoring {topic}: {e}")))?;
         let (tx, rx) = mpsc::channel(queue.clamp(1, MAX_SUBSCRIBER_QUEUE));
         self.subscribers.insert(hash, tx);
         debug!(%topic, "subscribed");
@@ -138,6 +142,15 @@ impl EventLoop {
             Err(PublishError::AllQueuesFull(_)) => Err(Error::Busy),
             Err(e) => Err(Error::Gossip(format!("publishing on {topic}: {e}"))),
         }
+    }
+
+    /// Gossipsub's score of every connected peer it scores.
+    pub(super) fn gossip_scores(&self) -> BTreeMap<String, f64> {
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        self.swarm
+            .connected_peers()
+            .filter_map(|peer| Some((peer.to_string(), gossipsub.peer_score(peer)?)))
+            .collect()
     }
 
     pub(super) fn report(&mut self, handle: &MessageHandle, acceptance: Acceptance) -> bool {

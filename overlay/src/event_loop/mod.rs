@@ -358,6 +358,9 @@ impl EventLoop {
             joined: self.joined,
             gossip_dropped: self.gossip_dropped,
             records_rejected: self.rejected.clone(),
+            gossip_scores: self.gossip_scores(),
+            // Filled in by the client, outside the loop.
+            traffic: Default::default(),
         }
     }
 

@@ -28,7 +28,8 @@ fn local_info(http: &str) -> LocalInfo {
 
 fn event_loop() -> EventLoop {
     let keypair = Keypair::generate_ed25519();
-    let swarm = build_swarm(keypair.clone(), false).unwrap();
+    let mut registry = libp2p::metrics::Registry::default();
+    let swarm = build_swarm(keypair.clone(), false, &mut registry).unwrap();
     let (_tx, commands) = mpsc::channel(1);
     let (joined_tx, _rx) = watch::channel(false);
     EventLoop::new(
@@ -223,4 +224,78 @@ fn our_record_is_republished_well_before_it_expires() {
         republish_delay(interval, now - 1, now),
         Duration::from_secs(1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_topics_are_scored_and_their_bytes_counted() {
+    use libp2p::gossipsub::IdentTopic;
+
+    use crate::{Acceptance, GRAYLIST_THRESHOLD, Published};
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    const TOPIC: &str = "reef/test/scored";
+    let a = crate::spawn(test_config("a", vec![])).await.unwrap();
+    let a_addr: Multiaddr = a.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let b = crate::spawn(test_config("b", vec![a_addr])).await.unwrap();
+    a.wait_joined(TIMEOUT).await.unwrap();
+    b.wait_joined(TIMEOUT).await.unwrap();
+    let mut inbox = b.subscribe(TOPIC, 8).await.unwrap();
+    let scored = b
+        .inspect(|el| {
+            let g = &el.swarm.behaviour().gossipsub;
+            [TOPIC, reef_proto::WITHDRAWAL_TOPIC]
+                .map(|t| g.get_topic_params(&IdentTopic::new(t)).is_some())
+        })
+        .await
+        .unwrap();
+    assert_eq!(scored, [true, true]);
+
+    // Publish until A knows B's subscription; then B hears it.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut n = 0;
+    while a
+        .publish(TOPIC, format!("m{n}").into_bytes())
+        .await
+        .unwrap()
+        != Published::Sent
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B's subscription never reached A"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = tokio::time::timeout(TIMEOUT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.report(m.handle, Acceptance::Accept).await.unwrap());
+
+    let sent = a.status().await.unwrap().traffic;
+    let got = b.status().await.unwrap();
+    let (out, inn) = (sent.gossip[TOPIC], got.traffic.gossip[TOPIC]);
+    assert!(
+        out.messages_out >= 1 && out.bytes_out > m.data.len() as u64,
+        "{out:?}"
+    );
+    assert!(
+        inn.messages_in >= 1 && inn.bytes_in > m.data.len() as u64,
+        "{inn:?}"
+    );
+    assert!(sent.streams_out > 0 && got.traffic.streams_in > 0);
+    let a_id = a.local_peer_id().to_string();
+    assert!(got.gossip_scores[&a_id] >= 0.0, "{:?}", got.gossip_scores);
+
+    // One rejected message costs A, but far from the graylist.
+    a.publish(TOPIC, b"bad".to_vec()).await.unwrap();
+    let m = tokio::time::timeout(TIMEOUT, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b.report(m.handle, Acceptance::Reject).await.unwrap());
+    let score = b.status().await.unwrap().gossip_scores[&a_id];
+    assert!(score < 0.0 && score > GRAYLIST_THRESHOLD, "{score}");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -6,6 +6,9 @@ use super::cert::{Membership, membership};
 use super::node::check_node;
 use super::{Kind, Opened, Record, RecordError};
 
+/// The gossipsub topic load reports travel on.
+pub const LOAD_TOPIC: &str = "reef/load/1";
+
 /// Utilisation is in permille of configured capacity; overload is reported as it is, up to
 /// ten times capacity, beyond which the number says nothing more.
 pub const MAX_UTILISATION_PERMILLE: u16 = 10_000;

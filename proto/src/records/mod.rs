@@ -75,7 +75,7 @@ pub use keys::{
     region_announce_key, region_key,
 };
 pub use kind::Kind;
-pub use load::{LoadReport, MAX_HIT_RATIO_PERMILLE, MAX_UTILISATION_PERMILLE};
+pub use load::{LOAD_TOPIC, LoadReport, MAX_HIT_RATIO_PERMILLE, MAX_UTILISATION_PERMILLE};
 pub use node::{
     Capacity, MAX_ADDR_LEN, MAX_HTTP_LEN, MAX_LISTEN_ADDRS, MAX_REGION_LEN, NodeRecord,
 };
