@@ -29,6 +29,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bench;
+pub mod bench_discovery;
 pub mod bench_load;
 pub mod client;
 mod error;

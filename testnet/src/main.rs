@@ -15,7 +15,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
-    Announcements, NodeProcess, Options, Testnet, bench, bench_load, locate_reef_binary, origin,
+    Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_load,
+    locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -56,6 +57,23 @@ enum Cmd {
     /// Measure load gossip on testnets of several sizes: time until every node's load table
     /// lists every node, gossip bytes per node and second; print a markdown report.
     BenchLoad(BenchLoadArgs),
+    /// Measure capacity discovery (`/api/offers?region=`) on a testnet where every node is
+    /// its provider's agent; print a markdown table.
+    BenchDiscovery(BenchDiscoveryArgs),
+}
+
+#[derive(Args)]
+struct BenchDiscoveryArgs {
+    #[arg(long, default_value_t = 20, value_parser = at_least_two)]
+    nodes: usize,
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    providers: usize,
+    /// Discoveries to time, from each node in turn.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
+    lookups: usize,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -216,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Demo(args) => (args.common.options(5, 2)?, true),
         Cmd::Bench(args) => return run_bench(args, &mut sigterm).await,
         Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
+        Cmd::BenchDiscovery(args) => return run_bench_discovery(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -378,6 +397,35 @@ async fn run_bench_load(
         eprintln!("reef-testnet: report written to {}", out.display());
     }
     if temporary && let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
+    }
+    Ok(())
+}
+
+async fn run_bench_discovery(
+    args: BenchDiscoveryArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    if args.providers > args.nodes {
+        anyhow::bail!("--providers must not exceed --nodes");
+    }
+    let dir = std::env::temp_dir().join(format!("reef-bench-discovery-{}", std::process::id()));
+    let opts = bench_discovery::DiscoveryBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        nodes: args.nodes,
+        providers: args.providers,
+        lookups: args.lookups,
+        dir: dir.clone(),
+    };
+    let report = tokio::select! {
+        report = bench_discovery::run(&opts) => report.with_context(|| {
+            format!("benchmark failed; node data and logs are in {}", dir.display())
+        })?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = sigterm.recv() => anyhow::bail!("terminated"),
+    };
+    print!("{}", report.markdown());
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
     }
     Ok(())
