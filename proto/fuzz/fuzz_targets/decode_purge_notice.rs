@@ -7,7 +7,8 @@ use reef_proto::PurgeNotice;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(notice) = PurgeNotice::decode(data) {
-        let again = PurgeNotice::decode(&notice.encode().expect("an accepted notice encodes")).expect("re-encoded notice decodes");
+        let again = PurgeNotice::decode(&notice.encode().expect("an accepted notice encodes"))
+            .expect("re-encoded notice decodes");
         assert_eq!(again, notice);
     }
 });

@@ -7,7 +7,9 @@ use reef_proto::Withdrawal;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(withdrawal) = Withdrawal::decode(data) {
-        let again = Withdrawal::decode(&withdrawal.encode().expect("an accepted withdrawal encodes")).expect("re-encoded withdrawal decodes");
+        let again =
+            Withdrawal::decode(&withdrawal.encode().expect("an accepted withdrawal encodes"))
+                .expect("re-encoded withdrawal decodes");
         assert_eq!(again, withdrawal);
     }
 });
