@@ -335,23 +335,15 @@ async fn run_bench(
         dir.display()
     );
     // Dropping the benchmark mid-way (signal) drops its nodes, which kills them.
-    let report = tokio::select! {
-        report = bench::run(&opts) => report.with_context(|| {
-            format!("benchmark failed; node data and logs are in {}", dir.display())
-        })?,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
-        _ = sigterm.recv() => anyhow::bail!("terminated"),
-    };
-    let text = report.markdown();
-    print!("{text}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("reef-testnet: report written to {}", out.display());
-    }
-    if temporary && let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
-    }
-    Ok(())
+    let report = bench::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        temporary,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
 }
 
 async fn run_bench_load(
@@ -383,23 +375,15 @@ async fn run_bench_load(
         "reef-testnet: benchmarking load gossip; node data and logs in {}",
         dir.display()
     );
-    let report = tokio::select! {
-        report = bench_load::run(&opts) => report.with_context(|| {
-            format!("benchmark failed; node data and logs are in {}", dir.display())
-        })?,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
-        _ = sigterm.recv() => anyhow::bail!("terminated"),
-    };
-    let text = report.markdown();
-    print!("{text}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("reef-testnet: report written to {}", out.display());
-    }
-    if temporary && let Err(e) = std::fs::remove_dir_all(&dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
-    }
-    Ok(())
+    let report = bench_load::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        temporary,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
 }
 
 async fn run_bench_discovery(
@@ -417,15 +401,39 @@ async fn run_bench_discovery(
         lookups: args.lookups,
         dir: dir.clone(),
     };
-    let report = tokio::select! {
-        report = bench_discovery::run(&opts) => report.with_context(|| {
+    let report = bench_discovery::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        true,
+        None,
+        sigterm,
+    )
+    .await
+}
+
+/// Waits for a benchmark (stopping, which kills its nodes, on Ctrl-C or SIGTERM), prints its
+/// markdown report and writes it to `out` if asked, and removes a temporary `dir`.
+async fn finish_bench(
+    report: impl std::future::Future<Output = Result<String, reef_testnet::Error>>,
+    dir: &std::path::Path,
+    temporary: bool,
+    out: Option<&std::path::Path>,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let text = tokio::select! {
+        report = report => report.with_context(|| {
             format!("benchmark failed; node data and logs are in {}", dir.display())
         })?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
         _ = sigterm.recv() => anyhow::bail!("terminated"),
     };
-    print!("{}", report.markdown());
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
+    print!("{text}");
+    if let Some(out) = out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("reef-testnet: report written to {}", out.display());
+    }
+    if temporary && let Err(e) = std::fs::remove_dir_all(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "could not remove the benchmark directory");
     }
     Ok(())
