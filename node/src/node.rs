@@ -122,6 +122,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             cert: cert.clone(),
         },
         metrics: reef_overlay::Metrics::register(&mut registry),
+        peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
     })
     .await
     .map_err(|e| match e {

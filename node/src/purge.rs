@@ -335,6 +335,7 @@ mod tests {
                 cert: Some(cert),
             },
             metrics: Metrics::default(),
+            peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
         })
         .await
         .unwrap();

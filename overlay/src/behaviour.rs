@@ -7,13 +7,14 @@ use libp2p::{
     identity::Keypair,
     kad, mdns,
     metrics::Registry,
-    noise, ping,
+    noise, ping, request_response,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
     tcp, yamux,
 };
 use reef_proto::WITHDRAWAL_TOPIC;
 
 use crate::Error;
+use crate::peering::{MAX_PEERING_STREAMS, PEERING_PROTOCOL, PeeringCodec};
 use crate::scoring;
 
 /// Our own Kademlia protocol, so Reef's DHT never merges with the public IPFS DHT.
@@ -92,16 +93,19 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) peering: request_response::Behaviour<PeeringCodec>,
 }
 
 /// Builds the transport stack (TCP + noise + yamux, QUIC, DNS) and the behaviour. Gossipsub's
 /// and the transport's byte counters go into `registry` (read back by [`crate::traffic`]).
+/// `peering_timeout` bounds every `/reef/peering/1` exchange.
 pub(crate) fn build_swarm(
     keypair: Keypair,
     mdns_on: bool,
+    peering_timeout: Duration,
     registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, Error> {
-    let behaviour = build_behaviour(&keypair, mdns_on, registry)?;
+    let behaviour = build_behaviour(&keypair, mdns_on, peering_timeout, registry)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -127,6 +131,7 @@ pub(crate) fn build_swarm(
 fn build_behaviour(
     keypair: &Keypair,
     mdns_on: bool,
+    peering_timeout: Duration,
     registry: &mut Registry,
 ) -> Result<Behaviour, Error> {
     let local = keypair.public().to_peer_id();
@@ -215,11 +220,21 @@ fn build_behaviour(
         None
     };
 
+    // Dials for a request use the addresses kad knows (fed by identify and bootstrap).
+    let peering = request_response::Behaviour::with_codec(
+        PeeringCodec,
+        [(PEERING_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(peering_timeout)
+            .with_max_concurrent_streams(MAX_PEERING_STREAMS),
+    );
+
     Ok(Behaviour {
         kad,
         gossipsub,
         identify,
         ping,
         mdns: Toggle::from(mdns),
+        peering,
     })
 }

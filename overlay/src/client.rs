@@ -16,6 +16,7 @@ use crate::Error;
 use crate::behaviour::KAD_QUERY_TIMEOUT;
 use crate::gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 use crate::node_records::NodeInfo;
+use crate::peering::{self, InboundPeering, PeeringStats};
 use crate::traffic::{self, Traffic};
 
 /// Commands queued for the event loop; a full queue applies back-pressure to callers.
@@ -104,6 +105,16 @@ pub(crate) enum Command {
         cert: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// Sends a `/reef/peering/1` request (dialling the peer if needed) and answers with the
+    /// response.
+    PeeringRequest {
+        peer: PeerId,
+        request: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+    },
+    PeeringInbox {
+        reply: oneshot::Sender<Result<mpsc::Receiver<InboundPeering>, Error>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -141,6 +152,8 @@ pub struct Status {
     pub gossip_scores: BTreeMap<String, f64>,
     /// Gossip and stream bytes since start.
     pub traffic: Traffic,
+    /// `/reef/peering/1` requests since start.
+    pub peering: PeeringStats,
 }
 
 /// Handle to the overlay's event loop. Cheap to clone; the loop ends when the last clone is
@@ -152,6 +165,8 @@ pub struct Client {
     joined: watch::Receiver<bool>,
     /// libp2p's own counters (gossipsub, bandwidth); read, never written, outside the loop.
     metrics: Arc<Registry>,
+    /// [`crate::Config::peering_timeout`].
+    peering_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -168,12 +183,14 @@ impl Client {
         local_peer_id: PeerId,
         joined: watch::Receiver<bool>,
         metrics: Arc<Registry>,
+        peering_timeout: Duration,
     ) -> Self {
         Self {
             commands,
             local_peer_id,
             joined,
             metrics,
+            peering_timeout,
         }
     }
 
@@ -396,6 +413,42 @@ impl Client {
     /// node independent.
     pub async fn set_provider_cert(&self, cert: Option<Vec<u8>>) -> Result<(), Error> {
         self.request(|reply| Command::SetCert { cert, reply }, COMMAND_TIMEOUT)
+            .await?
+    }
+
+    /// Sends `request` to `peer` over `/reef/peering/1` and waits for its response. Dials the
+    /// peer if we are not connected, at the addresses the swarm knows for it (from kad, fed
+    /// by identify, bootstrap and lookups). Fails with [`Error::TooLarge`] before sending
+    /// anything over [`crate::MAX_PEERING_MESSAGE`] (a response over it fails the same way),
+    /// [`Error::Timeout`] when no response came within [`crate::Config::peering_timeout`]
+    /// (the whole call returns within that plus a second), [`Error::Unreachable`],
+    /// [`Error::Unsupported`], [`Error::ConnectionClosed`], [`Error::PeeringFailed`] (e.g.
+    /// the peer dropped the request), or [`Error::Busy`] when too many requests are in
+    /// flight.
+    pub async fn peering_request(&self, peer: PeerId, request: Vec<u8>) -> Result<Vec<u8>, Error> {
+        peering::check_len(request.len())?;
+        if peer == self.local_peer_id {
+            return Err(Error::Unreachable);
+        }
+        self.request(
+            |reply| Command::PeeringRequest {
+                peer,
+                request,
+                reply,
+            },
+            self.peering_timeout + REPLY_SLACK,
+        )
+        .await?
+    }
+
+    /// Takes the queue on which peers' `/reef/peering/1` requests arrive (at most 256
+    /// waiting). Answer each through its [`crate::Responder`] within
+    /// [`crate::Config::peering_timeout`] of its arrival, or drop it to fail the peer's request
+    /// at once. Requests that arrive while nobody holds the inbox, or while it is full, are
+    /// dropped (the peer's request fails) and counted in [`PeeringStats::requests_dropped`].
+    /// One inbox at a time: [`Error::PeeringInboxTaken`] while an earlier receiver is alive.
+    pub async fn peering_inbox(&self) -> Result<mpsc::Receiver<InboundPeering>, Error> {
+        self.request(|reply| Command::PeeringInbox { reply }, COMMAND_TIMEOUT)
             .await?
     }
 

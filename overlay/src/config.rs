@@ -1,6 +1,7 @@
 //! What the node tells the overlay at start.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use libp2p::{Multiaddr, identity::Keypair};
 use reef_proto::records::Capacity;
@@ -26,6 +27,11 @@ pub struct Config {
     /// Where the overlay counts what it does (rejected records, ...): made with
     /// [`Metrics::register`] into the node's registry, or `Metrics::default()` for none.
     pub metrics: Metrics,
+    /// How long one `/reef/peering/1` exchange may take once connected, both ways: our
+    /// requests fail with [`crate::Error::Timeout`] after it, and peers' requests we have not
+    /// answered by then fail at their end. Normally [`crate::PEERING_REQUEST_TIMEOUT`] (5 s);
+    /// tests shorten it.
+    pub peering_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -38,6 +44,7 @@ impl std::fmt::Debug for Config {
             .field("mdns", &self.mdns)
             .field("peers_file", &self.peers_file)
             .field("local_record", &self.local_record)
+            .field("peering_timeout", &self.peering_timeout)
             .finish_non_exhaustive()
     }
 }

@@ -51,4 +51,24 @@ pub enum Error {
     /// second subscriber for a topic...).
     #[error("gossip: {0}")]
     Gossip(String),
+    /// A peering message over [`crate::MAX_PEERING_MESSAGE`] bytes: refused before sending
+    /// (ours), or when its length prefix arrived (a peer's response).
+    #[error("peering message of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    /// The peer could not be dialled: no known address, or none answered.
+    #[error("cannot reach the peer")]
+    Unreachable,
+    /// The peer does not speak `/reef/peering/1`.
+    #[error("the peer does not speak the peering protocol")]
+    Unsupported,
+    /// The connection closed before the peer's response arrived.
+    #[error("the connection closed before the response arrived")]
+    ConnectionClosed,
+    /// The peering stream failed otherwise: reset, malformed frame, or the peer dropped the
+    /// request unanswered (its inbox was full, or its node did not reply).
+    #[error("peering request failed: {0}")]
+    PeeringFailed(String),
+    /// [`crate::Client::peering_inbox`] was called while an earlier inbox is still alive.
+    #[error("the peering inbox is already taken")]
+    PeeringInboxTaken,
 }

@@ -1,11 +1,12 @@
 //! Reef's peer-to-peer overlay.
 //!
 //! This crate owns the libp2p Swarm (Kademlia on `/reef/kad/1.0.0`, gossipsub, identify, ping,
-//! and mDNS when asked for), the single event-loop task that drives it, and the cloneable
-//! [`Client`] through which the rest of the node uses it: join, announce, withdraw and find
+//! request-response on `/reef/peering/1`, and mDNS when asked for), the single event-loop
+//! task that drives it, and the cloneable [`Client`] through which the rest of the node uses it: join, announce, withdraw and find
 //! content holders, resolve and verify signed NodeRecords (and with them, which provider a
 //! node belongs to), put and get any signed record in the DHT, publish and subscribe to gossip
-//! topics, remember peers across restarts.
+//! topics, send opaque request/response messages to a peer over `/reef/peering/1` and take
+//! peers' requests from an inbox, remember peers across restarts.
 //!
 //! Nothing unverified enters the DHT through us: Kademlia runs with
 //! `StoreInserts::FilterBoth`, and the event loop opens every value a peer asks us to store
@@ -28,6 +29,7 @@ mod event_loop;
 mod gossip;
 mod metrics;
 mod node_records;
+mod peering;
 mod peers_file;
 mod scoring;
 mod traffic;
@@ -50,6 +52,9 @@ pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 pub use metrics::{Metrics, RejectLabels};
 pub use node_records::{NodeInfo, signing_key};
+pub use peering::{
+    InboundPeering, MAX_PEERING_MESSAGE, PEERING_REQUEST_TIMEOUT, PeeringStats, Responder,
+};
 pub use scoring::{GOSSIP_THRESHOLD, GRAYLIST_THRESHOLD, PUBLISH_THRESHOLD};
 pub use traffic::{TopicTraffic, Traffic};
 
@@ -93,7 +98,12 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
     };
 
     let mut registry = libp2p::metrics::Registry::default();
-    let mut swarm = behaviour::build_swarm(config.keypair.clone(), config.mdns, &mut registry)?;
+    let mut swarm = behaviour::build_swarm(
+        config.keypair.clone(),
+        config.mdns,
+        config.peering_timeout,
+        &mut registry,
+    )?;
     let local = *swarm.local_peer_id();
     let mut waiting = HashSet::new();
     for addr in &config.listen {
@@ -148,6 +158,7 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
             joined_tx,
             started,
             peers_file: config.peers_file,
+            peering_timeout: config.peering_timeout,
         },
     );
     for (peer, base) in bootstrap {
@@ -170,5 +181,6 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
         local,
         joined_rx,
         Arc::new(registry),
+        config.peering_timeout,
     ))
 }

@@ -53,6 +53,7 @@ fn config(
             cert: None,
         },
         metrics: Metrics::default(),
+        peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
     }
 }
 

@@ -89,6 +89,7 @@ fn config(keypair: Keypair, bootstrap: Vec<Multiaddr>, cert: Option<Vec<u8>>) ->
             cert,
         },
         metrics: Metrics::default(),
+        peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
     }
 }
 

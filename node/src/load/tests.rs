@@ -34,6 +34,7 @@ async fn overlay(bootstrap: Vec<Multiaddr>) -> (reef_overlay::Client, SigningKey
             cert: None,
         },
         metrics: reef_overlay::Metrics::default(),
+        peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
     })
     .await
     .unwrap();

@@ -30,6 +30,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.on_ping_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Peering(event)) => self.on_peering_event(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id: peer,
                 endpoint,

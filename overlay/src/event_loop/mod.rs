@@ -36,6 +36,7 @@ use records::{GetQuery, PutQuery};
 mod events;
 mod gossip;
 mod join;
+mod peering;
 mod queries;
 mod records;
 #[cfg(test)]
@@ -112,6 +113,9 @@ pub(crate) struct EventLoop {
     /// Keys we stopped providing, withdrawn over gossip at the next sweep (bounded: flushed
     /// whenever a message's worth has gathered).
     withdrawals: Vec<ContentKey>,
+
+    /// `/reef/peering/1` requests both ways.
+    peering: peering::Peering,
 }
 
 /// What [`EventLoop::new`] needs besides the swarm.
@@ -123,6 +127,7 @@ pub(crate) struct Parts {
     pub(crate) joined_tx: watch::Sender<bool>,
     pub(crate) started: Instant,
     pub(crate) peers_file: Option<PathBuf>,
+    pub(crate) peering_timeout: Duration,
 }
 
 impl EventLoop {
@@ -162,6 +167,7 @@ impl EventLoop {
             subscribers: HashMap::new(),
             gossip_dropped: 0,
             withdrawals: Vec::new(),
+            peering: peering::Peering::new(parts.peering_timeout),
         }
     }
 
@@ -227,6 +233,9 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break None,
                 },
+                Some(awaited) = self.peering.awaiting.next(), if !self.peering.awaiting.is_empty() => {
+                    self.on_peering_response(awaited);
+                }
                 () = sleep_until_opt(join_at) => self.join_attempt(),
                 () = sleep_until_opt(record_at) => self.put_own_record(),
                 _ = save_tick.tick() => {
@@ -331,6 +340,14 @@ impl EventLoop {
             Command::SetCert { cert, reply } => {
                 let _ = reply.send(self.set_cert(cert));
             }
+            Command::PeeringRequest {
+                peer,
+                request,
+                reply,
+            } => self.peering_request(peer, request, reply),
+            Command::PeeringInbox { reply } => {
+                let _ = reply.send(self.peering_inbox());
+            }
             // Handled by the run loop; nothing to do if it ever arrives here.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -361,6 +378,7 @@ impl EventLoop {
             gossip_scores: self.gossip_scores(),
             // Filled in by the client, outside the loop.
             traffic: Default::default(),
+            peering: self.peering.stats,
         }
     }
 
@@ -390,9 +408,11 @@ impl EventLoop {
     }
 
     /// Answers lookups whose caller's deadline has passed (or who stopped waiting) with what
-    /// they have, and stops their kad queries; publishes queued withdrawals.
+    /// they have, and stops their kad queries; forgets peering requests nobody awaits any more;
+    /// publishes queued withdrawals.
     fn sweep(&mut self) {
         self.flush_withdrawals();
+        self.sweep_peering();
         let now = Instant::now();
         let expired: Vec<QueryId> = self
             .pending_providers

@@ -29,7 +29,13 @@ fn local_info(http: &str) -> LocalInfo {
 fn event_loop() -> EventLoop {
     let keypair = Keypair::generate_ed25519();
     let mut registry = libp2p::metrics::Registry::default();
-    let swarm = build_swarm(keypair.clone(), false, &mut registry).unwrap();
+    let swarm = build_swarm(
+        keypair.clone(),
+        false,
+        crate::PEERING_REQUEST_TIMEOUT,
+        &mut registry,
+    )
+    .unwrap();
     let (_tx, commands) = mpsc::channel(1);
     let (joined_tx, _rx) = watch::channel(false);
     EventLoop::new(
@@ -42,6 +48,7 @@ fn event_loop() -> EventLoop {
             joined_tx,
             started: Instant::now(),
             peers_file: None,
+            peering_timeout: crate::PEERING_REQUEST_TIMEOUT,
         },
     )
 }
@@ -168,6 +175,7 @@ fn test_config(name: &str, bootstrap: Vec<Multiaddr>) -> crate::Config {
         peers_file: None,
         local_record: local_info(&format!("{name}:80")),
         metrics: Metrics::default(),
+        peering_timeout: crate::PEERING_REQUEST_TIMEOUT,
     }
 }
 
