@@ -19,7 +19,6 @@ mod withdrawal;
 
 pub use content_key::BadKey;
 pub use content_key::ContentKey;
-pub use peering::{PeeringError, Request as PeeringRequest, Response as PeeringResponse};
 pub use purge::{
     MAX_PURGE_CLOCK_SKEW_SECS, MAX_PURGE_NOTICE_AGE_SECS, MAX_PURGE_NOTICE_LEN, MAX_PURGE_TARGETS,
     NoticeError, PURGE_TOPIC, PurgeNotice, PurgeTarget,

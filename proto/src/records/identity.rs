@@ -129,7 +129,8 @@ impl<'de> Deserialize<'de> for ProviderId {
 #[derive(Clone)]
 pub struct ProviderKey(SigningKey);
 
-/// Error creating a key.
+/// Error creating a key (or an [`ArrangementId`](super::ArrangementId)): both need the
+/// operating system's randomness.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("no randomness from the operating system: {0}")]
