@@ -36,8 +36,8 @@
 //! does not decode (`garbage`) → the record's own checks (`wrong_signer`, `invalid`). Stores add
 //! `replay` for a record not newer ([`is_newer`]) than the one they hold, and check with
 //! [`key_belongs`] / [`open_under_key`] that a DHT value sits under its own key. A provider
-//! certificate carried in a node record, load report or usage receipt is opened the same way, and a rejected
-//! one rejects the record with the certificate's reason.
+//! certificate carried in a node record, load report or usage receipt is opened the same way,
+//! and a rejected one rejects the record with the certificate's reason.
 //!
 //! # Kinds
 //! - [`ProviderCert`]: a provider vouches for one of its nodes.
