@@ -468,10 +468,12 @@ mod tests {
                 bytes.insert(0, PEERING_VERSION);
             }
             if let Ok(request) = decode_request(&bytes) {
-                proptest::prop_assert_eq!(decode_request(&encode(&request).unwrap()).unwrap(), request);
+                let again = decode_request(&encode(&request).unwrap()).unwrap();
+                proptest::prop_assert_eq!(again, request);
             }
             if let Ok(response) = decode_response(&bytes) {
-                proptest::prop_assert_eq!(decode_response(&encode(&response).unwrap()).unwrap(), response);
+                let again = decode_response(&encode(&response).unwrap()).unwrap();
+                proptest::prop_assert_eq!(again, response);
             }
         }
 

@@ -76,7 +76,8 @@ pub fn kind_of_key(dht_key: &[u8]) -> Option<Kind> {
 
 /// Whether `opened` may sit under `dht_key`. A node record only under its signer's peer id, an
 /// offer only under its signing provider (both guaranteed by the record's own checks), a
-/// content record only under its content key, a service record only under its hostname. Records that never go into the DHT belong nowhere.
+/// content record only under its content key, a service record only under its hostname.
+/// Records that never go into the DHT belong nowhere.
 pub fn key_belongs<T: Record>(dht_key: &[u8], opened: &Opened<T>) -> bool {
     opened
         .record()
