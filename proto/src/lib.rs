@@ -3,12 +3,14 @@
 //! This crate owns the wire and persisted types and their canonical encoding (postcard,
 //! versioned), and everything needed to check what arrives from the network: [`records`]
 //! seals and opens the signed envelope every record and gossip message travels in, and says
-//! why a rejected one was rejected. It must not do I/O: no sockets, no files, no clocks beyond
+//! why a rejected one was rejected; [`peering`] holds the messages providers exchange to make,
+//! use and settle peering arrangements. It must not do I/O: no sockets, no files, no clocks beyond
 //! what a caller passes in (the one exception is OS randomness for a new key).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod content_key;
+pub mod peering;
 mod purge;
 pub mod records;
 mod runtime;

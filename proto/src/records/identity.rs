@@ -58,10 +58,7 @@ impl ProviderId {
 
 impl fmt::Display for ProviderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write_hex(f, &self.0)
     }
 }
 
@@ -80,18 +77,29 @@ impl FromStr for ProviderId {
     type Err = BadProviderId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.as_bytes();
-        if s.len() != 64 {
-            return Err(BadProviderId);
-        }
-        let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-            let hi = hex_val(pair[0]).ok_or(BadProviderId)?;
-            let lo = hex_val(pair[1]).ok_or(BadProviderId)?;
-            *byte = (hi << 4) | lo;
-        }
-        Ok(Self(out))
+        parse_hex(s).map(Self).ok_or(BadProviderId)
     }
+}
+
+/// Lower-case hex, as ids are shown to people.
+pub(crate) fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// Exactly `2 * N` hex digits, either case, as `N` bytes.
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *byte = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
+    }
+    Some(out)
 }
 
 // Hex in human-readable formats (config, admin JSON), 32 raw bytes in postcard.
@@ -121,7 +129,8 @@ impl<'de> Deserialize<'de> for ProviderId {
 #[derive(Clone)]
 pub struct ProviderKey(SigningKey);
 
-/// Error creating a key.
+/// Error creating a key (or an [`ArrangementId`](super::ArrangementId)): both need the
+/// operating system's randomness.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("no randomness from the operating system: {0}")]

@@ -12,6 +12,7 @@ const NODE: &[u8] = b"node/";
 const CONTENT: &[u8] = b"content/";
 const OFFER: &[u8] = b"offer/";
 const REGION: &[u8] = b"region/";
+const SERVICE: &[u8] = b"service/";
 
 fn key(kind: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ROOT.len() + kind.len() + rest.len());
@@ -50,6 +51,12 @@ pub fn region_announce_key(region: &str) -> ContentKey {
     ContentKey::from_bytes(*blake3::hash(&region_key(region)).as_bytes())
 }
 
+/// Where the [`ServiceRecord`](super::ServiceRecord) of a hostname lives. Hostnames in service
+/// records are lower case, so look up the lower-case name.
+pub fn service_key(hostname: &str) -> Vec<u8> {
+    key(SERVICE, hostname.as_bytes())
+}
+
 /// The kind of record stored under `dht_key`, or `None` if no record belongs there (a region
 /// key holds provider announcements only; anything else is not ours).
 pub fn kind_of_key(dht_key: &[u8]) -> Option<Kind> {
@@ -60,6 +67,8 @@ pub fn kind_of_key(dht_key: &[u8]) -> Option<Kind> {
         Some(Kind::ContentRecord)
     } else if rest.starts_with(OFFER) {
         Some(Kind::CapacityOffer)
+    } else if rest.starts_with(SERVICE) {
+        Some(Kind::ServiceRecord)
     } else {
         None
     }
@@ -67,7 +76,8 @@ pub fn kind_of_key(dht_key: &[u8]) -> Option<Kind> {
 
 /// Whether `opened` may sit under `dht_key`. A node record only under its signer's peer id, an
 /// offer only under its signing provider (both guaranteed by the record's own checks), a
-/// content record only under its content key. Records that never go into the DHT belong nowhere.
+/// content record only under its content key, a service record only under its hostname.
+/// Records that never go into the DHT belong nowhere.
 pub fn key_belongs<T: Record>(dht_key: &[u8], opened: &Opened<T>) -> bool {
     opened
         .record()
@@ -103,6 +113,7 @@ mod tests {
             content_record_key(&ContentKey::from_bytes(bytes)),
             offer_key(&ProviderId::from_bytes(bytes)),
             region_key("\u{3}"),
+            service_key("\u{3}"),
         ];
         for (i, a) in keys.iter().enumerate() {
             for b in &keys[i + 1..] {
@@ -114,6 +125,7 @@ mod tests {
         assert_eq!(kind_of_key(&keys[1]), Some(Kind::ContentRecord));
         assert_eq!(kind_of_key(&keys[2]), Some(Kind::CapacityOffer));
         assert_eq!(kind_of_key(&keys[3]), None);
+        assert_eq!(kind_of_key(&keys[4]), Some(Kind::ServiceRecord));
         assert_eq!(kind_of_key(b"/reef/node/abc"), None, "the old format");
         assert_eq!(kind_of_key(&bytes), None, "a raw content key (providers)");
     }

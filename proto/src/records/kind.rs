@@ -8,11 +8,9 @@ pub enum Kind {
     CapacityOffer,
     LoadReport,
     PurgeNotice,
-    /// Reserved for the peering issue.
     ServiceRecord,
-    /// Reserved for the peering issue.
+    /// Peering [`Terms`](super::Terms).
     Arrangement,
-    /// Reserved for the peering issue.
     UsageReceipt,
 }
 

@@ -36,14 +36,28 @@
 //! does not decode (`garbage`) → the record's own checks (`wrong_signer`, `invalid`). Stores add
 //! `replay` for a record not newer ([`is_newer`]) than the one they hold, and check with
 //! [`key_belongs`] / [`open_under_key`] that a DHT value sits under its own key. A provider
-//! certificate carried in a node record or load report is opened the same way, and a rejected
-//! one rejects the record with the certificate's reason.
+//! certificate carried in a node record, load report or usage receipt is opened the same way,
+//! and a rejected one rejects the record with the certificate's reason.
+//!
+//! # Kinds
+//! - [`ProviderCert`]: a provider vouches for one of its nodes.
+//! - [`NodeRecord`] (DHT): where a node listens, what it can take, whom it belongs to.
+//! - [`ContentRecord`] (DHT): what a body fetched from a peer must hash to.
+//! - [`CapacityOffer`] (DHT): a provider's spare capacity, for peering.
+//! - [`LoadReport`] (gossip): a node's load, every second.
+//! - [`ServiceRecord`] (DHT): a hostname a provider serves, and its origin.
+//! - [`Terms`] (peering protocol): an arrangement as the primary proposes it; countersigned by
+//!   the peer it becomes an [`Agreement`], checked by [`open_agreement`].
+//! - [`UsageReceipt`] (peering protocol): a serving node's running totals for an arrangement.
 //!
 //! # Who signs
-//! Providers sign certificates and offers with a [`ProviderKey`]. Nodes sign their own records
-//! with their libp2p ed25519 key: `SigningKey::from_bytes` of its 32-byte secret gives the same
-//! public key, and [`peer_id_bytes`] of that key is the node's libp2p PeerId.
+//! Providers sign certificates, offers, service records and terms with a [`ProviderKey`]; a
+//! peer accepts terms by [`countersign`]ing them. Nodes sign their own records (node records,
+//! content records, load reports, usage receipts) with their libp2p ed25519 key:
+//! `SigningKey::from_bytes` of its 32-byte secret gives the same public key, and
+//! [`peer_id_bytes`] of that key is the node's libp2p PeerId.
 
+mod arrangement;
 mod cert;
 mod content;
 mod envelope;
@@ -54,11 +68,18 @@ mod kind;
 mod load;
 mod node;
 mod offer;
-mod text;
+mod receipt;
+mod service;
+pub(crate) mod text;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
+pub use arrangement::{
+    Agreement, ArrangementId, BadArrangementId, COUNTERSIGN_DOMAIN, Countersignature,
+    MAX_ARRANGEMENT_DURATION_MS, MAX_ARRANGEMENT_REGIONS, MAX_ARRANGEMENT_SERVICES, MAX_PERMILLE,
+    OpenedAgreement, Sla, Terms, countersign, open_agreement,
+};
 pub use cert::{MAX_PROVIDER_NAME_LEN, Membership, ProviderCert};
 pub use content::{ContentRecord, MAX_ETAG_LEN, MAX_LAST_MODIFIED_LEN};
 pub use ed25519_dalek::SigningKey;
@@ -72,7 +93,7 @@ pub use identity::{
 };
 pub use keys::{
     content_record_key, key_belongs, kind_of_key, node_record_key, offer_key, open_under_key,
-    region_announce_key, region_key,
+    region_announce_key, region_key, service_key,
 };
 pub use kind::Kind;
 pub use load::{LOAD_TOPIC, LoadReport, MAX_HIT_RATIO_PERMILLE, MAX_UTILISATION_PERMILLE};
@@ -80,6 +101,10 @@ pub use node::{
     Capacity, MAX_ADDR_LEN, MAX_HTTP_LEN, MAX_LISTEN_ADDRS, MAX_REGION_LEN, NodeRecord,
 };
 pub use offer::{CapacityOffer, MAX_OFFER_REGIONS};
+pub use receipt::{ReceiptAck, UsageReceipt};
+pub use service::{
+    Access, MAX_HOSTNAME_LABEL_LEN, MAX_HOSTNAME_LEN, MAX_ORIGIN_LEN, ServiceRecord,
+};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

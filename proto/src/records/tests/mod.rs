@@ -8,8 +8,9 @@ use proptest::prelude::*;
 use self::support::*;
 use super::envelope::seal_raw;
 use super::{
-    CapacityOffer, ContentRecord, ENVELOPE_VERSION, Kind, LoadReport, NodeRecord, ProviderCert,
-    Record, RecordError, decode_body, open, seal,
+    Agreement, ArrangementId, CapacityOffer, ContentRecord, Countersignature, ENVELOPE_VERSION,
+    Kind, LoadReport, NodeRecord, ProviderCert, Record, RecordError, ServiceRecord, Terms,
+    UsageReceipt, countersign, decode_body, open, open_agreement, seal,
 };
 
 /// One valid envelope of every kind, with the kind it holds.
@@ -55,6 +56,36 @@ fn samples() -> Vec<(Kind, Vec<u8>)> {
             )
             .unwrap(),
         ),
+        (
+            Kind::ServiceRecord,
+            seal(
+                provider.signing_key(),
+                &service_of(&provider),
+                NOW,
+                NOW + 60_000,
+            )
+            .unwrap(),
+        ),
+        (
+            Kind::Arrangement,
+            seal(
+                provider.signing_key(),
+                &terms_of(&provider, &provider_key(2)),
+                NOW,
+                NOW + DAY,
+            )
+            .unwrap(),
+        ),
+        (
+            Kind::UsageReceipt,
+            seal(
+                &node,
+                &receipt_of(&node, Some(cert_of(&node))),
+                NOW,
+                NOW + 60_000,
+            )
+            .unwrap(),
+        ),
     ]
 }
 
@@ -69,6 +100,9 @@ fn decode_as(kind: Kind, bytes: &[u8], signer: &[u8; 32], now: u64) -> Result<()
         Kind::ContentRecord => go::<ContentRecord>(bytes, signer, now),
         Kind::CapacityOffer => go::<CapacityOffer>(bytes, signer, now),
         Kind::LoadReport => go::<LoadReport>(bytes, signer, now),
+        Kind::ServiceRecord => go::<ServiceRecord>(bytes, signer, now),
+        Kind::Arrangement => go::<Terms>(bytes, signer, now),
+        Kind::UsageReceipt => go::<UsageReceipt>(bytes, signer, now),
         _ => Err(RecordError::Garbage("no record type for this kind yet")),
     }
 }
@@ -84,16 +118,22 @@ fn open_as(kind: Kind, bytes: &[u8], now: u64) -> Result<(), RecordError> {
         Kind::ContentRecord => go::<ContentRecord>(bytes, now),
         Kind::CapacityOffer => go::<CapacityOffer>(bytes, now),
         Kind::LoadReport => go::<LoadReport>(bytes, now),
+        Kind::ServiceRecord => go::<ServiceRecord>(bytes, now),
+        Kind::Arrangement => go::<Terms>(bytes, now),
+        Kind::UsageReceipt => go::<UsageReceipt>(bytes, now),
         _ => Err(RecordError::Garbage("no record type for this kind yet")),
     }
 }
 
-const OPENABLE: [Kind; 5] = [
+const OPENABLE: [Kind; 8] = [
     Kind::ProviderCert,
     Kind::NodeRecord,
     Kind::ContentRecord,
     Kind::CapacityOffer,
     Kind::LoadReport,
+    Kind::ServiceRecord,
+    Kind::Arrangement,
+    Kind::UsageReceipt,
 ];
 
 #[test]
@@ -142,7 +182,7 @@ fn signatures_are_domain_separated() {
 }
 
 fn arbitrary_kind_code() -> impl Strategy<Value = u8> {
-    prop_oneof![Just(1u8), Just(2), Just(3), Just(4), Just(5), any::<u8>()]
+    prop_oneof![(1u8..=9), any::<u8>()]
 }
 
 proptest! {
@@ -207,7 +247,7 @@ proptest! {
     /// rejected; only the unchanged bytes open.
     #[test]
     fn mutated_envelopes_never_open(
-        sample in 0usize..5,
+        sample in 0usize..OPENABLE.len(),
         flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 0..4),
         cut in proptest::option::of(any::<usize>()),
         insert in proptest::option::of((any::<usize>(), any::<u8>())),
@@ -229,6 +269,34 @@ proptest! {
             prop_assert_eq!(result, Ok(()));
         } else {
             prop_assert!(result.is_err(), "mutated {:?} envelope opened", kind);
+        }
+    }
+
+    /// Agreements with arbitrary terms bytes and countersignatures, and valid terms with an
+    /// arbitrary countersignature, never open.
+    #[test]
+    fn arbitrary_agreements_never_open(
+        sealed_terms in proptest::collection::vec(any::<u8>(), 0..1024),
+        signature in proptest::collection::vec(any::<u8>(), 64),
+        now in prop_oneof![Just(NOW), any::<u64>()],
+    ) {
+        let mut countersignature = Countersignature([0; 64]);
+        countersignature.0.copy_from_slice(&signature);
+        let agreement = Agreement { sealed_terms, countersignature };
+        prop_assert!(open_agreement(&agreement, now).is_err());
+        let primary = provider_key(1);
+        let sealed_terms =
+            seal(primary.signing_key(), &terms_of(&primary, &provider_key(2)), NOW, NOW + DAY)
+                .unwrap();
+        let valid = countersign(provider_key(2).signing_key(), &sealed_terms);
+        let agreement = Agreement { sealed_terms, countersignature };
+        prop_assert_eq!(open_agreement(&agreement, NOW).is_ok(), countersignature == valid);
+    }
+
+    #[test]
+    fn parsing_arbitrary_arrangement_ids_never_panics(s in "\\PC{0,40}") {
+        if let Ok(id) = s.parse::<ArrangementId>() {
+            prop_assert_eq!(id.to_string(), s.to_ascii_lowercase());
         }
     }
 

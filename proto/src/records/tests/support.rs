@@ -5,9 +5,10 @@ use std::fmt::Debug;
 use crate::ContentKey;
 use crate::records::envelope::seal_raw;
 use crate::records::{
-    Capacity, CapacityOffer, ContentRecord, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, HOUR_MS,
-    LoadReport, MAX_CLOCK_SKEW_MS, NodeRecord, ProviderCert, ProviderKey, Record, RecordError,
-    SigningKey, is_newer, open, peer_id_bytes, seal,
+    Access, ArrangementId, Capacity, CapacityOffer, ContentRecord, ENVELOPE_OVERHEAD,
+    ENVELOPE_VERSION, HOUR_MS, LoadReport, MAX_CLOCK_SKEW_MS, NodeRecord, ProviderCert,
+    ProviderKey, Record, RecordError, ServiceRecord, SigningKey, Sla, Terms, UsageReceipt,
+    is_newer, open, peer_id_bytes, seal,
 };
 
 /// A fixed "now" (2027-01-15), so tests do not depend on the clock.
@@ -100,6 +101,47 @@ pub(crate) fn load_report(node: &SigningKey, cert: Option<Vec<u8>>) -> LoadRepor
         egress_bytes_per_s: 50_000_000,
         utilisation_permille: 640,
         hit_ratio_permille: 910,
+    }
+}
+
+pub(crate) fn service_of(owner: &ProviderKey) -> ServiceRecord {
+    ServiceRecord {
+        hostname: "img.example.com".into(),
+        origin: "https://origin.example.com/img/".into(),
+        owner: owner.id(),
+        access: Access::Public,
+    }
+}
+
+/// Terms from `primary` to `peer` for a day from [`NOW`].
+pub(crate) fn terms_of(primary: &ProviderKey, peer: &ProviderKey) -> Terms {
+    Terms {
+        id: ArrangementId::from_bytes([0x5a; 16]),
+        primary: primary.id(),
+        peer: peer.id(),
+        services: vec!["img.example.com".into(), "video.example.com".into()],
+        regions: vec!["eu".into()],
+        req_per_s: 2_000,
+        mbit_per_s: 1_000,
+        share_permille: 250,
+        price_micros_per_gb: 12_000,
+        start_ms: NOW,
+        end_ms: NOW + DAY,
+        sla: Sla {
+            max_p95_ms: 150,
+            min_availability_permille: 995,
+        },
+    }
+}
+
+pub(crate) fn receipt_of(node: &SigningKey, cert: Option<Vec<u8>>) -> UsageReceipt {
+    UsageReceipt {
+        arrangement: ArrangementId::from_bytes([0x5a; 16]),
+        node: node.verifying_key().to_bytes(),
+        seq: 3,
+        requests: 120_000,
+        bytes: 9_000_000_000,
+        cert,
     }
 }
 
