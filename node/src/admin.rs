@@ -1,5 +1,5 @@
 //! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
-//! `/api/offers?region=`, `/api/load`, `POST /api/purge` and `/metrics`.
+//! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `POST /api/purge` and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +32,8 @@ pub struct AdminState {
     /// The node's metrics, served at `/metrics`.
     pub registry: Arc<Registry>,
     pub load: crate::load::Load,
+    pub services: Arc<crate::services::Services>,
+    pub arrangements: Arc<crate::peering::Arrangements>,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -52,6 +54,7 @@ struct StatusBody {
     cache: reef_cache::Stats,
     /// Per service with a storage quota: the quota, bytes stored, and objects refused.
     quotas: BTreeMap<String, reef_cache::QuotaStats>,
+    services: crate::services::Stats,
     announcements: crate::fetch::AnnounceStats,
     /// Bodies from peers that did not match their ContentRecord (each peer is then avoided
     /// for that content).
@@ -89,6 +92,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/holders", get(holders))
         .route("/api/node", get(node))
         .route("/api/offers", get(offers))
+        .route("/api/arrangements", get(arrangements))
         .route("/metrics", get(metrics))
         .route("/api/load", get(load))
         .route(
@@ -151,12 +155,24 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         announcements: state.announcer.stats(),
         peer_bodies_rejected: state.fetcher.verify_failures(),
         purges: state.purger.stats(),
+        services: state.services.stats(),
         gossip_dropped: overlay.gossip_dropped,
         records_rejected: overlay.records_rejected,
         load: state.load.stats(),
         gossip,
     })
     .into_response()
+}
+
+#[derive(Serialize)]
+struct ArrangementsBody {
+    arrangements: Vec<crate::peering::View>,
+}
+
+async fn arrangements(State(state): State<Arc<AdminState>>) -> Json<ArrangementsBody> {
+    Json(ArrangementsBody {
+        arrangements: state.arrangements.views(),
+    })
 }
 
 /// Prometheus metrics in OpenMetrics text.

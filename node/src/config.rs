@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub services: BTreeMap<String, ServiceFile>,
     /// The spare capacity this provider lends; published by a node with a provider key.
     pub offer: Option<crate::offers::OfferConfig>,
+    /// The provider's peering policy.
+    pub peering: Option<crate::peering::PolicyFile>,
 }
 
 /// One `[services."HOST"]` table.
@@ -76,6 +78,9 @@ pub struct FileConfig {
 pub struct ServiceFile {
     /// Storage quota: bytes, or a size with a unit like `cache_size`.
     pub quota: Option<toml::Value>,
+    /// The customer's origin (`http://` or `https://`, no path): makes this a service of our
+    /// provider that every node of the overlay can serve as `Host: HOST`.
+    pub origin: Option<String>,
 }
 
 impl FileConfig {
@@ -115,6 +120,7 @@ pub struct Config {
     /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
     pub services: BTreeMap<String, Service>,
     pub offer: Option<crate::offers::OfferConfig>,
+    pub peering: crate::peering::Policy,
 }
 
 /// Settings of one service (tenant).
@@ -122,6 +128,8 @@ pub struct Config {
 pub struct Service {
     /// Most body bytes the cache keeps for this service; None: it only shares `cache_size`.
     pub quota: Option<u64>,
+    /// Where its objects come from; None: only a quota for URLs of this host.
+    pub origin: Option<reef_proto::CanonicalUrl>,
 }
 
 impl Config {
@@ -145,6 +153,7 @@ impl Config {
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
             services: BTreeMap::new(),
             offer: None,
+            peering: crate::peering::Policy::default(),
         }
     }
 
@@ -179,6 +188,12 @@ impl Config {
         }
         if file.offer.is_some() {
             self.offer = file.offer;
+        }
+        if let Some(policy) = file.peering {
+            self.peering = policy.check().map_err(|reason| ConfigError::Invalid {
+                field: "[peering]",
+                reason,
+            })?;
         }
         if let Some(v) = file.region {
             self.region = v;
@@ -219,6 +234,13 @@ impl Config {
                 })?;
                 service.quota = Some(quota);
             }
+            if let Some(origin) = given.origin {
+                service.origin =
+                    Some(origin_url(&origin).map_err(|reason| ConfigError::Service {
+                        service: host.clone(),
+                        reason: format!("origin: {reason}"),
+                    })?);
+            }
         }
         Ok(self)
     }
@@ -238,6 +260,7 @@ pub fn quota_flags(flags: &[String]) -> Result<BTreeMap<String, ServiceFile>, Co
         let host = service_host(host)?;
         let given = ServiceFile {
             quota: Some(toml::Value::String(size.to_string())),
+            origin: None,
         };
         if out.insert(host, given).is_some() {
             return Err(bad("names a host given before"));
@@ -260,6 +283,18 @@ fn service_host(name: &str) -> Result<String, ConfigError> {
         return Err(bad("has a port (quotas apply to every port of a host)"));
     }
     Ok(authority.host().to_ascii_lowercase())
+}
+
+/// A service's origin: an http(s) URL of a host, without path, query or user info, because
+/// the client's path is appended to it.
+fn origin_url(text: &str) -> Result<reef_proto::CanonicalUrl, String> {
+    let url = reef_proto::CanonicalUrl::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if url.path_and_query() != "/" || text.contains('@') {
+        return Err(format!(
+            "{text:?} must be a scheme and host only, such as http://origin.example:8080"
+        ));
+    }
+    Ok(url)
 }
 
 /// A size given as a TOML integer (bytes) or string ("2GiB").

@@ -201,8 +201,9 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         capacity_rps: args.capacity_rps,
         capacity_mbps: args.capacity_mbps,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
-        // Offers are policy: they come from the config file only.
+        // Offers and peering are policy: they come from the config file only.
         offer: None,
+        peering: None,
     };
     let config = Config::defaults()
         .with_file(file)

@@ -13,12 +13,14 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::edge::{self, Edge};
+use crate::edge::{self, Edge, Gate};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
 use crate::load::{self, Load};
 use crate::offers;
+use crate::peering::{Arrangements, Redirector};
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
+use crate::services::{self, Services};
 use crate::{identity, runtime_file};
 
 /// How long after start we keep waiting to join before re-announcing cached objects anyway.
@@ -133,6 +135,10 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         e => StartError::Runtime(format!("cannot start the overlay: {e}")),
     })?;
     let registry = Arc::new(registry);
+    // Signed by our provider's key, or by our own for a node that is its own provider.
+    let service_owner = certifier
+        .as_ref()
+        .map_or(signing_key.clone(), |p| p.key.signing_key().clone());
     let renewal = certifier.map(|p| provider::spawn_renewal(p, peer_id, overlay.clone()));
     let offer_task = offer.map(|(p, record)| offers::spawn_publisher(p, record, overlay.clone()));
     // Subscribed before joining, so no notice published after we join passes us by.
@@ -155,8 +161,27 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to load reports: {e}")))?;
     let load_task = load.start(signing_key.clone(), reports);
 
-    let upstreams =
-        Upstreams::new(config.origin_timeout).map_err(|e| StartError::Runtime(e.to_string()))?;
+    let services = Arc::new(Services::new(
+        &config.services,
+        membership.id,
+        overlay.clone(),
+    ));
+    services::check(&services, &service_owner).map_err(|e| input("[services]", &e))?;
+    let services_task = services::spawn_publisher(service_owner, services.clone(), overlay.clone());
+    let peering_db = config.data_dir.join("peering.redb");
+    let arrangements = {
+        let (own, policy) = (membership.id, config.peering.clone());
+        tokio::task::spawn_blocking(move || Arrangements::open(own, &policy, &peering_db))
+            .await
+            .map_err(|e| StartError::Runtime(format!("peering database open panicked: {e}")))?
+            .map_err(|e| StartError::Runtime(e.to_string()))?
+    };
+    let arrangements = Arc::new(arrangements);
+    let saver = arrangements.spawn_saver();
+    let arrangements_at_stop = arrangements.clone();
+    let upstreams = Upstreams::new(config.origin_timeout)
+        .map_err(|e| StartError::Runtime(e.to_string()))?
+        .with_services(services.clone());
     let announcer = Announcer::new(overlay.clone(), signing_key.clone());
     let local = LocalInfo {
         provider: membership.id,
@@ -169,7 +194,23 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         local,
         announcer.clone(),
     );
-    let edge = Arc::new(Edge::new(fetcher.clone(), upstreams, &short, load.meter()));
+    let edge = Arc::new(Edge::new(
+        fetcher.clone(),
+        upstreams,
+        &short,
+        load.meter(),
+        Gate {
+            services: services.clone(),
+            provider: membership.id,
+            arrangements: arrangements.clone(),
+            redirector: Redirector::new(
+                arrangements.clone(),
+                load.clone(),
+                overlay.clone(),
+                config.peering.high_watermark_permille,
+            ),
+        },
+    ));
 
     let status = overlay
         .status()
@@ -206,6 +247,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         provider: membership,
         registry,
         load,
+        services,
+        arrangements,
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,
@@ -226,14 +269,17 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     info!("shutting down");
     let _ = stop_tx.send(true);
     reannounce.abort();
-    if let Some(task) = offer_task {
+    for task in [offer_task, services_task].into_iter().flatten() {
         task.abort();
     }
+    saver.abort();
     if let Some(renewal) = renewal {
         renewal.abort();
     }
     let _ = edge_task.await;
     let _ = admin_task.await;
+    // After the edge has stopped, so the last requests are counted.
+    arrangements_at_stop.persist().await;
     overlay.shutdown().await;
     // It ends by itself once the overlay has dropped its queue; this only stops one that
     // still waits for a free check slot.

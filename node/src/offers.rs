@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reef_proto::records::{CapacityOffer, ProviderId, offer_key, open, region_announce_key, seal};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::provider::{ProviderIdentity, unix_ms};
 
@@ -61,19 +61,11 @@ pub fn spawn_publisher(
     offer: CapacityOffer,
     overlay: reef_overlay::Client,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let wait = match publish(&provider, &offer, &overlay).await {
-                Ok(()) => {
-                    info!(regions = ?offer.regions, "capacity offer published");
-                    REPUBLISH_EVERY
-                }
-                Err(error) => {
-                    warn!(%error, "publishing the capacity offer failed; retrying");
-                    RETRY_AFTER
-                }
-            };
-            tokio::time::sleep(wait).await;
+    crate::republish::spawn("capacity offer", REPUBLISH_EVERY, RETRY_AFTER, move || {
+        let (provider, offer, overlay) = (provider.clone(), offer.clone(), overlay.clone());
+        async move {
+            publish(&provider, &offer, &overlay).await?;
+            Ok(format!("regions {:?}", offer.regions))
         }
     })
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reef_proto::records::{
     CapacityOffer, ContentRecord, Kind, NodeRecord, Opened, ProviderCert, Record, RecordError,
-    SIGNATURE_LEN, kind_of_key, open, open_under_key,
+    SIGNATURE_LEN, ServiceRecord, kind_of_key, open, open_under_key,
 };
 
 use crate::metrics::UNKNOWN_KIND;
@@ -103,6 +103,9 @@ pub(crate) fn check(key: &[u8], value: &[u8], now_ms: u64) -> Result<Checked, Re
             .map(|o| summary(&o, kind))
             .map_err(rejected),
         Kind::CapacityOffer => open_under_key::<CapacityOffer>(key, value, now_ms)
+            .map(|o| summary(&o, kind))
+            .map_err(rejected),
+        Kind::ServiceRecord => open_under_key::<ServiceRecord>(key, value, now_ms)
             .map(|o| summary(&o, kind))
             .map_err(rejected),
         // `kind_of_key` names no other kind today; a new one must be added here to be stored.

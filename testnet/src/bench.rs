@@ -442,6 +442,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, Error> {
             dir: opts.dir.join("net"),
             extra_args: Vec::new(),
             env: Vec::new(),
+            provider_configs: Vec::new(),
         }),
     )
     .await?;

@@ -82,6 +82,7 @@ pub async fn run(opts: &DiscoveryBenchOptions) -> Result<DiscoveryBenchReport, E
         dir: opts.dir.join("net"),
         extra_args: vec!["--config".into(), config.display().to_string()],
         env: Vec::new(),
+        provider_configs: Vec::new(),
     })
     .await?;
     let admins: Vec<_> = testnet.nodes.iter().map(|n| n.runtime().admin).collect();

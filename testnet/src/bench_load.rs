@@ -185,6 +185,7 @@ pub async fn run(opts: &LoadBenchOptions) -> Result<LoadBenchReport, Error> {
             dir: opts.dir.join(format!("n{n}")),
             extra_args: Vec::new(),
             env: Vec::new(),
+            provider_configs: Vec::new(),
         })
         .await?;
         let launch = t0.elapsed();

@@ -195,6 +195,7 @@ impl CommonArgs {
             dir,
             extra_args: self.node_args,
             env: Vec::new(),
+            provider_configs: Vec::new(),
         })
     }
 }

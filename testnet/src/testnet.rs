@@ -43,6 +43,12 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Extra environment for every node.
     pub env: Vec<(String, String)>,
+    /// Per provider (index k for provider `p<k>`): a config file (TOML) for its nodes, the
+    /// provider's policy repository. `{origin}` is replaced with the demo origin's base URL
+    /// (`http://127.0.0.1:PORT`), so services can point at it, and `{provider:K}` with the id
+    /// of provider `p<K>`, so policies can name partners. Written to
+    /// `DIR/providers/p<k>.toml` and given as `--config`; providers past the end get none.
+    pub provider_configs: Vec<String>,
 }
 
 /// A running testnet. Dropping it kills every node (SIGKILL) and the origin;
@@ -141,6 +147,53 @@ async fn provider_keys(bin: &Path, dir: &Path, providers: usize) -> Result<(), E
     Ok(())
 }
 
+/// Writes each provider's config file with the placeholders filled in; their paths, by
+/// provider.
+fn provider_configs(opts: &Options, origin: &str) -> Result<Vec<PathBuf>, Error> {
+    if opts.provider_configs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = Vec::new();
+    for p in 0..opts.providers {
+        ids.push((format!("{{provider:{p}}}"), provider_id(&opts.dir, p)?));
+    }
+    let mut paths = Vec::new();
+    for (p, text) in opts
+        .provider_configs
+        .iter()
+        .enumerate()
+        .take(opts.providers)
+    {
+        let mut text = text.replace("{origin}", origin.trim_end_matches('/'));
+        for (placeholder, id) in &ids {
+            text = text.replace(placeholder, id);
+        }
+        let path = opts.dir.join("providers").join(format!("p{p}.toml"));
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// The id of provider `p`, as its key file (from `reef provider init`) states it.
+pub fn provider_id(dir: &Path, p: usize) -> Result<String, Error> {
+    let path = provider_key_path(dir, p);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let file: toml::Table = toml::from_str(&text).map_err(|e| Error::ProviderKey {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    match file.get("id").and_then(|v| v.as_str()) {
+        Some(id) => Ok(id.to_string()),
+        None => Err(Error::ProviderKey {
+            path,
+            reason: "no id in the key file".into(),
+        }),
+    }
+}
+
 impl Testnet {
     /// Starts the origin on 127.0.0.1:0, then node 0, then node 1 bootstrapping from node 0,
     /// then the others in parallel bootstrapping from nodes 0 and 1; waits until every node
@@ -170,6 +223,14 @@ impl Testnet {
 
         let origin = Origin::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         info!(addr = %origin.addr(), "origin up");
+        let configs = provider_configs(&opts, &origin.url(""))?;
+        let specs = specs.into_iter().enumerate().map(|(i, mut spec)| {
+            if let Some(path) = configs.get(i % opts.providers) {
+                spec.extra_args
+                    .extend(["--config".to_string(), path.display().to_string()]);
+            }
+            spec
+        });
 
         let mut specs = specs.into_iter();
         let mut nodes = Vec::with_capacity(opts.nodes);

@@ -300,6 +300,7 @@ async fn launch_assigns_ips_providers_and_bootstrap_and_shuts_down() {
         dir: root.clone(),
         extra_args: vec!["--extra".into()],
         env: vec![],
+        provider_configs: vec![],
     })
     .await
     .unwrap();
@@ -393,6 +394,7 @@ async fn launch_rejects_bad_options() {
                 vec![extra.into()]
             },
             env: vec![],
+            provider_configs: vec![],
         })
         .await
         .unwrap_err();
@@ -415,6 +417,7 @@ async fn launch_failure_kills_what_started() {
         dir: root.clone(),
         extra_args: vec![],
         env: vec![],
+        provider_configs: vec![],
     })
     .await
     .unwrap_err();

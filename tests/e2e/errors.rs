@@ -26,10 +26,19 @@ async fn bad_requests_and_failing_origins_get_clear_errors() {
     assert!(status_line(&raw).contains(" 400 "), "{raw}");
     assert!(body_of(&raw).contains("scheme"), "{raw}");
 
-    // Not a proxy request at all.
+    // Not a proxy request, and not for a service anybody publishes.
     let raw = raw_exchange(
         node,
         b"GET /just/a/path HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status_line(&raw).contains(" 404 "), "{raw}");
+    assert!(body_of(&raw).contains("not a service"), "{raw}");
+    assert!(body_of(&raw).contains("absolute"), "{raw}");
+    // Not a proxy request, and addressed to the node itself.
+    let raw = raw_exchange(
+        node,
+        b"GET /just/a/path HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(status_line(&raw).contains(" 400 "), "{raw}");

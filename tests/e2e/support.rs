@@ -30,19 +30,26 @@ pub async fn launch(nodes: usize, extra_args: &[&str]) -> Net {
 }
 
 pub async fn launch_with_env(nodes: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Net {
-    launch_full(nodes, 1, extra_args, env).await
+    launch_options(nodes, 1, extra_args, env, &[]).await
 }
 
 /// Nodes of `providers` providers (round-robin), each certified with its provider's key.
 pub async fn launch_providers(nodes: usize, providers: usize, extra_args: &[&str]) -> Net {
-    launch_full(nodes, providers, extra_args, &[]).await
+    launch_options(nodes, providers, extra_args, &[], &[]).await
 }
 
-async fn launch_full(
+/// Like [`launch_providers`], with a config file per provider (`{origin}` is replaced by the
+/// demo origin's base URL; see `reef_testnet::Options::provider_configs`).
+pub async fn launch_configured(nodes: usize, providers: usize, configs: &[&str]) -> Net {
+    launch_options(nodes, providers, &[], &[], configs).await
+}
+
+async fn launch_options(
     nodes: usize,
     providers: usize,
     extra_args: &[&str],
     env: &[(&str, &str)],
+    configs: &[&str],
 ) -> Net {
     let dir = tempfile::Builder::new()
         .prefix("reef-e2e-")
@@ -58,6 +65,7 @@ async fn launch_full(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        provider_configs: configs.iter().map(|c| c.to_string()).collect(),
     })
     .await
     .expect("testnet launches");

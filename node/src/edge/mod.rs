@@ -7,5 +7,5 @@ mod respond;
 mod route;
 mod server;
 
-pub use route::Edge;
+pub use route::{Edge, Gate};
 pub use server::serve;

@@ -6,6 +6,7 @@ use std::time::Instant;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use reef_proto::records::ProviderId;
 use reef_proto::{CanonicalUrl, ContentKey, UrlError};
 use tracing::{Instrument, debug, info_span};
 
@@ -16,6 +17,9 @@ use crate::fetch::{
     strip_hop_by_hop,
 };
 use crate::load::Meter;
+use crate::peering::redirect::parse_service_path;
+use crate::peering::{Arrangements, Redirector, Usage};
+use crate::services::{Service, Services};
 
 /// Request header budget (names, values and request target); beyond it → 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -27,11 +31,27 @@ pub struct Edge {
     next_request_id: AtomicU64,
     /// Load counters: requests, egress bytes, cache lookups (see `load::meter` for what counts).
     meter: Arc<Meter>,
+    gate: Gate,
+}
+
+/// What decides which services this node serves, for whom, and which it sends elsewhere.
+pub struct Gate {
+    pub services: Arc<Services>,
+    /// This node's provider: whose services it serves without an arrangement.
+    pub provider: ProviderId,
+    pub arrangements: Arc<Arrangements>,
+    pub redirector: Redirector,
 }
 
 impl Edge {
     /// `node_name` goes into `Via` (e.g. the short peer id).
-    pub fn new(fetcher: Fetcher, upstreams: Upstreams, node_name: &str, meter: Arc<Meter>) -> Self {
+    pub fn new(
+        fetcher: Fetcher,
+        upstreams: Upstreams,
+        node_name: &str,
+        meter: Arc<Meter>,
+        gate: Gate,
+    ) -> Self {
         let via = HeaderValue::from_str(&format!("1.1 reef-{node_name}"))
             .unwrap_or(HeaderValue::from_static("1.1 reef"));
         Self {
@@ -40,6 +60,7 @@ impl Edge {
             via,
             next_request_id: AtomicU64::new(1),
             meter,
+            gate,
         }
     }
 
@@ -98,29 +119,54 @@ impl Edge {
                 ),
             ));
         }
-        if req.uri().scheme().is_none() {
+        let mut usage = None;
+        let url = if req.uri().scheme().is_none() {
             if let Some(key) = req.uri().path().strip_prefix(OBJECT_PATH) {
                 return Ok(self.serve_object(key, req.headers()).await);
             }
-            return Err(FetchError::BadRequest(
-                "send an absolute http:// URL (forward-proxy form), e.g. curl -x http://NODE http://origin/path"
-                    .into(),
-            ));
-        }
-        let url = match CanonicalUrl::from_uri(req.uri()) {
-            Ok(url) => url,
-            Err(e @ UrlError::TooLong) => {
-                return Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()));
+            let asked = self.service_of(&req).await?;
+            usage = self.authorise(&asked.service)?;
+            // A request that reached us through a redirect (the path form) stays here.
+            if usage.is_none()
+                && !asked.redirected
+                && let Some(location) = self
+                    .gate
+                    .redirector
+                    .location(&asked.service.hostname, &asked.target)
+                    .await
+            {
+                return Ok(redirect(&location));
             }
-            Err(e) => return Err(FetchError::BadRequest(e.to_string())),
+            match asked.service.url(&asked.target) {
+                Ok(url) => url,
+                Err(e @ UrlError::TooLong) => {
+                    return Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()));
+                }
+                Err(e) => return Err(FetchError::BadRequest(e.to_string())),
+            }
+        } else {
+            let url = match CanonicalUrl::from_uri(req.uri()) {
+                Ok(url) => url,
+                Err(e @ UrlError::TooLong) => {
+                    return Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()));
+                }
+                Err(e) => return Err(FetchError::BadRequest(e.to_string())),
+            };
+            // A proxy request for a service's URL is that service's request. Only services
+            // already known are checked: a DHT lookup for every host proxied would slow down
+            // plain proxying.
+            if let Some(service) = self.gate.services.cached(url.host()) {
+                usage = self.authorise(&service)?;
+            }
+            url
         };
         let (parts, body) = req.into_parts();
-        match parts.method {
+        let resp = match parts.method {
             Method::GET | Method::HEAD => {
                 let served = self.fetcher.get(url, &parts).await?;
-                Ok(respond(served, &parts).await)
+                respond(served, &parts).await
             }
-            Method::CONNECT => Err(FetchError::Method("CONNECT".into())),
+            Method::CONNECT => return Err(FetchError::Method("CONNECT".into())),
             ref method => {
                 // Unsafe and other methods go to the origin untouched and are never cached.
                 let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
@@ -143,9 +189,73 @@ impl Edge {
                     source: Source::Origin,
                     cache: CacheStatus::Miss,
                 };
-                Ok(respond(served, &parts).await)
+                respond(served, &parts).await
             }
+        };
+        // Phase: account what is served for another provider, byte by byte as it goes out.
+        Ok(match usage {
+            Some(usage) => resp.map(|body| usage.count(body)),
+            None => resp,
+        })
+    }
+
+    /// Phase: the service an origin-form request names: in its `Host`, or in the path when a
+    /// redirect addressed it to this node (`/_reef/s/HOST/PATH`).
+    async fn service_of(&self, req: &Request<Incoming>) -> Result<ServiceRequest, FetchError> {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let (host, target, redirected) = match parse_service_path(path_and_query) {
+            Some((host, target)) => (Some(host), target, true),
+            None => {
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok());
+                (host, path_and_query.to_string(), false)
+            }
+        };
+        let host = host
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .map(|a| a.host().to_ascii_lowercase())
+            .filter(|h| h.parse::<std::net::IpAddr>().is_err() && h != "localhost");
+        let Some(host) = host else {
+            return Err(FetchError::BadRequest(
+                "send a service hostname in Host, or an absolute http:// URL (forward-proxy form), e.g. curl -x http://NODE http://origin/path"
+                    .into(),
+            ));
+        };
+        let service = self
+            .gate
+            .services
+            .resolve(&host)
+            .await
+            .ok_or(FetchError::UnknownService(host))?;
+        Ok(ServiceRequest {
+            service,
+            target,
+            redirected,
+        })
+    }
+
+    /// Phase: whether this node may serve `service`: always its own provider's; another
+    /// provider's only under an active peering arrangement between the two, whose usage the
+    /// response then counts.
+    fn authorise(&self, service: &Service) -> Result<Option<Arc<Usage>>, FetchError> {
+        if service.owner == self.gate.provider {
+            return Ok(None);
         }
+        if let Some(arrangement) = self
+            .gate
+            .arrangements
+            .serving(&service.owner, &service.hostname)
+        {
+            debug!(arrangement = %arrangement.id, host = %service.hostname, "served for a peer");
+            return Ok(Some(arrangement.usage.clone()));
+        }
+        Err(FetchError::Forbidden(format!(
+            "{} belongs to provider {}, and this node's provider has no active peering arrangement to serve it",
+            service.hostname,
+            service.owner.short()
+        )))
     }
 
     /// What a peer asks of us: our copy of a content key, or 404. Never fetched on its behalf.
@@ -158,6 +268,26 @@ impl Edge {
             Err(why) => text_response(StatusCode::NOT_FOUND, why),
         }
     }
+}
+
+/// An origin-form request for a service.
+struct ServiceRequest {
+    service: Arc<Service>,
+    /// Path and query on the service.
+    target: String,
+    /// Addressed to this node by a redirect rather than by the service's name.
+    redirected: bool,
+}
+
+/// `302` to `location`; never cached, since the next request may well be served here.
+fn redirect(location: &str) -> Response<Body> {
+    let mut resp = text_response(StatusCode::FOUND, "served by a peer provider's node");
+    if let Ok(value) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, value);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Length of the request target as sent, without formatting it.

@@ -10,6 +10,14 @@ pub enum FetchError {
     BadRequest(String),
     #[error("method {0} is not supported by this proxy")]
     Method(String),
+    /// No service of that hostname is published in the overlay.
+    #[error(
+        "{0} is not a service known to this overlay; to fetch any URL, send it in absolute form (forward proxy)"
+    )]
+    UnknownService(String),
+    /// The service belongs to a provider this node may not serve it for.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("cannot reach origin {authority}: {reason}")]
     OriginUnreachable { authority: String, reason: String },
     #[error("origin {authority} did not answer within {after:?}")]
@@ -30,6 +38,8 @@ impl FetchError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Method(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::UnknownService(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::OriginUnreachable { .. } | Self::Origin { .. } | Self::Coalesced => {
                 StatusCode::BAD_GATEWAY
             }
@@ -41,6 +51,9 @@ impl FetchError {
 
     /// Whether the same request may succeed if the client tries again.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::BadRequest(_) | Self::Method(_))
+        !matches!(
+            self,
+            Self::BadRequest(_) | Self::Method(_) | Self::UnknownService(_)
+        )
     }
 }

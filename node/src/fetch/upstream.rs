@@ -1,5 +1,6 @@
 //! HTTP clients towards origins (http and https) and towards peer nodes' object endpoint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, header};
@@ -12,6 +13,7 @@ use reef_proto::{CanonicalUrl, ContentKey};
 use super::FetchError;
 use super::headers::{strip_for_full_fetch, strip_hop_by_hop};
 use crate::body::{self, Body};
+use crate::services::Services;
 
 /// A TCP handshake to an origin on a healthy network takes well under this.
 const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,6 +39,8 @@ pub struct Upstreams {
     origin: Client<HttpsConnector<HttpConnector>, Body>,
     peer: Client<HttpConnector, Body>,
     origin_timeout: Duration,
+    /// URLs of a known service go to that service's origin instead of their own host.
+    services: Option<Arc<Services>>,
 }
 
 impl Upstreams {
@@ -65,7 +69,14 @@ impl Upstreams {
             origin,
             peer,
             origin_timeout,
+            services: None,
         })
+    }
+
+    /// Sends the URLs of `services`' hostnames to their origins.
+    pub fn with_services(mut self, services: Arc<Services>) -> Self {
+        self.services = Some(services);
+        self
     }
 
     /// A full (unconditional, whole-object) request to the origin, with the client's end-to-end headers.
@@ -104,6 +115,9 @@ impl Upstreams {
         headers: HeaderMap,
         body: Body,
     ) -> Result<Response<Incoming>, FetchError> {
+        // Every caller has dropped the client's `Host`: hyper names the host we connect to.
+        let target = self.services.as_ref().and_then(|s| s.origin_for(url));
+        let url = target.as_ref().unwrap_or(url);
         let mut req = Request::builder()
             .method(method)
             .uri(url.to_uri())

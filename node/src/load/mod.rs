@@ -235,6 +235,24 @@ impl Load {
         }
     }
 
+    /// Our own latest figures (updated once a second).
+    pub fn own(&self) -> OwnLoad {
+        self.state().own
+    }
+
+    /// The listed nodes of `provider`, least utilised first.
+    pub fn nodes_of(&self, provider: &reef_proto::records::ProviderId) -> Vec<(PeerId, u16)> {
+        let state = self.state();
+        let mut nodes: Vec<(PeerId, u16)> = state
+            .table
+            .live(Instant::now())
+            .filter(|(_, e)| e.membership.provider() == *provider)
+            .map(|(peer, e)| (*peer, e.report.record().utilisation_permille))
+            .collect();
+        nodes.sort_by_key(|(peer, util)| (*util, *peer));
+        nodes
+    }
+
     /// The table as `GET /api/load` shows it.
     pub fn view(&self) -> LoadView {
         view::view(&self.state().table, Instant::now())

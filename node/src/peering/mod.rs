@@ -1,0 +1,385 @@
+//! Peering: the arrangements under which one provider's nodes serve another's services.
+//!
+//! Today arrangements come from policy only (`[[peering.long_term]]`, active from start, no
+//! negotiation). The edge asks [`Arrangements::serving`] before it serves another provider's
+//! service and counts every request and body byte it serves under the arrangement.
+
+pub mod policy;
+pub mod redirect;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use reef_proto::records::{ArrangementId, ProviderId};
+use serde::Serialize;
+use tracing::warn;
+
+use crate::body::Body;
+pub use policy::{LongTerm, Policy, PolicyFile};
+pub use redirect::Redirector;
+use store::{Counts, Store, StoreError};
+
+/// What an arrangement rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Written by people in both providers' policies.
+    LongTerm,
+}
+
+/// Which side of an arrangement this node's provider is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Its services are served by the peer.
+    Primary,
+    /// It serves the primary's services.
+    Peer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+}
+
+/// Requests and body bytes this node served under one arrangement since it started, and (on
+/// the primary's side) the requests it sent to the peer.
+#[derive(Debug, Default)]
+pub struct Usage {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    redirected: AtomicU64,
+}
+
+impl Usage {
+    /// `body`, counted as one request and its data bytes as the connection pulls them.
+    pub fn count(self: &Arc<Self>, body: Body) -> Body {
+        use http_body_util::BodyExt;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let usage = self.clone();
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                usage.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        })
+        .boxed_unsync()
+    }
+
+    pub fn redirected(&self) {
+        self.redirected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            requests: self.requests(),
+            bytes: self.bytes(),
+            redirected: self.redirected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Carries on from counts saved before a restart.
+    fn resume(&self, saved: Counts) {
+        self.requests.fetch_add(saved.requests, Ordering::Relaxed);
+        self.bytes.fetch_add(saved.bytes, Ordering::Relaxed);
+        self.redirected
+            .fetch_add(saved.redirected, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// One arrangement as this node knows it.
+#[derive(Debug)]
+pub struct Arrangement {
+    pub id: ArrangementId,
+    pub basis: Basis,
+    pub primary: ProviderId,
+    pub peer: ProviderId,
+    pub services: BTreeSet<String>,
+    pub share_permille: u16,
+    pub price_micros_per_gb: u64,
+    pub status: Status,
+    /// What this node served under it.
+    pub usage: Arc<Usage>,
+}
+
+impl Arrangement {
+    fn long_term(lt: &LongTerm) -> Self {
+        Self {
+            id: long_term_id(&lt.primary, &lt.peer),
+            basis: Basis::LongTerm,
+            primary: lt.primary,
+            peer: lt.peer,
+            services: lt.services.clone(),
+            share_permille: lt.share_permille,
+            price_micros_per_gb: lt.price_micros_per_gb,
+            status: Status::Active,
+            usage: Arc::default(),
+        }
+    }
+}
+
+/// Both providers derive the same id for a long-term arrangement from its parties, so their
+/// ledgers name it alike without ever talking.
+pub fn long_term_id(primary: &ProviderId, peer: &ProviderId) -> ArrangementId {
+    let mut hasher = blake3::Hasher::new_derive_key("reef long-term arrangement id v1");
+    hasher.update(primary.as_bytes());
+    hasher.update(peer.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    ArrangementId::from_bytes(id)
+}
+
+/// How often usage counters are written to the peering database; a crash loses at most this
+/// much accounting (a clean stop writes them too).
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Every arrangement this node's provider is a party to.
+pub struct Arrangements {
+    own: ProviderId,
+    all: RwLock<BTreeMap<ArrangementId, Arc<Arrangement>>>,
+    store: Option<Store>,
+}
+
+impl Arrangements {
+    /// [`Arrangements::new`], resuming the counters saved in `path` (created if missing).
+    pub fn open(own: ProviderId, policy: &Policy, path: &Path) -> Result<Self, StoreError> {
+        let store = Store::open(path)?;
+        let saved = store.usage()?;
+        let mut arrangements = Self::new(own, policy);
+        if let Ok(all) = arrangements.all.read() {
+            for (id, counts) in saved {
+                if let Some(a) = all.get(&ArrangementId::from_bytes(id)) {
+                    a.usage.resume(counts);
+                }
+            }
+        }
+        arrangements.store = Some(store);
+        Ok(arrangements)
+    }
+
+    /// Writes every arrangement's counters to the peering database (blocking).
+    pub fn save(&self) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let rows: Vec<([u8; 16], Counts)> = match self.all.read() {
+            Ok(all) => all
+                .values()
+                .map(|a| (*a.id.as_bytes(), a.usage.counts()))
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        store.save_usage(&rows)
+    }
+
+    /// [`Arrangements::save`] on a blocking thread; a failure is logged, never fatal: the
+    /// counters stay in memory and the next save tries again.
+    pub async fn persist(self: &Arc<Self>) {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.save()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "cannot save peering usage"),
+            Err(error) => warn!(%error, "saving peering usage panicked"),
+        }
+    }
+
+    /// Saves every [`SAVE_EVERY`] until aborted.
+    pub fn spawn_saver(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAVE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.persist().await;
+            }
+        })
+    }
+
+    /// The long-term arrangements of `policy` that name `own`, active at once; nothing is
+    /// saved.
+    pub fn new(own: ProviderId, policy: &Policy) -> Self {
+        let all = policy
+            .long_term
+            .iter()
+            .filter(|lt| lt.primary == own || lt.peer == own)
+            .map(|lt| {
+                let a = Arrangement::long_term(lt);
+                (a.id, Arc::new(a))
+            })
+            .collect();
+        Self {
+            own,
+            all: RwLock::new(all),
+            store: None,
+        }
+    }
+
+    /// The active arrangement under which we may serve `host`, a service of `owner`.
+    pub fn serving(&self, owner: &ProviderId, host: &str) -> Option<Arc<Arrangement>> {
+        let all = self.all.read().ok()?;
+        all.values()
+            .find(|a| {
+                a.status == Status::Active
+                    && a.peer == self.own
+                    && a.primary == *owner
+                    && a.services.contains(host)
+            })
+            .cloned()
+    }
+
+    /// The active arrangement under which a peer serves `host`, a service of ours.
+    pub fn primary_for(&self, host: &str) -> Option<Arc<Arrangement>> {
+        let all = self.all.read().ok()?;
+        all.values()
+            .find(|a| {
+                a.status == Status::Active && a.primary == self.own && a.services.contains(host)
+            })
+            .cloned()
+    }
+
+    /// What `GET /api/arrangements` shows.
+    pub fn views(&self) -> Vec<View> {
+        let Ok(all) = self.all.read() else {
+            return Vec::new();
+        };
+        all.values()
+            .map(|a| View {
+                id: a.id.to_string(),
+                basis: a.basis,
+                role: if a.primary == self.own {
+                    Role::Primary
+                } else {
+                    Role::Peer
+                },
+                status: a.status,
+                primary: a.primary.to_string(),
+                peer: a.peer.to_string(),
+                services: a.services.iter().cloned().collect(),
+                share: f64::from(a.share_permille) / 1000.0,
+                price_per_gb: a.price_micros_per_gb as f64 / 1e6,
+                served: Served {
+                    requests: a.usage.requests(),
+                    bytes: a.usage.bytes(),
+                },
+                redirected: a.usage.redirected.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    pub id: String,
+    pub basis: Basis,
+    pub role: Role,
+    pub status: Status,
+    pub primary: String,
+    pub peer: String,
+    pub services: Vec<String>,
+    pub share: f64,
+    pub price_per_gb: f64,
+    /// By this node, under this arrangement.
+    pub served: Served,
+    /// Requests this node sent to the peer's nodes under it.
+    pub redirected: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Served {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reef_proto::records::ProviderKey;
+
+    fn id(seed: u8) -> ProviderId {
+        ProviderKey::from_bytes(&[seed; 32]).id()
+    }
+
+    #[test]
+    fn a_long_term_arrangement_lets_only_the_peer_serve_only_its_services() {
+        let (a, b, c) = (id(1), id(2), id(3));
+        let policy = Policy {
+            long_term: vec![LongTerm {
+                primary: a,
+                peer: b,
+                services: ["video.example".to_string()].into(),
+                share_permille: 300,
+                price_micros_per_gb: 10_000,
+            }],
+            ..Policy::default()
+        };
+        let at_b = Arrangements::new(b, &policy);
+        let found = at_b
+            .serving(&a, "video.example")
+            .expect("B serves A's video");
+        assert_eq!(found.id, long_term_id(&a, &b));
+        assert!(at_b.serving(&a, "other.example").is_none());
+        assert!(at_b.serving(&c, "video.example").is_none());
+        // The primary itself does not "serve under" its own arrangement; C is not a party.
+        assert!(
+            Arrangements::new(a, &policy)
+                .serving(&a, "video.example")
+                .is_none()
+        );
+        assert!(Arrangements::new(c, &policy).views().is_empty());
+        let views = Arrangements::new(a, &policy).views();
+        assert_eq!((views.len(), views[0].role), (1, Role::Primary));
+        assert_eq!(at_b.views()[0].role, Role::Peer);
+        assert_ne!(long_term_id(&a, &b), long_term_id(&b, &a));
+    }
+
+    #[test]
+    fn usage_resumes_after_a_restart() {
+        let (a, b) = (id(1), id(2));
+        let policy = Policy {
+            long_term: vec![LongTerm {
+                primary: a,
+                peer: b,
+                services: ["video.example".to_string()].into(),
+                share_permille: 1000,
+                price_micros_per_gb: 0,
+            }],
+            ..Policy::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peering.redb");
+        {
+            let at_b = Arrangements::open(b, &policy, &path).unwrap();
+            let usage = &at_b.serving(&a, "video.example").unwrap().usage;
+            usage.requests.fetch_add(2, Ordering::Relaxed);
+            usage.bytes.fetch_add(500, Ordering::Relaxed);
+            at_b.save().unwrap();
+        }
+        let at_b = Arrangements::open(b, &policy, &path).unwrap();
+        let served = at_b.views()[0].served;
+        assert_eq!((served.requests, served.bytes), (2, 500));
+    }
+
+    #[tokio::test]
+    async fn usage_counts_requests_and_body_bytes() {
+        use http_body_util::BodyExt;
+        let usage = Arc::new(Usage::default());
+        let body = usage.count(crate::body::full(vec![1u8; 777]));
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 777);
+        assert_eq!((usage.requests(), usage.bytes()), (1, 777));
+    }
+}

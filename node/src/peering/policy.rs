@@ -1,0 +1,177 @@
+//! `[peering]` in a provider's config: the policy repository. Today it holds the long-term
+//! arrangements people agreed on; they are active from start and skip negotiation.
+
+use std::collections::BTreeSet;
+
+use reef_proto::records::ProviderId;
+use serde::Deserialize;
+
+/// Services one arrangement may cover.
+pub const MAX_SERVICES: usize = 64;
+
+/// `[peering]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Our nodes' utilisation (1.0 = at capacity) from which they send the share agreed in
+    /// an arrangement to the peer's nodes. Default 0.8.
+    pub high_watermark: Option<f64>,
+    #[serde(default)]
+    pub long_term: Vec<LongTermFile>,
+}
+
+/// One `[[peering.long_term]]`: `peer` serves `services` of `primary`. Both providers write
+/// the same table into their configs; each node applies those that name its provider.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongTermFile {
+    /// Provider id (from `reef provider init`) whose services are served.
+    pub primary: String,
+    /// Provider id of the provider whose nodes serve them.
+    pub peer: String,
+    pub services: Vec<String>,
+    /// Share of the primary's requests it may send to the peer, 0 < share ≤ 1.
+    pub share: f64,
+    /// Currency units per GB served, e.g. 0.01; kept in millionths.
+    pub price_per_gb: f64,
+}
+
+/// A long-term arrangement as checked from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LongTerm {
+    pub primary: ProviderId,
+    pub peer: ProviderId,
+    /// Lower-case hostnames.
+    pub services: BTreeSet<String>,
+    pub share_permille: u16,
+    pub price_micros_per_gb: u64,
+}
+
+/// Utilisation from which a node redirects, when the policy does not say.
+pub const DEFAULT_HIGH_WATERMARK_PERMILLE: u16 = 800;
+
+/// The checked policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub high_watermark_permille: u16,
+    pub long_term: Vec<LongTerm>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            high_watermark_permille: DEFAULT_HIGH_WATERMARK_PERMILLE,
+            long_term: Vec::new(),
+        }
+    }
+}
+
+impl PolicyFile {
+    /// Checks every entry; the error says which one is wrong and why.
+    pub fn check(&self) -> Result<Policy, String> {
+        let mut long_term = Vec::new();
+        let mut pairs = BTreeSet::new();
+        for (i, entry) in self.long_term.iter().enumerate() {
+            let at = |reason: String| format!("[[peering.long_term]] #{}: {reason}", i + 1);
+            let checked = entry.check().map_err(at)?;
+            if !pairs.insert((checked.primary, checked.peer)) {
+                return Err(at(
+                    "a second long-term arrangement between the same primary and peer".into(),
+                ));
+            }
+            long_term.push(checked);
+        }
+        let high_watermark_permille = match self.high_watermark {
+            None => DEFAULT_HIGH_WATERMARK_PERMILLE,
+            Some(w) if w.is_finite() && w > 0.0 && w <= 10.0 => (w * 1000.0).round() as u16,
+            Some(w) => return Err(format!("high_watermark {w} is not in (0, 10]")),
+        };
+        Ok(Policy {
+            high_watermark_permille,
+            long_term,
+        })
+    }
+}
+
+impl LongTermFile {
+    fn check(&self) -> Result<LongTerm, String> {
+        let provider = |field: &str, text: &str| {
+            text.parse::<ProviderId>()
+                .map_err(|e| format!("{field} {text:?} is not a provider id: {e}"))
+        };
+        let primary = provider("primary", &self.primary)?;
+        let peer = provider("peer", &self.peer)?;
+        if primary == peer {
+            return Err("primary and peer are the same provider".into());
+        }
+        if self.services.is_empty() || self.services.len() > MAX_SERVICES {
+            return Err(format!("services: give 1 to {MAX_SERVICES} hostnames"));
+        }
+        let services = self
+            .services
+            .iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
+        if !(self.share.is_finite() && self.share > 0.0 && self.share <= 1.0) {
+            return Err(format!("share {} is not in (0, 1]", self.share));
+        }
+        if !(self.price_per_gb.is_finite() && self.price_per_gb >= 0.0) {
+            return Err(format!("price_per_gb {} is not a price", self.price_per_gb));
+        }
+        Ok(LongTerm {
+            primary,
+            peer,
+            services,
+            share_permille: ((self.share * 1000.0).round() as u16).max(1),
+            price_micros_per_gb: (self.price_per_gb * 1e6).round() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reef_proto::records::ProviderKey;
+
+    fn id(seed: u8) -> String {
+        ProviderKey::from_bytes(&[seed; 32]).id().to_string()
+    }
+
+    fn parse(text: &str) -> Result<Policy, String> {
+        toml::from_str::<PolicyFile>(text)
+            .map_err(|e| e.to_string())?
+            .check()
+    }
+
+    #[test]
+    fn long_term_arrangements_are_checked() {
+        let (a, b) = (id(1), id(2));
+        let ok = parse(&format!(
+            "[[long_term]]\nprimary = \"{a}\"\npeer = \"{b}\"\nservices = [\"Video.Example\"]\nshare = 0.3\nprice_per_gb = 0.01\n"
+        ))
+        .unwrap();
+        let lt = &ok.long_term[0];
+        assert_eq!(lt.share_permille, 300);
+        assert_eq!(lt.price_micros_per_gb, 10_000);
+        assert!(lt.services.contains("video.example"));
+
+        let bad = |primary: &str, peer: &str, services: &str, share: f64, price: f64| {
+            parse(&format!(
+                "[[long_term]]\nprimary = \"{primary}\"\npeer = \"{peer}\"\nservices = {services}\nshare = {share}\nprice_per_gb = {price}\n"
+            ))
+            .unwrap_err()
+        };
+        assert!(bad("x", &b, "[\"a\"]", 0.3, 0.0).contains("not a provider id"));
+        assert!(bad(&a, &a, "[\"a\"]", 0.3, 0.0).contains("same provider"));
+        assert!(bad(&a, &b, "[]", 0.3, 0.0).contains("services"));
+        assert!(bad(&a, &b, "[\"a\"]", 0.0, 0.0).contains("share"));
+        assert!(bad(&a, &b, "[\"a\"]", 1.5, 0.0).contains("share"));
+        assert!(bad(&a, &b, "[\"a\"]", 0.5, -1.0).contains("price"));
+        let twice = format!(
+            "[[long_term]]\nprimary = \"{a}\"\npeer = \"{b}\"\nservices = [\"a\"]\nshare = 1\nprice_per_gb = 0\n"
+        )
+        .repeat(2);
+        assert!(parse(&twice).unwrap_err().contains("#2"));
+        assert!(parse("[[long_term]]\ncolour = 1").is_err());
+    }
+}
