@@ -17,6 +17,8 @@ use crate::edge::{self, Edge, Gate};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
 use crate::load::{self, Load};
 use crate::offers;
+use crate::peering::agent::{self, Agent, Requirements};
+use crate::peering::mediator::Mediator;
 use crate::peering::{Arrangements, Redirector};
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
@@ -139,6 +141,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let service_owner = certifier
         .as_ref()
         .map_or(signing_key.clone(), |p| p.key.signing_key().clone());
+    // The agent's side of peering needs the provider key; kept before the renewal takes it.
+    let agent_identity = certifier.clone();
+    let our_offer = offer.as_ref().map(|(_, record)| record.clone());
     let renewal = certifier.map(|p| provider::spawn_renewal(p, peer_id, overlay.clone()));
     let offer_task = offer.map(|(p, record)| offers::spawn_publisher(p, record, overlay.clone()));
     // Subscribed before joining, so no notice published after we join passes us by.
@@ -178,6 +183,44 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     };
     let arrangements = Arc::new(arrangements);
     let saver = arrangements.spawn_saver();
+    let arrangement_notices = overlay
+        .subscribe(agent::TOPIC, agent::NOTICE_QUEUE)
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot subscribe to arrangements: {e}")))?;
+    let mut peering_tasks = vec![agent::listen(
+        arrangements.clone(),
+        overlay.clone(),
+        arrangement_notices,
+    )];
+    if let Some(identity) = agent_identity {
+        let agent = Agent::new(
+            identity,
+            our_offer,
+            config.peering.clone(),
+            arrangements.clone(),
+            overlay.clone(),
+        );
+        let inbox = overlay
+            .peering_inbox()
+            .await
+            .map_err(|e| StartError::Runtime(format!("cannot take peering requests: {e}")))?;
+        peering_tasks.push(agent.serve(inbox));
+        if config.peering.max_price_micros_per_gb.is_some() {
+            let mediator = Mediator {
+                agent,
+                arrangements: arrangements.clone(),
+                load: load.clone(),
+                local: peer_id,
+                own: membership.id,
+                policy: config.peering.clone(),
+                needs: Requirements {
+                    services: services.own().map(|s| s.hostname.clone()).collect(),
+                    region: config.region.clone(),
+                },
+            };
+            peering_tasks.push(mediator.spawn());
+        }
+    }
     let arrangements_at_stop = arrangements.clone();
     let upstreams = Upstreams::new(config.origin_timeout)
         .map_err(|e| StartError::Runtime(e.to_string()))?
@@ -273,6 +316,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         task.abort();
     }
     saver.abort();
+    for task in peering_tasks {
+        task.abort();
+    }
     if let Some(renewal) = renewal {
         renewal.abort();
     }

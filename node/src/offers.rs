@@ -125,6 +125,29 @@ pub async fn discover(
     region: &str,
     own: ProviderId,
 ) -> Result<Vec<OfferView>, reef_overlay::Error> {
+    let found = discover_records(overlay, region, own).await?;
+    Ok(found
+        .into_iter()
+        .map(|(offer, valid_until)| OfferView {
+            provider: offer.provider.to_string(),
+            name: offer.name,
+            req_per_s: offer.req_per_s,
+            mbit_per_s: offer.mbit_per_s,
+            regions: offer.regions,
+            price_per_gb: offer.price_micros_per_gb as f64 / 1e6,
+            min_duration_s: offer.min_duration_s,
+            max_duration_s: offer.max_duration_s,
+            valid_until,
+        })
+        .collect())
+}
+
+/// [`discover`], as the records and their expiry (unix ms).
+pub async fn discover_records(
+    overlay: &reef_overlay::Client,
+    region: &str,
+    own: ProviderId,
+) -> Result<Vec<(CapacityOffer, u64)>, reef_overlay::Error> {
     let agents = overlay
         .find_holders(region_announce_key(region), MAX_PROVIDERS)
         .await?;
@@ -153,17 +176,7 @@ pub async fn discover(
         if offer.provider != id || !offer.regions.iter().any(|r| r == region) {
             continue;
         }
-        offers.push(OfferView {
-            provider: offer.provider.to_string(),
-            name: offer.name,
-            req_per_s: offer.req_per_s,
-            mbit_per_s: offer.mbit_per_s,
-            regions: offer.regions,
-            price_per_gb: offer.price_micros_per_gb as f64 / 1e6,
-            min_duration_s: offer.min_duration_s,
-            max_duration_s: offer.max_duration_s,
-            valid_until,
-        });
+        offers.push((offer, valid_until));
     }
     Ok(offers)
 }

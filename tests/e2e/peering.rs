@@ -133,3 +133,125 @@ async fn an_overloaded_primary_redirects_its_share_to_the_peer() {
     assert_eq!(p1["arrangements"][0]["served"]["requests"], 1, "{p1}");
     assert_eq!(p1["arrangements"][0]["served"]["bytes"], 3000, "{p1}");
 }
+
+/// p0 is the overloaded primary (capacity 1 req/s) and buys; p1 and p2 offer capacity in p0's
+/// region, p1 cheaper.
+fn negotiating(p1_extra: &str) -> [String; 3] {
+    let offer = |price: &str| {
+        format!(
+            "[offer]\nreq_per_s = 1000\nmbit_per_s = 1000\nregions = [\"r0\", \"r1\"]\nprice_per_gb = {price}\nmin_duration_s = 60\nmax_duration_s = 3600\n"
+        )
+    };
+    let primary = format!(
+        "capacity_rps = 1\n{VIDEO}\n[peering]\nhigh_watermark = 0.5\nlow_watermark = 0.2\ntrigger_window_s = 1\ncooldown_s = 2\nmax_price_per_gb = 0.05\nshare = 1.0\nduration_s = 600\n"
+    );
+    [
+        primary,
+        format!("{}{p1_extra}", offer("0.02")),
+        offer("0.03"),
+    ]
+}
+
+/// The short-term arrangement `node` lists, once it does.
+async fn wait_short_term(node: &reef_testnet::NodeProcess, status: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let all = arrangements(node).await;
+        if let Some(a) = all["arrangements"].as_array().and_then(|list| {
+            list.iter()
+                .find(|a| a["basis"] == "short_term" && a["status"] == status)
+        }) {
+            return a.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no {status} short-term arrangement: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends requests for the service to node 0 until it has a short-term arrangement; every
+/// redirect is followed to the peer node it names. Returns the arrangement and the time from
+/// the first request.
+async fn surge_until_arranged(net: &crate::support::Net) -> (serde_json::Value, Duration) {
+    let started = Instant::now();
+    let path = "/bytes/2000";
+    loop {
+        let got = get_service(net.http(0), "video.example", path).await;
+        if got.status == 302 {
+            let location = got.header("location").to_string();
+            let rest = location.strip_prefix("http://").unwrap_or_default();
+            let (host, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let peer: std::net::SocketAddr = host.parse().expect("peer address");
+            let followed = request_via(peer, http::Request::get(target)).await;
+            assert_eq!(followed.status, 200, "{}", followed.text());
+            assert_eq!(followed.body, expected_body(path, 2000));
+            let all = arrangements(&net.testnet.nodes[0]).await;
+            if let Some(a) = all["arrangements"].as_array().and_then(|l| {
+                l.iter()
+                    .find(|a| a["basis"] == "short_term" && a["status"] == "active")
+            }) {
+                return (a.clone(), started.elapsed());
+            }
+        } else {
+            assert_eq!(got.status, 200, "{}", got.text());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 0 was never redirected to a peer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
+    let configs = negotiating("");
+    let net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
+    net.testnet.nodes[0]
+        .wait_status("services.published", JOIN_TIMEOUT, |s| {
+            s["services"]["published"].as_u64().unwrap_or(0) >= 1
+        })
+        .await
+        .expect("service record published");
+    let (arranged, took) = surge_until_arranged(&net).await;
+    println!("surge → first request served by a peer: {took:?}");
+    let p1_id = net.testnet.nodes[1].status().await.expect("status")["provider"]["id"].clone();
+    assert_eq!(
+        arranged["peer"], p1_id,
+        "the cheaper offer wins: {arranged}"
+    );
+    assert_eq!(arranged["role"], "primary");
+    let at_peer = wait_short_term(&net.testnet.nodes[1], "active").await;
+    assert_eq!(at_peer["id"], arranged["id"]);
+    assert_eq!(at_peer["role"], "peer");
+    assert!(
+        at_peer["served"]["requests"].as_u64().unwrap_or(0) >= 1,
+        "{at_peer}"
+    );
+    // p2 is no party.
+    let p2 = arrangements(&net.testnet.nodes[2]).await;
+    assert_eq!(p2["arrangements"], serde_json::json!([]), "{p2}");
+
+    // The surge is over: after the cool-down the primary disbands, and the peer learns it.
+    let ended = wait_short_term(&net.testnet.nodes[0], "ended").await;
+    assert_eq!(ended["id"], arranged["id"]);
+    let ended = wait_short_term(&net.testnet.nodes[1], "ended").await;
+    assert_eq!(ended["id"], arranged["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
+    let configs = negotiating("[peering]\nrefuse = [\"{provider:0}\"]\n");
+    let net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
+    net.testnet.nodes[0]
+        .wait_status("services.published", JOIN_TIMEOUT, |s| {
+            s["services"]["published"].as_u64().unwrap_or(0) >= 1
+        })
+        .await
+        .expect("service record published");
+    let (arranged, _) = surge_until_arranged(&net).await;
+    let p2_id = net.testnet.nodes[2].status().await.expect("status")["provider"]["id"].clone();
+    assert_eq!(arranged["peer"], p2_id, "p1 refuses p0, so p2: {arranged}");
+}

@@ -4,6 +4,8 @@
 //! negotiation). The edge asks [`Arrangements::serving`] before it serves another provider's
 //! service and counts every request and body byte it serves under the arrangement.
 
+pub mod agent;
+pub mod mediator;
 pub mod policy;
 pub mod redirect;
 pub mod store;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use reef_proto::records::{ArrangementId, ProviderId};
+use reef_proto::records::{Agreement, ArrangementId, OpenedAgreement, ProviderId};
 use serde::Serialize;
 use tracing::warn;
 
@@ -29,6 +31,8 @@ use store::{Counts, Store, StoreError};
 pub enum Basis {
     /// Written by people in both providers' policies.
     LongTerm,
+    /// Negotiated by the providers' agents when the primary was overloaded.
+    ShortTerm,
 }
 
 /// Which side of an arrangement this node's provider is on.
@@ -45,6 +49,7 @@ pub enum Role {
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Active,
+    Ended,
 }
 
 /// Requests and body bytes this node served under one arrangement since it started, and (on
@@ -101,7 +106,7 @@ impl Usage {
 }
 
 /// One arrangement as this node knows it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Arrangement {
     pub id: ArrangementId,
     pub basis: Basis,
@@ -111,6 +116,12 @@ pub struct Arrangement {
     pub share_permille: u16,
     pub price_micros_per_gb: u64,
     pub status: Status,
+    /// Unix ms after which it is over; `None` for long-term arrangements.
+    pub end_ms: Option<u64>,
+    /// The agreement both providers signed (short-term only).
+    pub agreement: Option<Agreement>,
+    /// The other party's agent we negotiated with (on the primary's side, where it is known).
+    pub counterpart: Option<reef_overlay::PeerId>,
     /// What this node served under it.
     pub usage: Arc<Usage>,
 }
@@ -126,8 +137,34 @@ impl Arrangement {
             share_permille: lt.share_permille,
             price_micros_per_gb: lt.price_micros_per_gb,
             status: Status::Active,
+            end_ms: None,
+            agreement: None,
+            counterpart: None,
             usage: Arc::default(),
         }
+    }
+
+    /// A negotiated arrangement, from the agreement both parties signed.
+    pub fn short_term(opened: &OpenedAgreement) -> Self {
+        let t = opened.terms();
+        Self {
+            id: t.id,
+            basis: Basis::ShortTerm,
+            primary: t.primary,
+            peer: t.peer,
+            services: t.services.iter().cloned().collect(),
+            share_permille: t.share_permille,
+            price_micros_per_gb: t.price_micros_per_gb,
+            status: Status::Active,
+            end_ms: Some(t.end_ms),
+            agreement: Some(opened.agreement().clone()),
+            counterpart: None,
+            usage: Arc::default(),
+        }
+    }
+
+    fn is_active(&self, now_ms: u64) -> bool {
+        self.status == Status::Active && self.end_ms.is_none_or(|end| now_ms < end)
     }
 }
 
@@ -140,6 +177,13 @@ pub fn long_term_id(primary: &ProviderId, peer: &ProviderId) -> ArrangementId {
     let mut id = [0u8; 16];
     id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
     ArrangementId::from_bytes(id)
+}
+
+/// Arrangements remembered; ended ones make room for new ones.
+const MAX_ARRANGEMENTS: usize = 1024;
+
+fn now_ms() -> u64 {
+    crate::provider::unix_ms()
 }
 
 /// How often usage counters are written to the peering database; a crash loses at most this
@@ -233,7 +277,7 @@ impl Arrangements {
         let all = self.all.read().ok()?;
         all.values()
             .find(|a| {
-                a.status == Status::Active
+                a.is_active(now_ms())
                     && a.peer == self.own
                     && a.primary == *owner
                     && a.services.contains(host)
@@ -245,10 +289,80 @@ impl Arrangements {
     pub fn primary_for(&self, host: &str) -> Option<Arc<Arrangement>> {
         let all = self.all.read().ok()?;
         all.values()
-            .find(|a| {
-                a.status == Status::Active && a.primary == self.own && a.services.contains(host)
-            })
+            .find(|a| a.is_active(now_ms()) && a.primary == self.own && a.services.contains(host))
             .cloned()
+    }
+
+    /// Adds an arrangement our provider is a party to; one already known is kept as it is
+    /// (agreements arrive more than once: from the negotiation and over gossip). Returns
+    /// whether it was new.
+    pub fn add(&self, arrangement: Arrangement) -> bool {
+        if arrangement.primary != self.own && arrangement.peer != self.own {
+            return false;
+        }
+        let Ok(mut all) = self.all.write() else {
+            return false;
+        };
+        if all.contains_key(&arrangement.id) {
+            return false;
+        }
+        if all.len() >= MAX_ARRANGEMENTS {
+            // Ended ones make room, oldest first (ids are random, so: any ended one).
+            if let Some(id) = all
+                .values()
+                .find(|a| a.status == Status::Ended)
+                .map(|a| a.id)
+            {
+                all.remove(&id);
+            } else {
+                return false;
+            }
+        }
+        all.insert(arrangement.id, Arc::new(arrangement));
+        true
+    }
+
+    /// Marks `id` ended; whether it was active.
+    pub fn end(&self, id: &ArrangementId) -> bool {
+        let Ok(mut all) = self.all.write() else {
+            return false;
+        };
+        let Some(current) = all.get(id) else {
+            return false;
+        };
+        if current.status == Status::Ended {
+            return false;
+        }
+        let mut ended = (**current).clone();
+        ended.status = Status::Ended;
+        all.insert(*id, Arc::new(ended));
+        true
+    }
+
+    pub fn get(&self, id: &ArrangementId) -> Option<Arc<Arrangement>> {
+        self.all.read().ok()?.get(id).cloned()
+    }
+
+    /// Our active negotiated arrangement as the primary, if any.
+    pub fn short_term_as_primary(&self) -> Option<Arc<Arrangement>> {
+        let all = self.all.read().ok()?;
+        all.values()
+            .find(|a| a.basis == Basis::ShortTerm && a.primary == self.own && a.is_active(now_ms()))
+            .cloned()
+    }
+
+    /// Ends every arrangement whose end has passed; their ids.
+    pub fn expire(&self) -> Vec<ArrangementId> {
+        let now = now_ms();
+        let due: Vec<ArrangementId> = match self.all.read() {
+            Ok(all) => all
+                .values()
+                .filter(|a| a.status == Status::Active && !a.is_active(now))
+                .map(|a| a.id)
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        due.into_iter().filter(|id| self.end(id)).collect()
     }
 
     /// What `GET /api/arrangements` shows.
@@ -270,6 +384,7 @@ impl Arrangements {
                 peer: a.peer.to_string(),
                 services: a.services.iter().cloned().collect(),
                 share: f64::from(a.share_permille) / 1000.0,
+                end_ms: a.end_ms,
                 price_per_gb: a.price_micros_per_gb as f64 / 1e6,
                 served: Served {
                     requests: a.usage.requests(),
@@ -291,6 +406,8 @@ pub struct View {
     pub peer: String,
     pub services: Vec<String>,
     pub share: f64,
+    /// Unix ms; `null` for long-term arrangements.
+    pub end_ms: Option<u64>,
     pub price_per_gb: f64,
     /// By this node, under this arrangement.
     pub served: Served,

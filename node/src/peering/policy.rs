@@ -1,7 +1,9 @@
-//! `[peering]` in a provider's config: the policy repository. Today it holds the long-term
-//! arrangements people agreed on; they are active from start and skip negotiation.
+//! `[peering]` in a provider's config: the policy repository. Watermarks and windows drive
+//! the mediator, prices and refusals the negotiation; long-term arrangements agreed by people
+//! are active from start and skip negotiation.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use reef_proto::records::ProviderId;
 use serde::Deserialize;
@@ -16,6 +18,22 @@ pub struct PolicyFile {
     /// Our nodes' utilisation (1.0 = at capacity) from which they send the share agreed in
     /// an arrangement to the peer's nodes. Default 0.8.
     pub high_watermark: Option<f64>,
+    /// Provider utilisation under which a negotiated arrangement is no longer needed.
+    /// Default 0.5.
+    pub low_watermark: Option<f64>,
+    /// Seconds over the high watermark before the mediator asks for capacity. Default 3.
+    pub trigger_window_s: Option<f64>,
+    /// Seconds under the low watermark before a negotiated arrangement is ended. Default 10.
+    pub cooldown_s: Option<f64>,
+    /// Most we pay a peer, per GB. Without it this provider never buys capacity.
+    pub max_price_per_gb: Option<f64>,
+    /// Share of our requests a negotiated arrangement asks for. Default 0.5.
+    pub share: Option<f64>,
+    /// Seconds a negotiated arrangement asks for. Default 600.
+    pub duration_s: Option<u32>,
+    /// Provider ids we never peer with, either way.
+    #[serde(default)]
+    pub refuse: Vec<String>,
     #[serde(default)]
     pub long_term: Vec<LongTermFile>,
 }
@@ -54,6 +72,14 @@ pub const DEFAULT_HIGH_WATERMARK_PERMILLE: u16 = 800;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub high_watermark_permille: u16,
+    pub low_watermark_permille: u16,
+    pub trigger_window: Duration,
+    pub cooldown: Duration,
+    /// `None`: we never buy capacity (no mediator runs).
+    pub max_price_micros_per_gb: Option<u64>,
+    pub share_permille: u16,
+    pub duration: Duration,
+    pub refuse: BTreeSet<ProviderId>,
     pub long_term: Vec<LongTerm>,
 }
 
@@ -61,8 +87,41 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             high_watermark_permille: DEFAULT_HIGH_WATERMARK_PERMILLE,
+            low_watermark_permille: 500,
+            trigger_window: Duration::from_secs(3),
+            cooldown: Duration::from_secs(10),
+            max_price_micros_per_gb: None,
+            share_permille: 500,
+            duration: Duration::from_secs(600),
+            refuse: BTreeSet::new(),
             long_term: Vec::new(),
         }
+    }
+}
+
+/// `value` (a share of capacity, 1.0 = 100%) in permille, within `(0, max]`.
+fn permille(field: &str, value: f64, max: f64) -> Result<u16, String> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        Ok(((value * 1000.0).round() as u16).max(1))
+    } else {
+        Err(format!("{field} {value} is not in (0, {max}]"))
+    }
+}
+
+fn seconds(field: &str, value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(format!(
+            "{field} {value} is not a positive number of seconds"
+        ))
+}
+
+fn price(field: &str, value: f64) -> Result<u64, String> {
+    if value.is_finite() && value >= 0.0 {
+        Ok((value * 1e6).round() as u64)
+    } else {
+        Err(format!("{field} {value} is not a price"))
     }
 }
 
@@ -81,13 +140,51 @@ impl PolicyFile {
             }
             long_term.push(checked);
         }
+        let defaults = Policy::default();
         let high_watermark_permille = match self.high_watermark {
-            None => DEFAULT_HIGH_WATERMARK_PERMILLE,
-            Some(w) if w.is_finite() && w > 0.0 && w <= 10.0 => (w * 1000.0).round() as u16,
-            Some(w) => return Err(format!("high_watermark {w} is not in (0, 10]")),
+            Some(w) => permille("high_watermark", w, 10.0)?,
+            None => defaults.high_watermark_permille,
         };
+        let low_watermark_permille = match self.low_watermark {
+            Some(w) => permille("low_watermark", w, 10.0)?,
+            None => defaults.low_watermark_permille.min(high_watermark_permille),
+        };
+        if low_watermark_permille > high_watermark_permille {
+            return Err("low_watermark is above high_watermark".into());
+        }
+        let refuse = self
+            .refuse
+            .iter()
+            .map(|id| {
+                id.parse::<ProviderId>()
+                    .map_err(|e| format!("refuse: {id:?} is not a provider id: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Policy {
             high_watermark_permille,
+            low_watermark_permille,
+            trigger_window: match self.trigger_window_s {
+                Some(v) => seconds("trigger_window_s", v)?,
+                None => defaults.trigger_window,
+            },
+            cooldown: match self.cooldown_s {
+                Some(v) => seconds("cooldown_s", v)?,
+                None => defaults.cooldown,
+            },
+            max_price_micros_per_gb: self
+                .max_price_per_gb
+                .map(|p| price("max_price_per_gb", p))
+                .transpose()?,
+            share_permille: match self.share {
+                Some(v) => permille("share", v, 1.0)?,
+                None => defaults.share_permille,
+            },
+            duration: match self.duration_s {
+                Some(0) => return Err("duration_s must be at least 1".into()),
+                Some(v) => Duration::from_secs(v.into()),
+                None => defaults.duration,
+            },
+            refuse,
             long_term,
         })
     }
@@ -112,18 +209,12 @@ impl LongTermFile {
             .iter()
             .map(|s| s.trim().to_ascii_lowercase())
             .collect();
-        if !(self.share.is_finite() && self.share > 0.0 && self.share <= 1.0) {
-            return Err(format!("share {} is not in (0, 1]", self.share));
-        }
-        if !(self.price_per_gb.is_finite() && self.price_per_gb >= 0.0) {
-            return Err(format!("price_per_gb {} is not a price", self.price_per_gb));
-        }
         Ok(LongTerm {
             primary,
             peer,
             services,
-            share_permille: ((self.share * 1000.0).round() as u16).max(1),
-            price_micros_per_gb: (self.price_per_gb * 1e6).round() as u64,
+            share_permille: permille("share", self.share, 1.0)?,
+            price_micros_per_gb: price("price_per_gb", self.price_per_gb)?,
         })
     }
 }
