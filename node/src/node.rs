@@ -189,6 +189,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to arrangements: {e}")))?;
     let mut peering_tasks = vec![agent::listen(
         arrangements.clone(),
+        services.clone(),
         overlay.clone(),
         arrangement_notices,
     )];
@@ -198,6 +199,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             our_offer,
             config.peering.clone(),
             arrangements.clone(),
+            services.clone(),
             overlay.clone(),
         );
         let inbox = overlay

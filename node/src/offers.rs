@@ -125,7 +125,7 @@ pub async fn discover(
     region: &str,
     own: ProviderId,
 ) -> Result<Vec<OfferView>, reef_overlay::Error> {
-    let found = discover_records(overlay, region, own).await?;
+    let found = discover_records(overlay, region, own, &BTreeSet::new()).await?;
     Ok(found
         .into_iter()
         .map(|(offer, valid_until)| OfferView {
@@ -142,11 +142,13 @@ pub async fn discover(
         .collect())
 }
 
-/// [`discover`], as the records and their expiry (unix ms).
+/// [`discover`], as the records and their expiry (unix ms), without looking up the offers of
+/// the providers in `skip` (one whose nodes are gone would only cost a slow lookup).
 pub async fn discover_records(
     overlay: &reef_overlay::Client,
     region: &str,
     own: ProviderId,
+    skip: &BTreeSet<ProviderId>,
 ) -> Result<Vec<(CapacityOffer, u64)>, reef_overlay::Error> {
     let agents = overlay
         .find_holders(region_announce_key(region), MAX_PROVIDERS)
@@ -154,6 +156,7 @@ pub async fn discover_records(
     let mut providers: BTreeSet<ProviderId> =
         agents.iter().map(|a| a.membership.provider()).collect();
     providers.insert(own);
+    providers.retain(|p| !skip.contains(p));
     let lookups = providers.iter().map(|id| overlay.get_record(offer_key(id)));
     let found = futures::future::join_all(lookups).await;
     let now = unix_ms();

@@ -171,38 +171,99 @@ async fn wait_short_term(node: &reef_testnet::NodeProcess, status: &str) -> serd
     }
 }
 
-/// Sends requests for the service to node 0 until it has a short-term arrangement; every
-/// redirect is followed to the peer node it names. Returns the arrangement and the time from
-/// the first request.
-async fn surge_until_arranged(net: &crate::support::Net) -> (serde_json::Value, Duration) {
-    let started = Instant::now();
-    let path = "/bytes/2000";
-    loop {
-        let got = get_service(net.http(0), "video.example", path).await;
-        if got.status == 302 {
-            let location = got.header("location").to_string();
-            let rest = location.strip_prefix("http://").unwrap_or_default();
-            let (host, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let peer: std::net::SocketAddr = host.parse().expect("peer address");
-            let followed = request_via(peer, http::Request::get(target)).await;
-            assert_eq!(followed.status, 200, "{}", followed.text());
-            assert_eq!(followed.body, expected_body(path, 2000));
-            let all = arrangements(&net.testnet.nodes[0]).await;
-            if let Some(a) = all["arrangements"].as_array().and_then(|l| {
-                l.iter()
-                    .find(|a| a["basis"] == "short_term" && a["status"] == "active")
-            }) {
-                return (a.clone(), started.elapsed());
+const SURGE_PATH: &str = "/bytes/2000";
+
+/// A flash crowd on node 0: requests for the service every 20 ms until dropped. Redirects
+/// are not followed here (clients follow them on their own time); any other answer than 200
+/// or 302 is counted.
+struct Surge {
+    task: tokio::task::JoinHandle<()>,
+    errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Surge {
+    fn start(node: std::net::SocketAddr) -> Surge {
+        let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = errors.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let got = get_service(node, "video.example", SURGE_PATH).await;
+                if got.status != 200 && got.status != 302 {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        } else {
-            assert_eq!(got.status, 200, "{}", got.text());
+        });
+        Surge { task, errors }
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Surge {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until node 0 lists an active short-term arrangement that `wanted` accepts, then
+/// follows one of node 0's redirects to the peer node it names and checks the body. Returns
+/// the arrangement and the time from `since`.
+async fn until_arranged(
+    net: &crate::support::Net,
+    since: Instant,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let arranged = loop {
+        let all = arrangements(&net.testnet.nodes[0]).await;
+        if let Some(a) = all["arrangements"].as_array().and_then(|l| {
+            l.iter()
+                .find(|a| a["basis"] == "short_term" && a["status"] == "active" && wanted(a))
+        }) {
+            break a.clone();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "node 0 was never redirected to a peer"
+            since.elapsed() < Duration::from_secs(40),
+            "node 0 never arranged as wanted: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = since.elapsed();
+    loop {
+        let got = get_service(net.http(0), "video.example", SURGE_PATH).await;
+        if got.status == 302 {
+            let location = got.header("location").to_string();
+            let followed = reef_testnet::client::fetch(
+                None,
+                http::Method::GET,
+                &location,
+                crate::support::REQUEST_TIMEOUT,
+            )
+            .await
+            .expect("the peer node answers");
+            assert_eq!(
+                followed.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&followed.body)
+            );
+            assert_eq!(followed.body, expected_body(SURGE_PATH, 2000));
+            return (arranged, took);
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "node 0 never redirected"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn surge_until_arranged(net: &crate::support::Net) -> (serde_json::Value, Duration, Surge) {
+    let surge = Surge::start(net.http(0));
+    let (a, took) = until_arranged(net, Instant::now(), |_| true).await;
+    (a, took, surge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +276,8 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
         })
         .await
         .expect("service record published");
-    let (arranged, took) = surge_until_arranged(&net).await;
-    println!("surge → first request served by a peer: {took:?}");
+    let (arranged, took, surge) = surge_until_arranged(&net).await;
+    println!("surge → arrangement active: {took:?}");
     let p1_id = net.testnet.nodes[1].status().await.expect("status")["provider"]["id"].clone();
     assert_eq!(
         arranged["peer"], p1_id,
@@ -234,7 +295,10 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
     let p2 = arrangements(&net.testnet.nodes[2]).await;
     assert_eq!(p2["arrangements"], serde_json::json!([]), "{p2}");
 
+    assert_eq!(surge.errors(), 0);
+
     // The surge is over: after the cool-down the primary disbands, and the peer learns it.
+    drop(surge);
     let ended = wait_short_term(&net.testnet.nodes[0], "ended").await;
     assert_eq!(ended["id"], arranged["id"]);
     let ended = wait_short_term(&net.testnet.nodes[1], "ended").await;
@@ -251,7 +315,51 @@ async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
         })
         .await
         .expect("service record published");
-    let (arranged, _) = surge_until_arranged(&net).await;
+    let (arranged, _, _surge) = surge_until_arranged(&net).await;
     let p2_id = net.testnet.nodes[2].status().await.expect("status")["provider"]["id"].clone();
     assert_eq!(arranged["peer"], p2_id, "p1 refuses p0, so p2: {arranged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
+    let configs = negotiating("");
+    let mut net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
+    net.testnet.nodes[0]
+        .wait_status("services.published", JOIN_TIMEOUT, |s| {
+            s["services"]["published"].as_u64().unwrap_or(0) >= 1
+        })
+        .await
+        .expect("service record published");
+    let (first, _, surge) = surge_until_arranged(&net).await;
+
+    // The mediator node restarts: the arrangement is still there, still active.
+    drop(surge);
+    let bootstrap = net.testnet.bootstrap_addrs(0);
+    net.testnet.nodes[0]
+        .restart(bootstrap)
+        .await
+        .expect("restart");
+    let after = arrangements(&net.testnet.nodes[0]).await;
+    let kept = after["arrangements"]
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["id"] == first["id"]).cloned())
+        .unwrap_or_default();
+    assert_eq!(kept["status"], "active", "{after}");
+    assert_eq!(kept["peer"], first["peer"], "{after}");
+
+    // The peer dies mid-arrangement: the mediator notices and arranges with p2.
+    net.testnet.nodes[1].kill();
+    let p2_id = net.testnet.nodes[2].status().await.expect("status")["provider"]["id"].clone();
+    let killed = Instant::now();
+    let surge = Surge::start(net.http(0));
+    let (second, took) = until_arranged(&net, killed, |a| a["peer"] == p2_id).await;
+    println!("re-arranged with p2 {took:?} after the kill");
+    assert_eq!(surge.errors(), 0, "node 0 itself never failed a request");
+    assert_ne!(second["id"], first["id"]);
+    let all = arrangements(&net.testnet.nodes[0]).await;
+    let old = all["arrangements"]
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["id"] == first["id"]).cloned())
+        .unwrap_or_default();
+    assert_eq!(old["status"], "ended", "{all}");
 }

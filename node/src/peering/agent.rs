@@ -10,7 +10,7 @@
 //! and activate it on commit. Either side announces the agreement, and its end, on
 //! [`TOPIC`]; every node of either provider that hears it updates its arrangements.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{Arrangement, Arrangements, Policy};
 use crate::offers;
 use crate::provider::{ProviderIdentity, unix_ms};
+use crate::services::Services;
 
 /// Gossip topic on which agreements and their ends travel to both providers' nodes.
 pub const TOPIC: &str = "reef/arrangements/1";
@@ -68,6 +69,7 @@ pub struct Agent {
     offer: Option<CapacityOffer>,
     policy: Policy,
     arrangements: Arc<Arrangements>,
+    services: Arc<Services>,
     overlay: reef_overlay::Client,
     /// Arrangement id → (the terms as sealed, our countersignature).
     pending: Mutex<HashMap<ArrangementId, (Vec<u8>, Countersignature)>>,
@@ -79,6 +81,7 @@ impl Agent {
         offer: Option<CapacityOffer>,
         policy: Policy,
         arrangements: Arc<Arrangements>,
+        services: Arc<Services>,
         overlay: reef_overlay::Client,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -86,6 +89,7 @@ impl Agent {
             offer,
             policy,
             arrangements,
+            services,
             overlay,
             pending: Mutex::new(HashMap::new()),
         })
@@ -203,7 +207,9 @@ impl Agent {
                 reason: RejectReason::NotForUs,
             };
         }
-        if self.arrangements.add(Arrangement::short_term(&opened)) {
+        let arrangement = Arrangement::short_term(&opened);
+        warm(&self.services, &arrangement, self.own());
+        if self.arrangements.add(arrangement) {
             info!(arrangement = %opened.id(), "arrangement active (peer)");
             self.announce(Notice::Agreed(agreement)).await;
         }
@@ -262,18 +268,24 @@ impl Agent {
         }
     }
 
-    /// As the primary: finds a peer and agrees an arrangement with it; its id.
-    pub async fn arrange(&self, needs: &Requirements) -> Result<ArrangementId, String> {
+    /// As the primary: finds a peer (none of `avoid`) and agrees an arrangement with it; its
+    /// id.
+    pub async fn arrange(
+        &self,
+        needs: &Requirements,
+        avoid: &BTreeSet<ProviderId>,
+    ) -> Result<ArrangementId, String> {
         let Some(max_price) = self.policy.max_price_micros_per_gb else {
             return Err("the policy sets no max_price_per_gb".into());
         };
         let own = self.own();
-        let offers = offers::discover_records(&self.overlay, &needs.region, own)
+        let offers = offers::discover_records(&self.overlay, &needs.region, own, avoid)
             .await
             .map_err(|e| format!("discovery failed: {e}"))?;
         let mut offers: Vec<CapacityOffer> = offers.into_iter().map(|(o, _)| o).collect();
         offers.retain(|o| {
             o.provider != own
+                && !avoid.contains(&o.provider)
                 && !self.policy.refuse.contains(&o.provider)
                 && o.price_micros_per_gb <= max_price
         });
@@ -375,7 +387,13 @@ impl Agent {
 
     /// As the primary: ends our arrangement `id` with the peer, then here.
     pub async fn disband(&self, id: ArrangementId, reason: EndReason) {
-        if let Some(agent) = self.arrangements.get(&id).and_then(|a| a.counterpart) {
+        // A peer that is gone cannot answer; waiting for its timeout only delays the next
+        // arrangement.
+        let counterpart = match reason {
+            EndReason::PeerGone => None,
+            _ => self.arrangements.get(&id).and_then(|a| a.counterpart),
+        };
+        if let Some(agent) = counterpart {
             match self.ask(agent, &Request::End { id, reason }).await {
                 Ok(Response::Ended) => {}
                 Ok(other) => debug!(arrangement = %id, ?other, "peer did not confirm the end"),
@@ -395,25 +413,32 @@ impl Agent {
             .map_err(|e| e.to_string())?;
         decode_response(&answer).map_err(|e| e.to_string())
     }
+}
 
-    /// Applies the agreements and ends every node hears on [`TOPIC`].
-    pub fn listen(
-        self: &Arc<Self>,
-        notices: mpsc::Receiver<GossipMessage>,
-    ) -> tokio::task::JoinHandle<()> {
-        listen(self.arrangements.clone(), self.overlay.clone(), notices)
+/// Once we serve another provider's services, look them up ahead of the first redirected
+/// request, so that it does not wait on the DHT.
+fn warm(services: &Arc<Services>, arrangement: &Arrangement, own: ProviderId) {
+    if arrangement.peer != own {
+        return;
+    }
+    for host in arrangement.services.iter().cloned() {
+        let services = services.clone();
+        tokio::spawn(async move {
+            services.resolve(&host).await;
+        });
     }
 }
 
 /// Every node (agent or not) keeps its arrangements in step with [`TOPIC`].
 pub fn listen(
     arrangements: Arc<Arrangements>,
+    services: Arc<Services>,
     overlay: reef_overlay::Client,
     mut notices: mpsc::Receiver<GossipMessage>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(message) = notices.recv().await {
-            let verdict = apply(&arrangements, &message.data);
+            let verdict = apply(&arrangements, &services, &message.data);
             if let Err(error) = overlay.report(message.handle, verdict).await {
                 debug!(%error, "cannot report an arrangement notice's verdict");
             }
@@ -422,7 +447,7 @@ pub fn listen(
 }
 
 /// Checks and applies one notice: valid ones travel on, invalid ones count against the relay.
-fn apply(arrangements: &Arrangements, data: &[u8]) -> Acceptance {
+fn apply(arrangements: &Arrangements, services: &Arc<Services>, data: &[u8]) -> Acceptance {
     if data.len() > reef_proto::peering::MAX_MESSAGE_LEN {
         return Acceptance::Reject;
     }
@@ -432,7 +457,9 @@ fn apply(arrangements: &Arrangements, data: &[u8]) -> Acceptance {
     match notice {
         Notice::Agreed(agreement) => match open_agreement(&agreement, unix_ms()) {
             Ok(opened) => {
-                if arrangements.add(Arrangement::short_term(&opened)) {
+                let arrangement = Arrangement::short_term(&opened);
+                warm(services, &arrangement, arrangements.own());
+                if arrangements.add(arrangement) {
                     info!(arrangement = %opened.id(), "arrangement learnt");
                 }
                 Acceptance::Accept

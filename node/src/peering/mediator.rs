@@ -6,6 +6,7 @@
 //! for the trigger window it asks the agent for capacity; under the low watermark for the
 //! cool-down it ends the arrangement.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,14 @@ struct Watch {
     over_since: Option<Instant>,
     under_since: Option<Instant>,
     not_before: Option<Instant>,
+    /// The active arrangement and when its peer last had a node in our load table (from
+    /// when we started watching it, so a fresh start, with an empty table, is no death).
+    peer_seen: Option<(reef_proto::records::ArrangementId, Instant)>,
 }
+
+/// A peer none of whose nodes has reported for this long is gone: the load table already
+/// drops a node 5 s after its last report, so this adds the same again for a slow start.
+const PEER_GONE_AFTER: Duration = Duration::from_secs(5);
 
 impl Mediator {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
@@ -64,7 +72,32 @@ impl Mediator {
         let utilisation =
             nodes.iter().map(|(_, u)| u64::from(*u)).sum::<u64>() / nodes.len().max(1) as u64;
         let now = Instant::now();
-        match self.arrangements.short_term_as_primary() {
+        let active = self.arrangements.short_term_as_primary();
+        if let Some(a) = &active {
+            let seen = match watch.peer_seen {
+                Some((id, at)) if id == a.id => at,
+                _ => now,
+            };
+            let seen = if self.load.nodes_of(&a.peer).is_empty() {
+                seen
+            } else {
+                now
+            };
+            watch.peer_seen = Some((a.id, seen));
+        }
+        let peer_gone = watch
+            .peer_seen
+            .is_some_and(|(_, seen)| now - seen >= PEER_GONE_AFTER);
+        match active {
+            Some(active) if peer_gone => {
+                // Every node of the peer has been silent for the load table's expiry: it is
+                // gone. End it and arrange with another at once if we still need to.
+                warn!(arrangement = %active.id, "the peer's nodes are gone; re-arranging");
+                self.agent.disband(active.id, EndReason::PeerGone).await;
+                if utilisation >= u64::from(self.policy.high_watermark_permille) {
+                    self.arrange(watch, [active.peer].into()).await;
+                }
+            }
             Some(active) => {
                 watch.over_since = None;
                 if utilisation >= u64::from(self.policy.low_watermark_permille) {
@@ -91,13 +124,17 @@ impl Mediator {
                     return;
                 }
                 info!(utilisation, region = %self.needs.region, "overloaded; looking for a peer");
-                match self.agent.arrange(&self.needs).await {
-                    Ok(id) => info!(arrangement = %id, "arranged"),
-                    Err(why) => {
-                        warn!(%why, "no arrangement");
-                        watch.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
-                    }
-                }
+                self.arrange(watch, BTreeSet::new()).await;
+            }
+        }
+    }
+
+    async fn arrange(&self, watch: &mut Watch, avoid: BTreeSet<ProviderId>) {
+        match self.agent.arrange(&self.needs, &avoid).await {
+            Ok(id) => info!(arrangement = %id, "arranged"),
+            Err(why) => {
+                warn!(%why, "no arrangement");
+                watch.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
             }
         }
     }

@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use reef_proto::records::{Agreement, ArrangementId, OpenedAgreement, ProviderId};
+use reef_proto::records::{Agreement, ArrangementId, OpenedAgreement, ProviderId, open_agreement};
 use serde::Serialize;
 use tracing::warn;
 
 use crate::body::Body;
 pub use policy::{LongTerm, Policy, PolicyFile};
 pub use redirect::Redirector;
-use store::{Counts, Store, StoreError};
+use store::{Counts, Saved, Store, StoreError};
 
 /// What an arrangement rests on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +122,8 @@ pub struct Arrangement {
     pub agreement: Option<Agreement>,
     /// The other party's agent we negotiated with (on the primary's side, where it is known).
     pub counterpart: Option<reef_overlay::PeerId>,
+    /// Unix ms when this node accepted the agreement (short-term only).
+    pub accepted_at_ms: u64,
     /// What this node served under it.
     pub usage: Arc<Usage>,
 }
@@ -140,6 +142,7 @@ impl Arrangement {
             end_ms: None,
             agreement: None,
             counterpart: None,
+            accepted_at_ms: 0,
             usage: Arc::default(),
         }
     }
@@ -159,6 +162,7 @@ impl Arrangement {
             end_ms: Some(t.end_ms),
             agreement: Some(opened.agreement().clone()),
             counterpart: None,
+            accepted_at_ms: now_ms(),
             usage: Arc::default(),
         }
     }
@@ -203,6 +207,21 @@ impl Arrangements {
         let store = Store::open(path)?;
         let saved = store.usage()?;
         let mut arrangements = Self::new(own, policy);
+        for kept in store.arrangements()? {
+            // Signatures are checked again: the file is ours, but it is still input.
+            let Ok(opened) = open_agreement(&kept.agreement, kept.accepted_at_ms) else {
+                continue;
+            };
+            let mut arrangement = Arrangement::short_term(&opened);
+            arrangement.accepted_at_ms = kept.accepted_at_ms;
+            arrangement.counterpart = kept
+                .counterpart
+                .and_then(|b| reef_overlay::PeerId::from_bytes(b.as_slice()).ok());
+            if kept.ended {
+                arrangement.status = Status::Ended;
+            }
+            arrangements.add(arrangement);
+        }
         if let Ok(all) = arrangements.all.read() {
             for (id, counts) in saved {
                 if let Some(a) = all.get(&ArrangementId::from_bytes(id)) {
@@ -219,14 +238,26 @@ impl Arrangements {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let rows: Vec<([u8; 16], Counts)> = match self.all.read() {
-            Ok(all) => all
-                .values()
-                .map(|a| (*a.id.as_bytes(), a.usage.counts()))
-                .collect(),
+        let (usage, negotiated): (Vec<_>, Vec<_>) = match self.all.read() {
+            Ok(all) => (
+                all.values()
+                    .map(|a| (*a.id.as_bytes(), a.usage.counts()))
+                    .collect(),
+                all.values()
+                    .filter_map(|a| {
+                        let saved = Saved {
+                            agreement: a.agreement.clone()?,
+                            accepted_at_ms: a.accepted_at_ms,
+                            ended: a.status == Status::Ended,
+                            counterpart: a.counterpart.map(|p| p.to_bytes()),
+                        };
+                        Some((*a.id.as_bytes(), saved))
+                    })
+                    .collect(),
+            ),
             Err(_) => return Ok(()),
         };
-        store.save_usage(&rows)
+        store.save(&usage, &negotiated)
     }
 
     /// [`Arrangements::save`] on a blocking thread; a failure is logged, never fatal: the
@@ -270,6 +301,11 @@ impl Arrangements {
             all: RwLock::new(all),
             store: None,
         }
+    }
+
+    /// This node's provider.
+    pub fn own(&self) -> ProviderId {
+        self.own
     }
 
     /// The active arrangement under which we may serve `host`, a service of `owner`.

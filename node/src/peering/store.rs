@@ -10,6 +10,20 @@ use serde::{Deserialize, Serialize};
 /// Arrangement id → JSON of [`Counts`]. JSON, not postcard: it is local state an operator may
 /// want to read with a generic tool, and the rows are few and small.
 const USAGE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("usage_v1");
+/// Arrangement id → postcard of [`Saved`]: negotiated arrangements (long-term ones come from
+/// the config at every start).
+const ARRANGEMENTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("arrangements_v1");
+
+/// A negotiated arrangement as kept on disk: the agreement both parties signed (re-verified at
+/// open), when we accepted it (its validity is judged at that time), and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub agreement: reef_proto::records::Agreement,
+    pub accepted_at_ms: u64,
+    pub ended: bool,
+    /// The other party's agent, as peer id bytes.
+    pub counterpart: Option<Vec<u8>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("peering database: {0}")]
@@ -49,6 +63,7 @@ impl Store {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(USAGE)?;
+        txn.open_table(ARRANGEMENTS)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -67,14 +82,38 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes every row of `rows` in one transaction.
-    pub fn save_usage(&self, rows: &[([u8; 16], Counts)]) -> Result<(), StoreError> {
+    /// Every negotiated arrangement saved; rows that do not decode are skipped.
+    pub fn arrangements(&self) -> Result<Vec<Saved>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ARRANGEMENTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            if let Ok(saved) = postcard::from_bytes(v.value()) {
+                out.push(saved);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the usage rows and the negotiated arrangements in one transaction.
+    pub fn save(
+        &self,
+        usage: &[([u8; 16], Counts)],
+        arrangements: &[([u8; 16], Saved)],
+    ) -> Result<(), StoreError> {
+        let encode = |e: &dyn std::fmt::Display| StoreError(e.to_string());
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(USAGE)?;
-            for (id, counts) in rows {
-                let json = serde_json::to_vec(counts).map_err(|e| StoreError(e.to_string()))?;
+            for (id, counts) in usage {
+                let json = serde_json::to_vec(counts).map_err(|e| encode(&e))?;
                 table.insert(id, json.as_slice())?;
+            }
+            let mut table = txn.open_table(ARRANGEMENTS)?;
+            for (id, saved) in arrangements {
+                let bytes = postcard::to_stdvec(saved).map_err(|e| encode(&e))?;
+                table.insert(id, bytes.as_slice())?;
             }
         }
         txn.commit()?;
@@ -98,7 +137,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             assert!(store.usage().unwrap().is_empty());
-            store.save_usage(&[([7; 16], counts)]).unwrap();
+            store.save(&[([7; 16], counts)], &[]).unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.usage().unwrap(), vec![([7; 16], counts)]);
