@@ -421,8 +421,8 @@ fn warm(services: &Arc<Services>, arrangement: &Arrangement, own: ProviderId) {
     if arrangement.peer != own {
         return;
     }
-    for host in arrangement.services.iter().cloned() {
-        let services = services.clone();
+    for host in &arrangement.services {
+        let (services, host) = (services.clone(), host.clone());
         tokio::spawn(async move {
             services.resolve(&host).await;
         });
