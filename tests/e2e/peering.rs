@@ -278,6 +278,11 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
         .expect("service record published");
     let (arranged, took, surge) = surge_until_arranged(&net).await;
     println!("surge → arrangement active: {took:?}");
+    if let Ok(log) = std::fs::read_to_string(net.testnet.nodes[0].log_path())
+        && let Some(line) = log.lines().find(|l| l.contains("negotiation_ms"))
+    {
+        println!("{line}");
+    }
     let p1_id = net.testnet.nodes[1].status().await.expect("status")["provider"]["id"].clone();
     assert_eq!(
         arranged["peer"], p1_id,

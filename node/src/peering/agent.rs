@@ -322,6 +322,7 @@ impl Agent {
         offer: &CapacityOffer,
         agent: PeerId,
     ) -> Result<ArrangementId, String> {
+        let started = std::time::Instant::now();
         let now = unix_ms();
         let seconds = self.policy.duration.as_secs().clamp(
             u64::from(offer.min_duration_s),
@@ -380,7 +381,12 @@ impl Agent {
         let mut arrangement = Arrangement::short_term(&opened);
         arrangement.counterpart = Some(agent);
         self.arrangements.add(arrangement);
-        info!(arrangement = %terms.id, peer = %offer.provider.short(), "arrangement active (primary)");
+        info!(
+            arrangement = %terms.id,
+            peer = %offer.provider.short(),
+            negotiation_ms = started.elapsed().as_secs_f64() * 1e3,
+            "arrangement active (primary)"
+        );
         self.announce(Notice::Agreed(agreement)).await;
         Ok(terms.id)
     }
