@@ -1,5 +1,6 @@
 //! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
-//! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `POST /api/purge` and `/metrics`.
+//! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `POST /api/arrangements/end`,
+//! `POST /api/purge` and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct AdminState {
     pub load: crate::load::Load,
     pub services: Arc<crate::services::Services>,
     pub arrangements: Arc<crate::peering::Arrangements>,
+    /// The peering agent, on nodes with the provider key: it can end arrangements.
+    pub agent: Option<Arc<crate::peering::agent::Agent>>,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -93,6 +96,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/node", get(node))
         .route("/api/offers", get(offers))
         .route("/api/arrangements", get(arrangements))
+        .route("/api/arrangements/end", post(end_arrangement))
         .route("/metrics", get(metrics))
         .route("/api/load", get(load))
         .route(
@@ -173,6 +177,44 @@ async fn arrangements(State(state): State<Arc<AdminState>>) -> Json<Arrangements
     Json(ArrangementsBody {
         arrangements: state.arrangements.views(),
     })
+}
+
+#[derive(Deserialize)]
+struct EndRequest {
+    id: String,
+}
+
+/// An operator ends an arrangement: the agent tells the other party and both providers' nodes.
+async fn end_arrangement(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    const USAGE: &str = r#"send {"id": "<32 hex digits>"}"#;
+    let id = match serde_json::from_slice::<EndRequest>(&body)
+        .map_err(|e| format!("{USAGE}: {e}"))
+        .and_then(|r| {
+            r.id.parse::<reef_proto::records::ArrangementId>()
+                .map_err(|e| format!("{:?}: {e}", r.id))
+        }) {
+        Ok(id) => id,
+        Err(why) => return one_line(StatusCode::BAD_REQUEST, &why),
+    };
+    let Some(arrangement) = state.arrangements.get(&id) else {
+        return one_line(StatusCode::NOT_FOUND, &format!("no arrangement {id} here"));
+    };
+    if arrangement.status == crate::peering::Status::Ended {
+        return one_line(
+            StatusCode::CONFLICT,
+            &format!("arrangement {id} has already ended"),
+        );
+    }
+    let Some(agent) = &state.agent else {
+        return one_line(
+            StatusCode::CONFLICT,
+            "this node has no provider key; end it on one of the provider's agent nodes",
+        );
+    };
+    agent
+        .disband(id, reef_proto::peering::EndReason::Operator)
+        .await;
+    Json(serde_json::json!({ "ended": id.to_string() })).into_response()
 }
 
 /// Prometheus metrics in OpenMetrics text.

@@ -113,7 +113,7 @@ pub async fn run(args: FetchArgs) -> Result<(), FetchCmdError> {
 }
 
 /// Accepts `http://host:port`, `host:port`.
-fn node_addr(via: &str) -> Result<String, FetchCmdError> {
+pub(crate) fn node_addr(via: &str) -> Result<String, FetchCmdError> {
     let bad = || {
         FetchCmdError::Usage(format!(
             "--via {via:?} is not a node address like http://127.0.0.1:8080"

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod node;
 pub mod offers;
 pub mod peering;
+pub mod peering_cmd;
 pub mod provider;
 pub mod purge;
 pub mod republish;

@@ -1,4 +1,5 @@
-//! `reef`: run a node, fetch through one, print a node's identity, or make a provider key.
+//! `reef`: run a node, fetch through one, print a node's identity, make a provider key, or
+//! list and end peering arrangements.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,10 +9,19 @@ use clap::{Parser, Subcommand};
 use reef_node::config::{self, Config, FileConfig};
 use reef_node::fetch_cmd::{self, FetchArgs, FetchCmdError};
 use reef_node::node::{self, StartError};
+use reef_node::peering_cmd;
 use reef_node::telemetry::{self, LogFormat};
 
 /// Exit code for bad input (flags, config, URLs), as the CLI contract says.
 const EXIT_USAGE: u8 = 2;
+
+/// Bad input exits 2, anything else 1.
+fn exit_of(e: FetchCmdError) -> (u8, String) {
+    match e {
+        FetchCmdError::Usage(m) => (EXIT_USAGE, m),
+        FetchCmdError::Failed(m) => (1, m),
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "reef", version, about = "Reef: a peer-to-peer CDN node")]
@@ -49,6 +59,29 @@ enum Command {
     /// Manage provider keys (a provider is an ed25519 key; its name is a label).
     #[command(subcommand)]
     Provider(ProviderCommand),
+    /// The peering arrangements of a node's provider.
+    #[command(subcommand)]
+    Peering(PeeringCommand),
+}
+
+#[derive(Subcommand)]
+enum PeeringCommand {
+    /// List the arrangements the node knows: id, basis, role, status, the other party and
+    /// what the node served or redirected under each.
+    List {
+        /// The node's admin API address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
+    /// End an arrangement now (drains it on both providers' nodes); the node needs the
+    /// provider key.
+    End {
+        /// The arrangement id (32 hex digits, from `reef peering list`).
+        id: String,
+        /// The node's admin API address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,10 +181,12 @@ fn main() -> ExitCode {
                 verbose,
             })
             .await
-            .map_err(|e| match e {
-                FetchCmdError::Usage(m) => (EXIT_USAGE, m),
-                FetchCmdError::Failed(m) => (1, m),
-            }),
+            .map_err(exit_of),
+            Command::Peering(command) => match command {
+                PeeringCommand::List { admin } => peering_cmd::list(&admin).await,
+                PeeringCommand::End { id, admin } => peering_cmd::end(&admin, &id).await,
+            }
+            .map_err(exit_of),
             Command::Id { data_dir } => match reef_node::identity::load_or_create(&data_dir) {
                 Ok(key) => {
                     println!("{}", key.public().to_peer_id());

@@ -193,6 +193,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         overlay.clone(),
         arrangement_notices,
     )];
+    let mut agent_handle = None;
     if let Some(identity) = agent_identity {
         let agent = Agent::new(
             identity,
@@ -207,6 +208,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             .await
             .map_err(|e| StartError::Runtime(format!("cannot take peering requests: {e}")))?;
         peering_tasks.push(agent.serve(inbox));
+        agent_handle = Some(agent.clone());
         if config.peering.max_price_micros_per_gb.is_some() {
             let mediator = Mediator {
                 agent,
@@ -294,6 +296,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         load,
         services,
         arrangements,
+        agent: agent_handle,
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,

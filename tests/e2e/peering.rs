@@ -323,6 +323,37 @@ async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
     let (arranged, _, _surge) = surge_until_arranged(&net).await;
     let p2_id = net.testnet.nodes[2].status().await.expect("status")["provider"]["id"].clone();
     assert_eq!(arranged["peer"], p2_id, "p1 refuses p0, so p2: {arranged}");
+
+    // The operator lists it and ends it with the CLI; the peer's node learns it.
+    let admin = net.testnet.nodes[0].runtime().admin.to_string();
+    let id = arranged["id"].as_str().expect("id").to_string();
+    let reef = |args: &[&str]| {
+        std::process::Command::new(crate::support::reef_bin())
+            .args(args)
+            .output()
+            .expect("reef runs")
+    };
+    let listed = reef(&["peering", "list", "--admin", &admin]);
+    assert!(listed.status.success());
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains(&id) && listed.contains("short_term"),
+        "{listed}"
+    );
+    let bad = reef(&["peering", "end", "not-an-id", "--admin", &admin]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not-an-id"));
+    let ended = reef(&["peering", "end", &id, "--admin", &admin]);
+    assert!(
+        ended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ended.stderr)
+    );
+    let again = reef(&["peering", "end", &id, "--admin", &admin]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already ended"));
+    let at_peer = wait_short_term(&net.testnet.nodes[2], "ended").await;
+    assert_eq!(at_peer["id"], arranged["id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
