@@ -3,8 +3,11 @@
 //!
 //! Tests wait on conditions with deadlines; they never sleep to synchronise.
 
-use std::future::Future;
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::{addr_of, eventually, init_tracing};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
@@ -20,13 +23,6 @@ use tokio::sync::mpsc;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for conditions that depend on connections being set up.
 const CONDITION_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 fn config(name: &str, bootstrap: Vec<Multiaddr>, peering_timeout: Duration) -> Config {
     Config {
@@ -56,36 +52,6 @@ fn config(name: &str, bootstrap: Vec<Multiaddr>, peering_timeout: Duration) -> C
 
 async fn start(name: &str, bootstrap: Vec<Multiaddr>) -> Result<Client> {
     Ok(reef_overlay::spawn(config(name, bootstrap, PEERING_REQUEST_TIMEOUT)).await?)
-}
-
-/// The node's listen address on the given transport (`"quic-v1"` or `"tcp"`), with `/p2p/`.
-async fn addr_of(client: &Client, transport: &str) -> Result<Multiaddr> {
-    let status = client.status().await?;
-    let addr = status
-        .listen_addrs
-        .iter()
-        .find(|a| a.contains(&format!("/{transport}")))
-        .with_context(|| format!("no {transport} address in {:?}", status.listen_addrs))?;
-    Ok(addr.parse()?)
-}
-
-/// Polls `check` until it yields `Some`, or fails after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        // Poll interval, not synchronisation: the condition is re-checked until the deadline.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Answers every request with `"<sender peer id>|<request>"`, except `b"big"`, answered with
