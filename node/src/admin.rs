@@ -1,5 +1,5 @@
 //! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
-//! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `POST /api/purge` and `/metrics`.
+//! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `/api/ledger`, `POST /api/purge` and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +34,7 @@ pub struct AdminState {
     pub load: crate::load::Load,
     pub services: Arc<crate::services::Services>,
     pub arrangements: Arc<crate::peering::Arrangements>,
+    pub ledger: Arc<crate::peering::ledger::Ledger>,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -93,6 +94,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/node", get(node))
         .route("/api/offers", get(offers))
         .route("/api/arrangements", get(arrangements))
+        .route("/api/ledger", get(ledger))
         .route("/metrics", get(metrics))
         .route("/api/load", get(load))
         .route(
@@ -173,6 +175,10 @@ async fn arrangements(State(state): State<Arc<AdminState>>) -> Json<Arrangements
     Json(ArrangementsBody {
         arrangements: state.arrangements.views(),
     })
+}
+
+async fn ledger(State(state): State<Arc<AdminState>>) -> Json<crate::peering::ledger::LedgerView> {
+    Json(state.ledger.view())
 }
 
 /// Prometheus metrics in OpenMetrics text.

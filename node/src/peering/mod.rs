@@ -5,8 +5,10 @@
 //! service and counts every request and body byte it serves under the arrangement.
 
 pub mod agent;
+pub mod ledger;
 pub mod mediator;
 pub mod policy;
+pub mod receipts;
 pub mod redirect;
 pub mod store;
 
@@ -349,6 +351,18 @@ impl Arrangements {
         all.values()
             .find(|a| a.basis == Basis::ShortTerm && a.primary == self.own && a.is_active(now_ms()))
             .cloned()
+    }
+
+    /// Every arrangement (active or ended) under which our provider serves another's
+    /// services.
+    pub fn as_peer(&self) -> Vec<Arc<Arrangement>> {
+        let Ok(all) = self.all.read() else {
+            return Vec::new();
+        };
+        all.values()
+            .filter(|a| a.peer == self.own && a.primary != self.own)
+            .cloned()
+            .collect()
     }
 
     /// Ends every arrangement whose end has passed; their ids.
