@@ -245,8 +245,8 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
     assert_eq!(ended["id"], arranged["id"]);
 
     // Both ledgers settle on the same numbers: what the peer's node served.
-    let at_primary = wait_settled(&net.testnet.nodes[0], &arranged["id"]).await;
-    let at_peer = wait_settled(&net.testnet.nodes[1], &arranged["id"]).await;
+    let at_primary = wait_settled(&net, 0, &arranged["id"]).await;
+    let at_peer = wait_settled(&net, 1, &arranged["id"]).await;
     assert_eq!(at_primary, at_peer);
     let served = wait_short_term(&net.testnet.nodes[1], "ended").await["served"].clone();
     assert_eq!(at_peer["bytes"], served["bytes"], "{at_peer} vs {served}");
@@ -260,9 +260,11 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
 
 /// The settlement of arrangement `id` in `node`'s ledger, once it holds one.
 async fn wait_settled(
-    node: &reef_testnet::NodeProcess,
+    net: &crate::support::Net,
+    i: usize,
     id: &serde_json::Value,
 ) -> serde_json::Value {
+    let node = &net.testnet.nodes[i];
     let started = Instant::now();
     loop {
         let ledger = admin_json(node, "/api/ledger").await;
@@ -277,7 +279,9 @@ async fn wait_settled(
         }
         assert!(
             started.elapsed() < Duration::from_secs(40),
-            "no settlement for {id}: {ledger}"
+            "no settlement for {id} at node {i}: {ledger}\nnode 0: {}\nnode {i}: {}",
+            net.testnet.nodes[0].log_tail(),
+            node.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

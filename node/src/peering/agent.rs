@@ -283,13 +283,18 @@ impl Agent {
                 reason: RejectReason::NotForUs,
             };
         }
-        match self.overlay.node_record(from).await {
-            Ok(Some(info)) if info.membership.provider() == arrangement.primary => {}
-            _ => {
-                return Response::Reject {
-                    reason: RejectReason::NotForUs,
-                };
+        // The numbers are checked against our own nodes' signatures, so the sender matters
+        // only for ending it: once ended here (by notice), anyone may hand us the account.
+        if arrangement.status != super::Status::Ended {
+            match self.overlay.node_record(from).await {
+                Ok(Some(info)) if info.membership.provider() == arrangement.primary => {}
+                _ => {
+                    return Response::Reject {
+                        reason: RejectReason::NotForUs,
+                    };
+                }
             }
+            self.end_here(arrangement.id).await;
         }
         let ours = self
             .ledger
@@ -515,7 +520,9 @@ impl Agent {
         }
         let mut arrangement = Arrangement::short_term(&opened);
         arrangement.counterpart = Some(agent);
-        self.arrangements.add(arrangement);
+        if !self.arrangements.add(arrangement) {
+            self.arrangements.set_counterpart(&terms.id, agent);
+        }
         info!(arrangement = %terms.id, peer = %offer.provider.short(), "arrangement active (primary)");
         self.announce(Notice::Agreed(agreement)).await;
         Ok(terms.id)

@@ -324,6 +324,21 @@ impl Arrangements {
         true
     }
 
+    /// Records the other party's agent we negotiated `id` with: the agreement may have been
+    /// learnt over gossip before the negotiation returned, without it.
+    pub fn set_counterpart(&self, id: &ArrangementId, agent: reef_overlay::PeerId) {
+        let Ok(mut all) = self.all.write() else {
+            return;
+        };
+        if let Some(current) = all.get(id)
+            && current.counterpart.is_none()
+        {
+            let mut known = (**current).clone();
+            known.counterpart = Some(agent);
+            all.insert(*id, Arc::new(known));
+        }
+    }
+
     /// Marks `id` ended; whether it was active.
     pub fn end(&self, id: &ArrangementId) -> bool {
         let Ok(mut all) = self.all.write() else {
