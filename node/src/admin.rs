@@ -1,6 +1,6 @@
 //! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
 //! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `POST /api/arrangements/end`,
-//! `POST /api/purge` and `/metrics`.
+//! `/api/ledger`, `POST /api/purge` and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +37,7 @@ pub struct AdminState {
     pub arrangements: Arc<crate::peering::Arrangements>,
     /// The peering agent, on nodes with the provider key: it can end arrangements.
     pub agent: Option<Arc<crate::peering::agent::Agent>>,
+    pub ledger: Arc<crate::peering::ledger::Ledger>,
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -97,6 +98,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/offers", get(offers))
         .route("/api/arrangements", get(arrangements))
         .route("/api/arrangements/end", post(end_arrangement))
+        .route("/api/ledger", get(ledger))
         .route("/metrics", get(metrics))
         .route("/api/load", get(load))
         .route(
@@ -215,6 +217,10 @@ async fn end_arrangement(State(state): State<Arc<AdminState>>, body: Bytes) -> R
         .disband(id, reef_proto::peering::EndReason::Operator)
         .await;
     Json(serde_json::json!({ "ended": id.to_string() })).into_response()
+}
+
+async fn ledger(State(state): State<Arc<AdminState>>) -> Json<crate::peering::ledger::LedgerView> {
+    Json(state.ledger.view())
 }
 
 /// Prometheus metrics in OpenMetrics text.

@@ -19,7 +19,7 @@ use crate::load::{self, Load};
 use crate::offers;
 use crate::peering::agent::{self, Agent, Requirements};
 use crate::peering::mediator::Mediator;
-use crate::peering::{Arrangements, Redirector};
+use crate::peering::{self, Arrangements, Redirector};
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
 use crate::services::{self, Services};
@@ -157,7 +157,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         capacity_rps: config.capacity_rps,
         capacity_mbps: config.capacity_mbps,
         // Carried in every report, so the node's load counts toward its provider.
-        cert,
+        cert: cert.clone(),
     };
     let load = Load::new(load_config, overlay.clone());
     let reports = overlay
@@ -187,12 +187,29 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .subscribe(agent::TOPIC, agent::NOTICE_QUEUE)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to arrangements: {e}")))?;
-    let mut peering_tasks = vec![agent::listen(
-        arrangements.clone(),
-        services.clone(),
-        overlay.clone(),
-        arrangement_notices,
-    )];
+    let ledger = {
+        let path = config.data_dir.join("ledger.redb");
+        tokio::task::spawn_blocking(move || peering::ledger::open_or_memory(&path))
+            .await
+            .map_err(|e| StartError::Runtime(format!("ledger open panicked: {e}")))?
+    };
+    let receipts = peering::receipts::Sender {
+        arrangements: arrangements.clone(),
+        load: load.clone(),
+        overlay: overlay.clone(),
+        own: membership.id,
+        key: signing_key.clone(),
+        cert,
+    };
+    let mut peering_tasks = vec![
+        agent::listen(
+            arrangements.clone(),
+            services.clone(),
+            overlay.clone(),
+            arrangement_notices,
+        ),
+        receipts.spawn(),
+    ];
     let mut agent_handle = None;
     if let Some(identity) = agent_identity {
         let agent = Agent::new(
@@ -202,6 +219,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             arrangements.clone(),
             services.clone(),
             overlay.clone(),
+            ledger.clone(),
         );
         let inbox = overlay
             .peering_inbox()
@@ -297,6 +315,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         services,
         arrangements,
         agent: agent_handle,
+        ledger,
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,

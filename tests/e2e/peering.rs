@@ -18,8 +18,12 @@ price_per_gb = 0.01
 "#;
 
 async fn arrangements(node: &reef_testnet::NodeProcess) -> serde_json::Value {
+    admin_json(node, "/api/arrangements").await
+}
+
+async fn admin_json(node: &reef_testnet::NodeProcess, path: &str) -> serde_json::Value {
     let admin = node.runtime().admin;
-    let url = format!("http://{admin}/api/arrangements");
+    let url = format!("http://{admin}{path}");
     let got = reef_testnet::client::fetch(
         None,
         http::Method::GET,
@@ -27,7 +31,7 @@ async fn arrangements(node: &reef_testnet::NodeProcess) -> serde_json::Value {
         crate::support::REQUEST_TIMEOUT,
     )
     .await
-    .expect("arrangements");
+    .expect(path);
     assert_eq!(got.status, 200);
     serde_json::from_slice(&got.body).expect("json")
 }
@@ -308,6 +312,48 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
     assert_eq!(ended["id"], arranged["id"]);
     let ended = wait_short_term(&net.testnet.nodes[1], "ended").await;
     assert_eq!(ended["id"], arranged["id"]);
+
+    // Both ledgers settle on the same numbers: what the peer's node served.
+    let at_primary = wait_settled(&net, 0, &arranged["id"]).await;
+    let at_peer = wait_settled(&net, 1, &arranged["id"]).await;
+    assert_eq!(at_primary, at_peer);
+    let served = wait_short_term(&net.testnet.nodes[1], "ended").await["served"].clone();
+    assert_eq!(at_peer["bytes"], served["bytes"], "{at_peer} vs {served}");
+    assert_eq!(
+        at_peer["requests"], served["requests"],
+        "{at_peer} vs {served}"
+    );
+    assert_eq!(at_peer["primary"], arranged["primary"]);
+    assert_eq!(at_peer["peer"], p1_id);
+}
+
+/// The settlement of arrangement `id` in `node`'s ledger, once it holds one.
+async fn wait_settled(
+    net: &crate::support::Net,
+    i: usize,
+    id: &serde_json::Value,
+) -> serde_json::Value {
+    let node = &net.testnet.nodes[i];
+    let started = Instant::now();
+    loop {
+        let ledger = admin_json(node, "/api/ledger").await;
+        if let Some(s) = ledger["settlements"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["id"] == *id))
+        {
+            let mut s = s.clone();
+            // Each side writes it at its own time.
+            s["written_at"] = serde_json::Value::Null;
+            return s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no settlement for {id} at node {i}: {ledger}\nnode 0: {}\nnode {i}: {}",
+            net.testnet.nodes[0].log_tail(),
+            node.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,16 +16,18 @@ use std::time::Duration;
 
 use reef_overlay::{Acceptance, GossipMessage, PeerId};
 use reef_proto::peering::{
-    EndReason, RejectReason, Request, Response, decode_request, decode_response, encode,
+    EndReason, RejectReason, Request, Response, Settlement, decode_request, decode_response, encode,
 };
 use reef_proto::records::{
-    Agreement, ArrangementId, CapacityOffer, Countersignature, ProviderId, Sla, Terms, countersign,
-    open, open_agreement, region_announce_key, seal,
+    Agreement, ArrangementId, CapacityOffer, Countersignature, ProviderId, ReceiptAck, Sla, Terms,
+    UsageReceipt, countersign, open, open_agreement, region_announce_key, seal,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::ledger::{self, Ledger};
+use super::receipts::RECEIPT_EVERY;
 use super::{Arrangement, Arrangements, Policy};
 use crate::offers;
 use crate::provider::{ProviderIdentity, unix_ms};
@@ -35,6 +37,8 @@ use crate::services::Services;
 pub const TOPIC: &str = "reef/arrangements/1";
 /// Queue of notices heard; they are rare (a few per arrangement).
 pub const NOTICE_QUEUE: usize = 64;
+/// How often the primary looks for the final receipts while it settles.
+const SETTLE_POLL: Duration = Duration::from_millis(250);
 /// Proposals countersigned but not yet committed, remembered so a retried proposal gets the
 /// same answer; the oldest make room.
 const MAX_PENDING: usize = 256;
@@ -71,6 +75,7 @@ pub struct Agent {
     arrangements: Arc<Arrangements>,
     services: Arc<Services>,
     overlay: reef_overlay::Client,
+    ledger: Arc<Ledger>,
     /// Arrangement id → (the terms as sealed, our countersignature).
     pending: Mutex<HashMap<ArrangementId, (Vec<u8>, Countersignature)>>,
 }
@@ -83,6 +88,7 @@ impl Agent {
         arrangements: Arc<Arrangements>,
         services: Arc<Services>,
         overlay: reef_overlay::Client,
+        ledger: Arc<Ledger>,
     ) -> Arc<Self> {
         Arc::new(Self {
             provider,
@@ -91,6 +97,7 @@ impl Agent {
             arrangements,
             services,
             overlay,
+            ledger,
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -135,9 +142,8 @@ impl Agent {
                 Request::Propose { sealed_terms } => self.on_propose(sealed_terms),
                 Request::Commit { agreement } => self.on_commit(agreement).await,
                 Request::End { id, .. } => self.on_end(peer, id).await,
-                _ => Response::Error {
-                    reason: "not handled by this node".into(),
-                },
+                Request::Usage { sealed_receipt } => self.on_usage(sealed_receipt).await,
+                Request::Settle { settlement } => self.on_settle(peer, settlement).await,
             }
         }
         .instrument(span)
@@ -214,6 +220,159 @@ impl Agent {
             self.announce(Notice::Agreed(agreement)).await;
         }
         Response::Committed
+    }
+
+    /// A serving node's receipt (at the primary), or one the primary hands on before it
+    /// settles (at the peer): kept if it is the node's newest.
+    async fn on_usage(&self, sealed: Vec<u8>) -> Response {
+        let now = unix_ms();
+        let Ok(opened) = open::<UsageReceipt>(&sealed, now) else {
+            return Response::Reject {
+                reason: RejectReason::BadSignature,
+            };
+        };
+        let receipt = opened.record().clone();
+        let id = receipt.arrangement;
+        let Some(arrangement) = self.arrangements.get(&id) else {
+            return Response::Reject {
+                reason: RejectReason::NotForUs,
+            };
+        };
+        if let Err(why) = ledger::check(&arrangement, self.own(), &opened, now) {
+            debug!(arrangement = %id, %why, "receipt refused");
+            return Response::Reject {
+                reason: RejectReason::NotForUs,
+            };
+        }
+        let ledger = self.ledger.clone();
+        let kept = {
+            let receipt = receipt.clone();
+            tokio::task::spawn_blocking(move || ledger.record(&receipt, &sealed)).await
+        };
+        match kept {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                warn!(arrangement = %id, %error, "receipt not kept");
+                return Response::Error {
+                    reason: "ledger unavailable".into(),
+                };
+            }
+            Err(_) => {
+                return Response::Error {
+                    reason: "ledger unavailable".into(),
+                };
+            }
+        }
+        let seq = self
+            .ledger
+            .receipts(&id)
+            .into_iter()
+            .find(|(node, _)| *node == receipt.node)
+            .map_or(receipt.seq, |(_, held)| held.seq);
+        Response::Ack(ReceiptAck {
+            arrangement: id,
+            node: receipt.node,
+            seq,
+        })
+    }
+
+    /// As the peer: the primary's settlement, checked against the receipts of our own nodes
+    /// it handed us; written only if both agree exactly. Answers with our own account.
+    async fn on_settle(&self, from: PeerId, theirs: Settlement) -> Response {
+        let Some(arrangement) = self.arrangements.get(&theirs.id) else {
+            return Response::Reject {
+                reason: RejectReason::NotForUs,
+            };
+        };
+        if arrangement.peer != self.own() {
+            return Response::Reject {
+                reason: RejectReason::NotForUs,
+            };
+        }
+        // The numbers are checked against our own nodes' signatures, so the sender matters
+        // only for ending it: once ended here (by notice), anyone may hand us the account.
+        if arrangement.status != super::Status::Ended {
+            match self.overlay.node_record(from).await {
+                Ok(Some(info)) if info.membership.provider() == arrangement.primary => {}
+                _ => {
+                    return Response::Reject {
+                        reason: RejectReason::NotForUs,
+                    };
+                }
+            }
+            self.end_here(arrangement.id).await;
+        }
+        let ours = self
+            .ledger
+            .account(arrangement.id, arrangement.price_micros_per_gb);
+        if ours != theirs {
+            warn!(arrangement = %arrangement.id, ?ours, ?theirs, "settlements differ; not written");
+            return Response::Settled { settlement: ours };
+        }
+        if self.ledger.settlement(&arrangement.id).is_none() {
+            self.write_settlement(arrangement, ours).await;
+        }
+        Response::Settled { settlement: ours }
+    }
+
+    async fn write_settlement(&self, arrangement: Arc<Arrangement>, settlement: Settlement) {
+        let ledger = self.ledger.clone();
+        let id = arrangement.id;
+        match tokio::task::spawn_blocking(move || {
+            ledger.settle(&arrangement, &settlement, unix_ms())
+        })
+        .await
+        {
+            Ok(Ok(entry)) => info!(
+                arrangement = %id, requests = entry.requests, bytes = entry.bytes,
+                amount_micros = entry.amount_micros, "settled"
+            ),
+            Ok(Err(error)) => warn!(arrangement = %id, %error, "settlement not written"),
+            Err(error) => warn!(arrangement = %id, %error, "writing the settlement panicked"),
+        }
+    }
+
+    /// As the primary, once `id` has ended: waits (bounded) for every serving node's final
+    /// receipt, writes the settlement, then hands the receipts and the settlement to the peer's
+    /// agent, which checks and writes the same.
+    /// `reach_peer`: false when the peer is gone; the settlement is then ours alone.
+    async fn settle(&self, id: ArrangementId, ended_at: u64, reach_peer: bool) {
+        // The primary settles, from the receipts it holds; the peer writes it when told.
+        let Some(arrangement) = self
+            .arrangements
+            .get(&id)
+            .filter(|a| a.primary == self.own())
+        else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + 2 * RECEIPT_EVERY;
+        while tokio::time::Instant::now() < deadline {
+            let held = self.ledger.receipts(&id);
+            if !held.is_empty() && held.iter().all(|(_, h)| h.seq > ended_at) {
+                break;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+        let settlement = self.ledger.account(id, arrangement.price_micros_per_gb);
+        self.write_settlement(arrangement.clone(), settlement).await;
+        let Some(agent) = arrangement.counterpart.filter(|_| reach_peer) else {
+            return;
+        };
+        for (_, held) in self.ledger.receipts(&id) {
+            let request = Request::Usage {
+                sealed_receipt: held.sealed,
+            };
+            if let Err(why) = self.ask(agent, &request).await {
+                debug!(arrangement = %id, %why, "receipt not handed to the peer");
+            }
+        }
+        match self.ask(agent, &Request::Settle { settlement }).await {
+            Ok(Response::Settled { settlement: theirs }) if theirs == settlement => {
+                info!(arrangement = %id, "the peer agrees with the settlement");
+            }
+            Ok(other) => warn!(arrangement = %id, ?other, "the peer disagrees with the settlement"),
+            Err(why) => warn!(arrangement = %id, %why, "the peer did not settle"),
+        }
     }
 
     async fn on_end(&self, from: PeerId, id: ArrangementId) -> Response {
@@ -380,7 +539,9 @@ impl Agent {
         }
         let mut arrangement = Arrangement::short_term(&opened);
         arrangement.counterpart = Some(agent);
-        self.arrangements.add(arrangement);
+        if !self.arrangements.add(arrangement) {
+            self.arrangements.set_counterpart(&terms.id, agent);
+        }
         info!(
             arrangement = %terms.id,
             peer = %offer.provider.short(),
@@ -392,7 +553,9 @@ impl Agent {
     }
 
     /// As the primary: ends our arrangement `id` with the peer, then here.
-    pub async fn disband(&self, id: ArrangementId, reason: EndReason) {
+    pub async fn disband(self: &Arc<Self>, id: ArrangementId, reason: EndReason) {
+        // Before anyone hears of the end, so every final receipt is newer.
+        let ended_at = unix_ms();
         // A peer that is gone cannot answer; waiting for its timeout only delays the next
         // arrangement.
         let counterpart = match reason {
@@ -408,6 +571,11 @@ impl Agent {
         }
         // The notice reaches the peer's nodes even when its agent did not answer.
         self.end_here(id).await;
+        // Settling waits for the final receipts; the mediator must not wait with it (it may
+        // have a replacement to arrange).
+        let this = self.clone();
+        let reach_peer = counterpart.is_some();
+        tokio::spawn(async move { this.settle(id, ended_at, reach_peer).await });
     }
 
     async fn ask(&self, agent: PeerId, request: &Request) -> Result<Response, String> {

@@ -5,8 +5,10 @@
 //! service and counts every request and body byte it serves under the arrangement.
 
 pub mod agent;
+pub mod ledger;
 pub mod mediator;
 pub mod policy;
+pub mod receipts;
 pub mod redirect;
 pub mod store;
 
@@ -358,6 +360,21 @@ impl Arrangements {
         true
     }
 
+    /// Records the other party's agent we negotiated `id` with: the agreement may have been
+    /// learnt over gossip before the negotiation returned, without it.
+    pub fn set_counterpart(&self, id: &ArrangementId, agent: reef_overlay::PeerId) {
+        let Ok(mut all) = self.all.write() else {
+            return;
+        };
+        if let Some(current) = all.get(id)
+            && current.counterpart.is_none()
+        {
+            let mut known = (**current).clone();
+            known.counterpart = Some(agent);
+            all.insert(*id, Arc::new(known));
+        }
+    }
+
     /// Marks `id` ended; whether it was active.
     pub fn end(&self, id: &ArrangementId) -> bool {
         let Ok(mut all) = self.all.write() else {
@@ -385,6 +402,18 @@ impl Arrangements {
         all.values()
             .find(|a| a.basis == Basis::ShortTerm && a.primary == self.own && a.is_active(now_ms()))
             .cloned()
+    }
+
+    /// Every arrangement (active or ended) under which our provider serves another's
+    /// services.
+    pub fn as_peer(&self) -> Vec<Arc<Arrangement>> {
+        let Ok(all) = self.all.read() else {
+            return Vec::new();
+        };
+        all.values()
+            .filter(|a| a.peer == self.own && a.primary != self.own)
+            .cloned()
+            .collect()
     }
 
     /// Ends every arrangement whose end has passed; their ids.
