@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use reef_testnet::origin::expected_body;
 
-use crate::services::{VIDEO, get_service};
-use crate::support::{JOIN_TIMEOUT, launch_configured, request_via};
+use crate::services::{VIDEO, get_service, wait_published};
+use crate::support::{launch_configured, request_via};
 
 const LONG_TERM: &str = r#"
 [[peering.long_term]]
@@ -51,12 +51,7 @@ async fn a_long_term_arrangement_from_policy_is_active_at_start() {
     assert_eq!(p1["arrangements"][0]["basis"], "long_term");
     assert_eq!(p2["arrangements"], serde_json::json!([]));
 
-    net.testnet.nodes[0]
-        .wait_status("services.published", JOIN_TIMEOUT, |s| {
-            s["services"]["published"].as_u64().unwrap_or(0) >= 1
-        })
-        .await
-        .expect("service record published");
+    wait_published(&net).await;
     let path = "/bytes/4000";
     let served = get_service(net.http(1), "video.example", path).await;
     assert_eq!(served.status, 200, "{}", served.text());
@@ -94,12 +89,7 @@ async fn an_overloaded_primary_redirects_its_share_to_the_peer() {
         whole_share()
     );
     let net = launch_configured(2, 2, &[&overloaded, &whole_share()]).await;
-    net.testnet.nodes[0]
-        .wait_status("services.published", JOIN_TIMEOUT, |s| {
-            s["services"]["published"].as_u64().unwrap_or(0) >= 1
-        })
-        .await
-        .expect("service record published");
+    wait_published(&net).await;
     let path = "/bytes/3000";
     // Requests count toward utilisation once a second; keep asking until node 0 is over its
     // watermark and sends us on.
@@ -274,12 +264,7 @@ async fn surge_until_arranged(net: &crate::support::Net) -> (serde_json::Value, 
 async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
     let configs = negotiating("");
     let net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
-    net.testnet.nodes[0]
-        .wait_status("services.published", JOIN_TIMEOUT, |s| {
-            s["services"]["published"].as_u64().unwrap_or(0) >= 1
-        })
-        .await
-        .expect("service record published");
+    wait_published(&net).await;
     let (arranged, took, surge) = surge_until_arranged(&net).await;
     println!("surge → arrangement active: {took:?}");
     if let Ok(log) = std::fs::read_to_string(net.testnet.nodes[0].log_path())
@@ -360,12 +345,7 @@ async fn wait_settled(
 async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
     let configs = negotiating("[peering]\nrefuse = [\"{provider:0}\"]\n");
     let net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
-    net.testnet.nodes[0]
-        .wait_status("services.published", JOIN_TIMEOUT, |s| {
-            s["services"]["published"].as_u64().unwrap_or(0) >= 1
-        })
-        .await
-        .expect("service record published");
+    wait_published(&net).await;
     let (arranged, _, _surge) = surge_until_arranged(&net).await;
     let p2_id = net.testnet.nodes[2].status().await.expect("status")["provider"]["id"].clone();
     assert_eq!(arranged["peer"], p2_id, "p1 refuses p0, so p2: {arranged}");
@@ -406,12 +386,7 @@ async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
 async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
     let configs = negotiating("");
     let mut net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
-    net.testnet.nodes[0]
-        .wait_status("services.published", JOIN_TIMEOUT, |s| {
-            s["services"]["published"].as_u64().unwrap_or(0) >= 1
-        })
-        .await
-        .expect("service record published");
+    wait_published(&net).await;
     let (first, _, surge) = surge_until_arranged(&net).await;
 
     // The mediator node restarts: the arrangement is still there, still active.

@@ -12,6 +12,16 @@ pub const VIDEO: &str = r#"
 origin = "{origin}"
 "#;
 
+/// Waits until node 0 has put its services' records into the DHT, so others can find them.
+pub async fn wait_published(net: &crate::support::Net) {
+    net.testnet.nodes[0]
+        .wait_status("services.published", JOIN_TIMEOUT, |s| {
+            s["services"]["published"].as_u64().unwrap_or(0) >= 1
+        })
+        .await
+        .expect("service record published");
+}
+
 /// GET `path` of service `host` from the node at `node`, origin-form with `Host`.
 pub async fn get_service(
     node: std::net::SocketAddr,
@@ -42,12 +52,7 @@ async fn a_service_is_served_by_its_provider_and_refused_by_others() {
     assert_eq!((upper.status.as_u16(), upper.source()), (200, "local"));
 
     // Another provider's node finds the record in the DHT and refuses: no arrangement.
-    net.testnet.nodes[0]
-        .wait_status("services.published", JOIN_TIMEOUT, |s| {
-            s["services"]["published"].as_u64().unwrap_or(0) >= 1
-        })
-        .await
-        .expect("service record published");
+    wait_published(&net).await;
     let other = get_service(net.http(1), "video.example", path).await;
     assert_eq!(other.status, 403, "{}", other.text());
     assert!(other.text().contains("arrangement"), "{}", other.text());

@@ -31,29 +31,15 @@ pub const MAX_SETTLEMENTS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger database: {0}")]
-    Db(String),
+    #[error("ledger {0}")]
+    Db(#[from] super::store::StoreError),
     #[error("ledger is full ({MAX_RECEIPTS} open receipts)")]
     Full,
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for LedgerError {
-            fn from(e: $t) -> Self {
-                LedgerError::Db(e.to_string())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
-);
+super::store::from_db_errors!(LedgerError, |text| LedgerError::Db(
+    super::store::StoreError(text)
+));
 
 /// Why a receipt does not count toward an arrangement.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

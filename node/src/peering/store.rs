@@ -26,25 +26,29 @@ pub struct Saved {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("peering database: {0}")]
-pub struct StoreError(String);
+#[error("database: {0}")]
+pub struct StoreError(pub(crate) String);
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+/// redb splits its errors by operation (and we encode rows with serde); they all mean "the
+/// database failed", so each converts into one error of ours, made by `$make` from the text.
+macro_rules! from_db_errors {
+    ($target:ty, $make:expr) => {
+        $crate::peering::store::from_db_errors!(@each $target, $make;
+            redb::DatabaseError, redb::TransactionError, redb::TableError,
+            redb::StorageError, redb::CommitError, serde_json::Error);
+    };
+    (@each $target:ty, $make:expr; $($t:ty),*) => {$(
+        impl From<$t> for $target {
             fn from(e: $t) -> Self {
-                StoreError(e.to_string())
+                let make: fn(String) -> Self = $make;
+                make(e.to_string())
             }
         }
     )*};
 }
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+pub(crate) use from_db_errors;
+
+from_db_errors!(StoreError, StoreError);
 
 /// One arrangement's counters at this node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,17 +106,16 @@ impl Store {
         usage: &[([u8; 16], Counts)],
         arrangements: &[([u8; 16], Saved)],
     ) -> Result<(), StoreError> {
-        let encode = |e: &dyn std::fmt::Display| StoreError(e.to_string());
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(USAGE)?;
             for (id, counts) in usage {
-                let json = serde_json::to_vec(counts).map_err(|e| encode(&e))?;
+                let json = serde_json::to_vec(counts)?;
                 table.insert(id, json.as_slice())?;
             }
             let mut table = txn.open_table(ARRANGEMENTS)?;
             for (id, saved) in arrangements {
-                let bytes = postcard::to_stdvec(saved).map_err(|e| encode(&e))?;
+                let bytes = postcard::to_stdvec(saved).map_err(|e| StoreError(e.to_string()))?;
                 table.insert(id, bytes.as_slice())?;
             }
         }
