@@ -59,6 +59,8 @@ struct StatusBody {
     /// Per service with a storage quota: the quota, bytes stored, and objects refused.
     quotas: BTreeMap<String, reef_cache::QuotaStats>,
     services: crate::services::Stats,
+    /// `/reef/peering/1` requests sent, failed, received and dropped since start.
+    peering: reef_overlay::PeeringStats,
     announcements: crate::fetch::AnnounceStats,
     /// Bodies from peers that did not match their ContentRecord (each peer is then avoided
     /// for that content).
@@ -162,6 +164,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         peer_bodies_rejected: state.fetcher.verify_failures(),
         purges: state.purger.stats(),
         services: state.services.stats(),
+        peering: overlay.peering,
         gossip_dropped: overlay.gossip_dropped,
         records_rejected: overlay.records_rejected,
         load: state.load.stats(),

@@ -281,6 +281,11 @@ async fn a_surge_arranges_with_the_cheapest_peer_and_the_calm_disbands_it() {
     let at_peer = wait_short_term(&net.testnet.nodes[1], "active").await;
     assert_eq!(at_peer["id"], arranged["id"]);
     assert_eq!(at_peer["role"], "peer");
+    // Propose and commit: two requests from the primary's agent, two answered by the peer's.
+    let sent = net.testnet.nodes[0].status().await.expect("status")["peering"]["requests_sent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(sent >= 2, "requests_sent {sent}");
     assert!(
         at_peer["served"]["requests"].as_u64().unwrap_or(0) >= 1,
         "{at_peer}"
