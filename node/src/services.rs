@@ -207,8 +207,8 @@ fn make_room(learnt: &mut HashMap<String, Learnt>) {
     }
 }
 
-/// The record for one of our services, signed by our provider.
-pub fn record_of(service: &Service) -> ServiceRecord {
+/// The record for one of our services, as our provider signs it.
+fn record_of(service: &Service) -> ServiceRecord {
     ServiceRecord {
         hostname: service.hostname.clone(),
         origin: service.origin.as_str().to_string(),
