@@ -4,54 +4,21 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{addr_of, eventually, init_tracing};
+use support::{addr_of, config, eventually, init_tracing};
 
 use anyhow::{Context, Result, bail, ensure};
 use reef_overlay::{
-    Acceptance, Client, Config, Error, GossipMessage, Keypair, LocalInfo, Metrics, Multiaddr,
-    PeerId, Published,
+    Acceptance, Client, Error, GossipMessage, Keypair, Multiaddr, PeerId, Published,
 };
 use reef_proto::ContentKey;
-use reef_proto::records::{Capacity, Membership};
+use reef_proto::records::Membership;
 
 /// Joining over loopback takes well under a second; generous for a loaded 2-core machine.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for conditions that depend on DHT propagation.
 const CONDITION_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn config(
-    keypair: Keypair,
-    name: &str,
-    bootstrap: Vec<Multiaddr>,
-    peers_file: Option<PathBuf>,
-) -> Config {
-    Config {
-        keypair,
-        listen: vec![
-            "/ip4/127.0.0.1/udp/0/quic-v1"
-                .parse()
-                .expect("valid multiaddr"),
-            "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
-        ],
-        bootstrap,
-        mdns: false,
-        peers_file,
-        local_record: LocalInfo {
-            http: format!("{name}.test:8080"),
-            region: format!("region-of-{name}"),
-            capacity: Capacity {
-                req_per_s: 100,
-                mbit_per_s: 200,
-            },
-            cert: None,
-        },
-        metrics: Metrics::default(),
-        peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
-    }
-}
 
 async fn start(name: &str, bootstrap: Vec<Multiaddr>) -> Result<Client> {
     Ok(reef_overlay::spawn(config(Keypair::generate_ed25519(), name, bootstrap, None)).await?)

@@ -13,10 +13,9 @@ use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use reef_overlay::{
-    Client, Config, Error, InboundPeering, Keypair, LocalInfo, MAX_PEERING_MESSAGE, Metrics,
-    Multiaddr, PEERING_REQUEST_TIMEOUT, PeerId,
+    Client, Config, Error, InboundPeering, Keypair, MAX_PEERING_MESSAGE, Multiaddr,
+    PEERING_REQUEST_TIMEOUT, PeerId,
 };
-use reef_proto::records::Capacity;
 use tokio::sync::mpsc;
 
 /// Joining over loopback takes well under a second; generous for a loaded 2-core machine.
@@ -26,27 +25,8 @@ const CONDITION_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn config(name: &str, bootstrap: Vec<Multiaddr>, peering_timeout: Duration) -> Config {
     Config {
-        keypair: Keypair::generate_ed25519(),
-        listen: vec![
-            "/ip4/127.0.0.1/udp/0/quic-v1"
-                .parse()
-                .expect("valid multiaddr"),
-            "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
-        ],
-        bootstrap,
-        mdns: false,
-        peers_file: None,
-        local_record: LocalInfo {
-            http: format!("{name}.test:8080"),
-            region: format!("region-of-{name}"),
-            capacity: Capacity {
-                req_per_s: 100,
-                mbit_per_s: 200,
-            },
-            cert: None,
-        },
-        metrics: Metrics::default(),
         peering_timeout,
+        ..support::config(Keypair::generate_ed25519(), name, bootstrap, None)
     }
 }
 

@@ -3,10 +3,12 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use reef_overlay::{Client, Multiaddr};
+use reef_overlay::{Client, Config, Keypair, LocalInfo, Metrics, Multiaddr};
+use reef_proto::records::Capacity;
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -42,5 +44,37 @@ where
         }
         // Poll interval, not synchronisation: the condition is re-checked until the deadline.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node on 127.0.0.1 (QUIC and TCP, port 0), mDNS off, advertising a made-up edge.
+pub fn config(
+    keypair: Keypair,
+    name: &str,
+    bootstrap: Vec<Multiaddr>,
+    peers_file: Option<PathBuf>,
+) -> Config {
+    Config {
+        keypair,
+        listen: vec![
+            "/ip4/127.0.0.1/udp/0/quic-v1"
+                .parse()
+                .expect("valid multiaddr"),
+            "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
+        ],
+        bootstrap,
+        mdns: false,
+        peers_file,
+        local_record: LocalInfo {
+            http: format!("{name}.test:8080"),
+            region: format!("region-of-{name}"),
+            capacity: Capacity {
+                req_per_s: 100,
+                mbit_per_s: 200,
+            },
+            cert: None,
+        },
+        metrics: Metrics::default(),
+        peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
     }
 }
