@@ -32,6 +32,17 @@ where
     ))
 }
 
+/// `body`, calling `seen` with the length of each data frame as the connection pulls it.
+pub fn count_data(body: Body, seen: impl Fn(u64) + Send + 'static) -> Body {
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            seen(data.len() as u64);
+        }
+        frame
+    })
+    .boxed_unsync()
+}
+
 /// Streams exactly `len` bytes of an open file.
 pub fn from_file(file: tokio::fs::File, len: u64) -> Body {
     use tokio::io::AsyncReadExt;

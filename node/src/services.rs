@@ -122,27 +122,27 @@ impl Services {
 
     /// The service `host` names, from the config or what was looked up lately; no lookup.
     pub fn cached(&self, host: &str) -> Option<Arc<Service>> {
+        self.known(host).flatten()
+    }
+
+    /// What we know of `host` without a lookup: `Some(None)` is a hostname looked up lately
+    /// that nobody publishes; `None`, one we know nothing of.
+    fn known(&self, host: &str) -> Option<Option<Arc<Service>>> {
         if let Some(s) = self.own.get(host) {
-            return Some(s.clone());
+            return Some(Some(s.clone()));
         }
         let learnt = self.learnt.lock().ok()?;
         learnt
             .get(host)
             .filter(|l| l.until > Instant::now())
-            .and_then(|l| l.service.clone())
+            .map(|l| l.service.clone())
     }
 
     /// The service `host` names, looked up in the DHT when not known; None if nobody
     /// publishes a valid record for it.
     pub async fn resolve(&self, host: &str) -> Option<Arc<Service>> {
-        if let Some(s) = self.own.get(host) {
-            return Some(s.clone());
-        }
-        if let Ok(learnt) = self.learnt.lock()
-            && let Some(l) = learnt.get(host)
-            && l.until > Instant::now()
-        {
-            return l.service.clone();
+        if let Some(known) = self.known(host) {
+            return known;
         }
         let found = self.look_up(host).await;
         let ttl = if found.is_some() {

@@ -139,18 +139,12 @@ impl Edge {
             }
             match asked.service.url(&asked.target) {
                 Ok(url) => url,
-                Err(e @ UrlError::TooLong) => {
-                    return Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()));
-                }
-                Err(e) => return Err(FetchError::BadRequest(e.to_string())),
+                Err(e) => return bad_url(e),
             }
         } else {
             let url = match CanonicalUrl::from_uri(req.uri()) {
                 Ok(url) => url,
-                Err(e @ UrlError::TooLong) => {
-                    return Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()));
-                }
-                Err(e) => return Err(FetchError::BadRequest(e.to_string())),
+                Err(e) => return bad_url(e),
             };
             // A proxy request for a service's URL is that service's request. Only services
             // already known are checked: a DHT lookup for every host proxied would slow down
@@ -267,6 +261,14 @@ impl Edge {
             Ok((head, body)) => Response::from_parts(head, body),
             Err(why) => text_response(StatusCode::NOT_FOUND, why),
         }
+    }
+}
+
+/// A URL we cannot take: too long is 414, anything else 400.
+fn bad_url(e: UrlError) -> Result<Response<Body>, FetchError> {
+    match e {
+        UrlError::TooLong => Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string())),
+        e => Err(FetchError::BadRequest(e.to_string())),
     }
 }
 

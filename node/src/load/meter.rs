@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use reef_proto::records::{MAX_HIT_RATIO_PERMILLE, MAX_UTILISATION_PERMILLE};
 use serde::Serialize;
 
@@ -76,13 +75,7 @@ impl Meter {
     /// `body`, counting its data bytes into egress as the connection pulls them.
     pub fn count_egress(self: &Arc<Self>, body: Body) -> Body {
         let meter = self.clone();
-        body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                meter.egress(data.len() as u64);
-            }
-            frame
-        })
-        .boxed_unsync()
+        crate::body::count_data(body, move |len| meter.egress(len))
     }
 }
 
@@ -254,6 +247,7 @@ mod tests {
     async fn egress_counts_the_body_bytes_sent() {
         let meter = Arc::new(Meter::default());
         let body = meter.count_egress(crate::body::full(vec![7u8; 1234]));
+        use http_body_util::BodyExt;
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(bytes.len(), 1234);
         assert_eq!(meter.totals().egress_bytes, 1234);

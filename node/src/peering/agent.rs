@@ -49,6 +49,11 @@ const MAX_AGENTS: usize = 20;
 /// Signs the end of an arrangement: a party's provider key over this, then the id.
 const END_DOMAIN: &[u8] = b"reef arrangement end v1\0";
 
+/// What a party signs to end arrangement `id`.
+fn end_message(id: &ArrangementId) -> Vec<u8> {
+    [END_DOMAIN, id.as_bytes()].concat()
+}
+
 /// What travels on [`TOPIC`], postcard-encoded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Notice {
@@ -214,8 +219,8 @@ impl Agent {
             };
         }
         let arrangement = Arrangement::short_term(&opened);
-        warm(&self.services, &arrangement, self.own());
-        if self.arrangements.add(arrangement) {
+        if self.arrangements.add(arrangement.clone()) {
+            warm(&self.services, &arrangement, self.own());
             info!(arrangement = %opened.id(), "arrangement active (peer)");
             self.announce(Notice::Agreed(agreement)).await;
         }
@@ -413,9 +418,8 @@ impl Agent {
 
     fn sign_end(&self, id: &ArrangementId) -> Countersignature {
         use ed25519_dalek::Signer;
-        let mut message = END_DOMAIN.to_vec();
-        message.extend_from_slice(id.as_bytes());
-        Countersignature(self.provider.key.signing_key().sign(&message).to_bytes())
+        let signature = self.provider.key.signing_key().sign(&end_message(id));
+        Countersignature(signature.to_bytes())
     }
 
     async fn announce(&self, notice: Notice) {
@@ -589,8 +593,8 @@ impl Agent {
     }
 }
 
-/// Once we serve another provider's services, look them up ahead of the first redirected
-/// request, so that it does not wait on the DHT.
+/// Once we serve another provider's services (a new arrangement), look them up ahead of the
+/// first redirected request, so that it does not wait on the DHT.
 fn warm(services: &Arc<Services>, arrangement: &Arrangement, own: ProviderId) {
     if arrangement.peer != own {
         return;
@@ -632,8 +636,8 @@ fn apply(arrangements: &Arrangements, services: &Arc<Services>, data: &[u8]) -> 
         Notice::Agreed(agreement) => match open_agreement(&agreement, unix_ms()) {
             Ok(opened) => {
                 let arrangement = Arrangement::short_term(&opened);
-                warm(services, &arrangement, arrangements.own());
-                if arrangements.add(arrangement) {
+                if arrangements.add(arrangement.clone()) {
+                    warm(services, &arrangement, arrangements.own());
                     info!(arrangement = %opened.id(), "arrangement learnt");
                 }
                 Acceptance::Accept
@@ -643,8 +647,7 @@ fn apply(arrangements: &Arrangements, services: &Arc<Services>, data: &[u8]) -> 
             Err(_) => Acceptance::Reject,
         },
         Notice::Ended { id, by, signature } => {
-            let mut message = END_DOMAIN.to_vec();
-            message.extend_from_slice(id.as_bytes());
+            let message = end_message(&id);
             let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(by.as_bytes()) else {
                 return Acceptance::Reject;
             };

@@ -19,6 +19,14 @@ use super::agent::{Agent, RETRY_AFTER_FAILURE, Requirements};
 use super::{Arrangements, Policy};
 use crate::load::Load;
 
+/// A provider's listed nodes in the order they take the mediator's role: the lowest peer id
+/// acts, the next takes over when it leaves the load table. `nodes` as `Load::nodes_of` gives.
+pub fn succession(nodes: &[(PeerId, u16)]) -> Vec<PeerId> {
+    let mut peers: Vec<PeerId> = nodes.iter().map(|(peer, _)| *peer).collect();
+    peers.sort();
+    peers
+}
+
 /// The load table is refreshed once a second; looking more often sees nothing new.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -65,7 +73,7 @@ impl Mediator {
             info!(arrangement = %id, "arrangement expired");
         }
         let nodes = self.load.nodes_of(&self.own);
-        if nodes.iter().map(|(peer, _)| *peer).min() != Some(self.local) {
+        if succession(&nodes).first() != Some(&self.local) {
             *watch = Watch::default();
             return;
         }

@@ -66,16 +66,11 @@ pub struct Usage {
 impl Usage {
     /// `body`, counted as one request and its data bytes as the connection pulls them.
     pub fn count(self: &Arc<Self>, body: Body) -> Body {
-        use http_body_util::BodyExt;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let usage = self.clone();
-        body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                usage.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            frame
+        crate::body::count_data(body, move |len| {
+            usage.bytes.fetch_add(len, Ordering::Relaxed);
         })
-        .boxed_unsync()
     }
 
     pub fn redirected(&self) {

@@ -115,13 +115,7 @@ impl Sender {
         }) else {
             return false;
         };
-        let mut nodes: Vec<_> = self
-            .load
-            .nodes_of(primary)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
-        nodes.sort();
+        let nodes = super::mediator::succession(&self.load.nodes_of(primary));
         for node in nodes.into_iter().take(MEDIATOR_CANDIDATES) {
             match self.overlay.peering_request(node, request.clone()).await {
                 Ok(bytes) => match decode_response(&bytes) {
