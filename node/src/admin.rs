@@ -37,6 +37,8 @@ pub struct AdminState {
     pub arrangements: Arc<crate::peering::Arrangements>,
     /// The peering agent, on nodes with the provider key: it can end arrangements.
     pub agent: Option<Arc<crate::peering::agent::Agent>>,
+    /// What this node's probes measure of the peers serving for us.
+    pub health: Arc<crate::peering::health::Health>,
     pub ledger: Arc<crate::peering::ledger::Ledger>,
     pub region: String,
     pub http: SocketAddr,
@@ -176,11 +178,33 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
 #[derive(Serialize)]
 struct ArrangementsBody {
     arrangements: Vec<crate::peering::View>,
+    /// How the providers we bought capacity from kept their SLAs (what ranking weighs).
+    peer_records: Vec<PeerRecordView>,
+}
+
+#[derive(Serialize)]
+struct PeerRecordView {
+    provider: String,
+    arrangements: u32,
+    breaches: u32,
+    /// Unix ms; 0 if none.
+    last_breach_ms: u64,
 }
 
 async fn arrangements(State(state): State<Arc<AdminState>>) -> Json<ArrangementsBody> {
     Json(ArrangementsBody {
-        arrangements: state.arrangements.views(),
+        arrangements: state.arrangements.views(&state.health),
+        peer_records: state
+            .arrangements
+            .peer_records()
+            .into_iter()
+            .map(|(id, r)| PeerRecordView {
+                provider: id.to_string(),
+                arrangements: r.arrangements,
+                breaches: r.breaches,
+                last_breach_ms: r.last_breach_ms,
+            })
+            .collect(),
     })
 }
 

@@ -17,7 +17,7 @@ use crate::edge::{self, Edge, Gate};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
 use crate::load::{self, Load};
 use crate::offers;
-use crate::peering::agent::{self, Agent, Requirements};
+use crate::peering::agent::{self, Agent};
 use crate::peering::mediator::Mediator;
 use crate::peering::{self, Arrangements, Redirector};
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
@@ -184,7 +184,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let arrangements = Arc::new(arrangements);
     let saver = arrangements.spawn_saver();
     let arrangement_notices = overlay
-        .subscribe(agent::TOPIC, agent::NOTICE_QUEUE)
+        .subscribe(reef_proto::peering::NOTICE_TOPIC, agent::NOTICE_QUEUE)
         .await
         .map_err(|e| StartError::Runtime(format!("cannot subscribe to arrangements: {e}")))?;
     let ledger = {
@@ -210,43 +210,59 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         ),
         receipts.spawn(),
     ];
+    let upstreams = Upstreams::new(config.origin_timeout)
+        .map_err(|e| StartError::Runtime(e.to_string()))?
+        .with_services(services.clone());
+    // Every node watches the peer nodes it may send requests to.
+    let health = Arc::new(peering::health::Health::default());
+    peering_tasks.push(
+        peering::health::Prober {
+            health: health.clone(),
+            arrangements: arrangements.clone(),
+            load: load.clone(),
+            overlay: overlay.clone(),
+            upstreams: upstreams.clone(),
+        }
+        .spawn(),
+    );
     let mut agent_handle = None;
     if let Some(identity) = agent_identity {
         let agent = Agent::new(
             identity,
-            our_offer,
-            config.peering.clone(),
-            arrangements.clone(),
-            services.clone(),
-            overlay.clone(),
-            ledger.clone(),
+            agent::Parts {
+                offer: our_offer,
+                policy: config.peering.clone(),
+                arrangements: arrangements.clone(),
+                services: services.clone(),
+                overlay: overlay.clone(),
+                ledger: ledger.clone(),
+                load: load.clone(),
+                node_key: node_public,
+            },
         );
         let inbox = overlay
             .peering_inbox()
             .await
             .map_err(|e| StartError::Runtime(format!("cannot take peering requests: {e}")))?;
         peering_tasks.push(agent.serve(inbox));
+        peering_tasks.push(agent.spawn_settler());
         agent_handle = Some(agent.clone());
         if config.peering.max_price_micros_per_gb.is_some() {
             let mediator = Mediator {
                 agent,
                 arrangements: arrangements.clone(),
+                health: health.clone(),
                 load: load.clone(),
                 local: peer_id,
                 own: membership.id,
                 policy: config.peering.clone(),
-                needs: Requirements {
-                    services: services.own().map(|s| s.hostname.clone()).collect(),
-                    region: config.region.clone(),
-                },
+                services: services.own().map(|s| s.hostname.clone()).collect(),
+                region: config.region.clone(),
             };
             peering_tasks.push(mediator.spawn());
         }
     }
     let arrangements_at_stop = arrangements.clone();
-    let upstreams = Upstreams::new(config.origin_timeout)
-        .map_err(|e| StartError::Runtime(e.to_string()))?
-        .with_services(services.clone());
     let announcer = Announcer::new(overlay.clone(), signing_key.clone());
     let local = LocalInfo {
         provider: membership.id,
@@ -272,7 +288,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
                 arrangements.clone(),
                 load.clone(),
                 overlay.clone(),
-                config.peering.high_watermark_permille,
+                health.clone(),
+                &config.peering,
             ),
         },
     ));
@@ -315,6 +332,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         services,
         arrangements,
         agent: agent_handle,
+        health,
         ledger,
         region: config.region.clone(),
         http: http_addr,

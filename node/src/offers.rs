@@ -127,6 +127,7 @@ pub async fn discover(
 ) -> Result<Vec<OfferView>, reef_overlay::Error> {
     let found = discover_records(overlay, region, own, &BTreeSet::new()).await?;
     Ok(found
+        .offers
         .into_iter()
         .map(|(offer, valid_until)| OfferView {
             provider: offer.provider.to_string(),
@@ -142,14 +143,21 @@ pub async fn discover(
         .collect())
 }
 
-/// [`discover`], as the records and their expiry (unix ms), without looking up the offers of
-/// the providers in `skip` (one whose nodes are gone would only cost a slow lookup).
+/// What a discovery found: the offers with their expiry (unix ms), and the agents announced
+/// under the region (whom to negotiate with).
+pub struct Discovered {
+    pub offers: Vec<(CapacityOffer, u64)>,
+    pub agents: Vec<reef_overlay::Holder>,
+}
+
+/// [`discover`], as the records, without looking up the offers of the providers in `skip`
+/// (one whose nodes are gone would only cost a slow lookup).
 pub async fn discover_records(
     overlay: &reef_overlay::Client,
     region: &str,
     own: ProviderId,
     skip: &BTreeSet<ProviderId>,
-) -> Result<Vec<(CapacityOffer, u64)>, reef_overlay::Error> {
+) -> Result<Discovered, reef_overlay::Error> {
     let agents = overlay
         .find_holders(region_announce_key(region), MAX_PROVIDERS)
         .await?;
@@ -181,5 +189,5 @@ pub async fn discover_records(
         }
         offers.push((offer, valid_until));
     }
-    Ok(offers)
+    Ok(Discovered { offers, agents })
 }

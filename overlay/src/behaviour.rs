@@ -83,8 +83,12 @@ const GOSSIP_MESH_N_LOW: usize = 3;
 const GOSSIP_MESH_N_HIGH: usize = 8;
 /// Mesh peers that must be ones we dialled (an eclipse defence); at most D/2.
 const GOSSIP_MESH_OUTBOUND_MIN: usize = 2;
-/// Ping interval; each ping refreshes the RTT we rank holders by.
-const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Ping interval; each ping refreshes the RTT we rank holders by, and a peer that stops
+/// answering (hung, or its path is) is found out within interval + timeout.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A peer that takes longer than this to answer a ping is taken for hung: on loopback or a
+/// continent's width an answer takes milliseconds.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -209,7 +213,11 @@ fn build_behaviour(
             .with_agent_version(format!("reef/{}", env!("CARGO_PKG_VERSION"))),
     );
 
-    let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL));
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(PING_INTERVAL)
+            .with_timeout(PING_TIMEOUT),
+    );
 
     let mdns = if mdns_on {
         Some(

@@ -167,6 +167,7 @@ pub struct Client {
     metrics: Arc<Registry>,
     /// [`crate::Config::peering_timeout`].
     peering_timeout: Duration,
+    broken: crate::broken::Broken,
 }
 
 impl std::fmt::Debug for Client {
@@ -184,6 +185,7 @@ impl Client {
         joined: watch::Receiver<bool>,
         metrics: Arc<Registry>,
         peering_timeout: Duration,
+        broken: crate::broken::Broken,
     ) -> Self {
         Self {
             commands,
@@ -191,11 +193,18 @@ impl Client {
             joined,
             metrics,
             peering_timeout,
+            broken,
         }
     }
 
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// Whether our last connection to `peer` broke (it died, or the path did) and none has
+    /// been made since, within the last minute. Answered without asking the event loop.
+    pub fn connection_broken(&self, peer: &PeerId) -> bool {
+        self.broken.is_broken(peer, std::time::Instant::now())
     }
 
     pub async fn status(&self) -> Result<Status, Error> {

@@ -22,6 +22,7 @@
 
 mod addrs;
 mod behaviour;
+mod broken;
 mod client;
 mod config;
 mod error;
@@ -148,6 +149,7 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
 
     let (commands_tx, commands_rx) = mpsc::channel(client::COMMAND_QUEUE);
     let (joined_tx, joined_rx) = watch::channel(false);
+    let broken = broken::Broken::default();
     let mut event_loop = event_loop::EventLoop::new(
         swarm,
         event_loop::Parts {
@@ -159,6 +161,7 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
             started,
             peers_file: config.peers_file,
             peering_timeout: config.peering_timeout,
+            broken: broken.clone(),
         },
     );
     for (peer, base) in bootstrap {
@@ -182,5 +185,6 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
         joined_rx,
         Arc::new(registry),
         config.peering_timeout,
+        broken,
     ))
 }

@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         egress_bytes_per_s: 50_000_000,
         utilisation_permille: 640,
         hit_ratio_permille: 910,
+        demand_permille: 900,
     };
     let content = ContentRecord {
         key: ContentKey::from_bytes([0xc0; 32]),

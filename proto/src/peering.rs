@@ -9,6 +9,9 @@
 //! [`End`](Request::End) it, and they [`Settle`](Request::Settle) by comparing
 //! [`Settlement`]s.
 //!
+//! Both providers' nodes learn of an arrangement, and of its end, from a [`Notice`] on the
+//! gossip topic [`NOTICE_TOPIC`].
+//!
 //! Decoding checks structure and bounds only. The signed parts inside (terms, agreements,
 //! receipts) need a clock and are opened by the handler with [`open`](crate::records::open) and
 //! [`open_agreement`](crate::records::open_agreement).
@@ -16,11 +19,14 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::records::EndReason;
 use crate::records::text;
 use crate::records::{Agreement, ArrangementId, Countersignature, ReceiptAck, RecordError, Terms};
 
 /// The libp2p protocol name.
 pub const PROTOCOL: &str = "/reef/peering/1";
+/// The gossip topic on which agreements and their ends reach both providers' nodes.
+pub const NOTICE_TOPIC: &str = "reef/arrangements/1";
 /// Largest encoded message either way; the largest valid one (a counter-proposal of the
 /// largest terms) is under 20 KiB, and a reader stops at this many bytes.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
@@ -112,20 +118,6 @@ pub enum RejectReason {
     Other(String),
 }
 
-/// Why an arrangement ends before its `end_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum EndReason {
-    /// The primary no longer needs the capacity.
-    LowLoad,
-    Expired,
-    Operator,
-    SlaBreach,
-    PeerGone,
-    /// A new arrangement takes its place.
-    Replaced,
-}
-
 /// What one side owes for an arrangement: the traffic it counts (from the receipts) and the
 /// amount for it. Both ledgers compute it with [`Settlement::compute`] and must agree exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,8 +151,16 @@ impl Settlement {
     }
 }
 
-/// A peering message, [`encode`]d and decoded the same way; only [`Request`] and [`Response`]
-/// are.
+/// What travels on [`NOTICE_TOPIC`]: an agreement both parties signed, or a party's sealed
+/// [`ArrangementEnd`](crate::records::ArrangementEnd). Receivers open either before they act.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    Agreed(Agreement),
+    Ended { sealed_end: Vec<u8> },
+}
+
+/// A peering message, [`encode`]d and decoded the same way: [`Request`], [`Response`] and
+/// [`Notice`].
 pub trait Message: Serialize + DeserializeOwned + sealed::Sealed {
     /// The bounds a receiver enforces beyond the size limit.
     fn check(&self) -> Result<(), PeeringError>;
@@ -170,6 +170,14 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Request {}
     impl Sealed for super::Response {}
+    impl Sealed for super::Notice {}
+}
+
+impl Message for Notice {
+    fn check(&self) -> Result<(), PeeringError> {
+        // Both kinds are signed and checked when opened.
+        Ok(())
+    }
 }
 
 impl Message for Request {
@@ -216,6 +224,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, PeeringError> {
 }
 
 pub fn decode_response(bytes: &[u8]) -> Result<Response, PeeringError> {
+    decode(bytes)
+}
+
+pub fn decode_notice(bytes: &[u8]) -> Result<Notice, PeeringError> {
     decode(bytes)
 }
 
@@ -308,6 +320,34 @@ mod tests {
     #[test]
     fn protocol_name_is_stable() {
         assert_eq!(PROTOCOL, "/reef/peering/1");
+        assert_eq!(NOTICE_TOPIC, "reef/arrangements/1");
+    }
+
+    #[test]
+    fn notices_round_trip() {
+        let primary = provider_key(1);
+        let terms = terms_of(&primary, &provider_key(2));
+        let sealed_terms = seal(primary.signing_key(), &terms, NOW, terms.end_ms).unwrap();
+        let end = crate::records::ArrangementEnd {
+            id: id(),
+            party: primary.id(),
+            reason: EndReason::LowLoad,
+        };
+        let notices = [
+            Notice::Agreed(Agreement {
+                countersignature: countersign(provider_key(2).signing_key(), &sealed_terms),
+                sealed_terms,
+            }),
+            Notice::Ended {
+                sealed_end: seal(primary.signing_key(), &end, NOW, NOW + 1000).unwrap(),
+            },
+        ];
+        for notice in notices {
+            let bytes = encode(&notice).unwrap();
+            assert_eq!(decode_notice(&bytes).unwrap(), notice);
+        }
+        assert!(decode_notice(&[PEERING_VERSION, 7]).is_err());
+        assert!(decode_notice(&vec![PEERING_VERSION; MAX_MESSAGE_LEN + 1]).is_err());
     }
 
     #[test]
@@ -474,6 +514,10 @@ mod tests {
             if let Ok(response) = decode_response(&bytes) {
                 let again = decode_response(&encode(&response).unwrap()).unwrap();
                 proptest::prop_assert_eq!(again, response);
+            }
+            if let Ok(notice) = decode_notice(&bytes) {
+                let again = decode_notice(&encode(&notice).unwrap()).unwrap();
+                proptest::prop_assert_eq!(again, notice);
             }
         }
 

@@ -490,6 +490,17 @@ impl NodeProcess {
         }
     }
 
+    /// Freezes it (SIGSTOP): it keeps its sockets and connections but answers nothing, as a
+    /// hung machine would. [`NodeProcess::thaw`] lets it go on; dropping it kills it anyway.
+    pub fn freeze(&self) {
+        self.lock().signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen node go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.lock().signal(libc::SIGCONT);
+    }
+
     /// Graceful stop: SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL.
     pub async fn stop(&mut self) -> Result<(), Error> {
         let dir = self.spec.dir.display().to_string();

@@ -86,6 +86,33 @@ async fn concurrent_cold_requests_reach_the_origin_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_fetch_does_not_fail_the_fill() {
+    let net = launch(1, &[]).await;
+    let path = "/slow/1500/40000";
+    let url = net.testnet.origin.url(path);
+    let node = net.http(0);
+    let leader = {
+        let url = url.clone();
+        tokio::spawn(async move { get_via(node, &url).await })
+    };
+    // The leader's fetch has reached the origin, which holds the headers back: hang up.
+    let started = std::time::Instant::now();
+    while net.testnet.origin.hits(path) == 0 {
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT,
+            "the fetch never reached the origin"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    leader.abort();
+    // Whoever asks next is served from the same fill, not from a second origin fetch.
+    let got = get_via(node, &url).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, expected_body(path, 40_000));
+    assert_eq!(net.testnet.origin.hits(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_is_skipped() {
     let mut net = launch(3, &[]).await;
     let path = "/bytes/5000";

@@ -7,5 +7,5 @@ mod respond;
 mod route;
 mod server;
 
-pub use route::{Edge, Gate};
+pub use route::{Edge, Gate, PEERING_HEADER, PROBE_HEADER};
 pub use server::serve;

@@ -17,12 +17,19 @@ use crate::fetch::{
     strip_hop_by_hop,
 };
 use crate::load::Meter;
-use crate::peering::redirect::parse_service_path;
+use crate::peering::health::served_properly;
+use crate::peering::redirect::{Mode, Offload, parse_service_path};
 use crate::peering::{Arrangements, Redirector, Usage};
 use crate::services::{Service, Services};
 
 /// Request header budget (names, values and request target); beyond it → 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Names the arrangement under which a peer provider's node served a relayed answer.
+pub const PEERING_HEADER: &str = "x-reef-peering";
+/// Marks a primary node's health probe of a peer node (see `peering::health`).
+pub const PROBE_HEADER: &str = "x-reef-probe";
+/// Beyond the origin timeout, what a relayed request may take for the peer node's own hop.
+const RELAY_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Edge {
     fetcher: Fetcher,
@@ -126,16 +133,25 @@ impl Edge {
             }
             let asked = self.service_of(&req).await?;
             usage = self.authorise(&asked.service)?;
-            // A request that reached us through a redirect (the path form) stays here.
+            // A primary's health probe is its own traffic, not its customers': served, not
+            // billed (a HEAD carries no body to bill anyway).
+            if req.method() == Method::HEAD && req.headers().contains_key(PROBE_HEADER) {
+                usage = None;
+            }
+            // Phase: offload. Only our own services' reads; a request that reached us through
+            // a redirect (the path form) stays here.
             if usage.is_none()
                 && !asked.redirected
-                && let Some(location) = self
+                && (req.method() == Method::GET || req.method() == Method::HEAD)
+                && let Some(offload) = self
                     .gate
                     .redirector
-                    .location(&asked.service.hostname, &asked.target)
+                    .offload(&asked.service.hostname, &asked.target)
                     .await
+                && let Some(resp) = self.send_to_peer(&offload, &req).await
             {
-                return Ok(redirect(&location));
+                offload.arrangement.usage.redirected();
+                return Ok(resp);
             }
             match asked.service.url(&asked.target) {
                 Ok(url) => url,
@@ -228,6 +244,65 @@ impl Edge {
             target,
             redirected,
         })
+    }
+
+    /// Hands `req` to the peer node `offload` names, by the policy's mode: a redirect, or the
+    /// peer node's answer relayed. `None` when relaying failed (the node is marked unhealthy)
+    /// and the request is to be served here after all.
+    async fn send_to_peer(
+        &self,
+        offload: &Offload,
+        req: &Request<Incoming>,
+    ) -> Option<Response<Body>> {
+        match self.gate.redirector.mode {
+            Mode::Redirect => {
+                self.meter.redirected();
+                Some(redirect(&offload.location()))
+            }
+            Mode::Proxy => {
+                let mut headers = req.headers().clone();
+                strip_hop_by_hop(&mut headers);
+                headers.remove(header::HOST);
+                let health = self.gate.redirector.health();
+                // A peer node serving a miss fetches from the origin first: give it as long.
+                let wait = self.upstreams.origin_timeout() + RELAY_MARGIN;
+                let answer = self
+                    .upstreams
+                    .node(
+                        req.method().clone(),
+                        &offload.http,
+                        &offload.target,
+                        headers,
+                        wait,
+                    )
+                    .await;
+                match answer {
+                    Ok(resp) if served_properly(resp.status()) => {
+                        health.observed(offload.node, true);
+                        self.meter.proxied();
+                        let (mut head, incoming) = resp.into_parts();
+                        strip_hop_by_hop(&mut head.headers);
+                        if let Ok(id) = HeaderValue::from_str(&offload.arrangement.id.to_string()) {
+                            head.headers.insert(PEERING_HEADER, id);
+                        }
+                        let body = incoming
+                            .map_err(|e| -> BoxError { Box::new(e) })
+                            .boxed_unsync();
+                        Some(Response::from_parts(head, body))
+                    }
+                    Ok(resp) => {
+                        debug!(node = %offload.node, status = resp.status().as_u16(), "peer node refused a relayed request; serving here");
+                        health.observed(offload.node, false);
+                        None
+                    }
+                    Err(why) => {
+                        debug!(node = %offload.node, %why, "peer node unreachable; serving here");
+                        health.observed(offload.node, false);
+                        None
+                    }
+                }
+            }
+        }
     }
 
     /// Phase: whether this node may serve `service`: always its own provider's; another

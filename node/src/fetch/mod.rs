@@ -183,7 +183,7 @@ impl Fetcher {
                     return;
                 };
                 match fetcher
-                    .lead_fill(guard, &target, url, &policy_req, Some(&stale))
+                    .lead_fill(guard, &target, url, &policy_req, Some(&stale.meta))
                     .await
                 {
                     // The fill streams into the store on its own; nobody reads this copy.
@@ -212,9 +212,23 @@ impl Fetcher {
                     guard.skip();
                     return Step::Done(Ok(*served));
                 }
-                return self
-                    .lead_fill(guard, target, url.clone(), policy_req, stale)
-                    .await;
+                // The lead runs as a task of its own: a client that hangs up while we fetch
+                // must not fail the followers waiting on the same fill.
+                let lead = {
+                    let (this, target, url) = (self.clone(), target.clone(), url.clone());
+                    let (policy_req, stale) = (policy_req.clone(), stale.map(|h| h.meta.clone()));
+                    async move {
+                        this.lead_fill(guard, &target, url, &policy_req, stale.as_ref())
+                            .await
+                    }
+                    .in_current_span()
+                };
+                return match tokio::spawn(lead).await {
+                    Ok(step) => step,
+                    Err(e) => Step::Done(Err(FetchError::Internal(format!(
+                        "the fill's task failed: {e}"
+                    )))),
+                };
             }
             Fill::Follower(wait) => match wait.wait().await {
                 Outcome::Streaming(tail) => Ok(serve_tail(tail, self.fill_source(&key))),
@@ -290,10 +304,10 @@ impl Fetcher {
         target: &Target,
         url: CanonicalUrl,
         policy_req: &request::Parts,
-        stale: Option<&reef_cache::Hit>,
+        stale: Option<&Meta>,
     ) -> Step {
         let key = guard.key();
-        let upstream = match stale.filter(|hit| has_validators(&hit.meta)) {
+        let upstream = match stale.filter(|meta| has_validators(meta)) {
             Some(hit) => match self.revalidate(key, &url, policy_req, hit).await {
                 Ok(Revalidation::Confirmed(served)) => {
                     guard.skip();
@@ -502,17 +516,13 @@ impl Fetcher {
         key: ContentKey,
         url: &CanonicalUrl,
         policy_req: &request::Parts,
-        hit: &reef_cache::Hit,
+        stale: &Meta,
     ) -> Result<Revalidation, FetchError> {
-        let conditional = match hit
-            .meta
-            .policy
-            .before_request(policy_req, SystemTime::now())
-        {
+        let conditional = match stale.policy.before_request(policy_req, SystemTime::now()) {
             BeforeRequest::Stale { request, .. } => request.headers,
             // The crate would reuse the copy (a client's `max-stale`, a clock step) where we
             // must not: ask with our validators ourselves.
-            BeforeRequest::Fresh(_) => with_validators(&policy_req.headers, &hit.meta),
+            BeforeRequest::Fresh(_) => with_validators(&policy_req.headers, stale),
         };
         let response = self.inner.upstreams.revalidate(url, &conditional).await?;
         if response.status() != StatusCode::NOT_MODIFIED {
@@ -522,7 +532,7 @@ impl Fetcher {
         strip_hop_by_hop(&mut head.headers);
         let now = SystemTime::now();
         let AfterResponse::NotModified(policy, _) =
-            hit.meta
+            stale
                 .policy
                 .after_response(policy_req, &policy_view(&head, now), now)
         else {
@@ -530,7 +540,7 @@ impl Fetcher {
             let response = self.origin_get(url, policy_req).await?;
             return Ok(Revalidation::Replaced(response));
         };
-        let mut meta = hit.meta.clone();
+        let mut meta = stale.clone();
         meta.policy = policy;
         meta.stored_at = now;
         refresh_headers(&mut meta.headers, &head.headers);

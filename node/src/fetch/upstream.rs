@@ -161,6 +161,42 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// `method` `path_and_query` at another provider's node (`http_addr`), for relaying a
+    /// client's request under an arrangement and for probing the node; `wait` bounds the wait
+    /// for its response headers. `headers` are sent as they are: the caller strips what must
+    /// not travel.
+    pub async fn node(
+        &self,
+        method: Method,
+        http_addr: &str,
+        path_and_query: &str,
+        headers: HeaderMap,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, String> {
+        let uri = format!("http://{http_addr}{path_and_query}");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body::empty())
+            .map_err(|e| e.to_string())?;
+        *req.headers_mut() = headers;
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("reef/", env!("CARGO_PKG_VERSION"))),
+        );
+        match tokio::time::timeout(wait, self.peer.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(_) => Err(format!("no answer within {wait:?}")),
+        }
+    }
+
+    pub fn origin_timeout(&self) -> Duration {
+        self.origin_timeout
+    }
+}
+
 fn pooled<C>(connector: C) -> Client<C, Body>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone,

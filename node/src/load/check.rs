@@ -110,6 +110,7 @@ mod tests {
             egress_bytes_per_s: 2,
             utilisation_permille: 3,
             hit_ratio_permille: 4,
+            demand_permille: 5,
         };
         seal(key, &record, issued_at, issued_at + lifetime).unwrap()
     }

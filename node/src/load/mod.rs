@@ -32,7 +32,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{Instrument, debug, info_span, warn};
 
 pub use check::Verdict;
-pub use meter::{Meter, Rates, utilisation_permille};
+pub use meter::{Busy, Meter, Rates};
 pub use view::LoadView;
 
 use meter::RateWindow;
@@ -59,13 +59,28 @@ pub struct Config {
     pub cert: Option<Vec<u8>>,
 }
 
-/// This node's own latest figures.
+/// This node's own latest figures. Utilisation and demand are not capped here (reports cap
+/// them).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct OwnLoad {
     pub req_per_s: u32,
     pub egress_bytes_per_s: u64,
-    pub utilisation_permille: u16,
+    pub utilisation_permille: u32,
+    pub demand_permille: u32,
     pub hit_ratio_permille: u16,
+    /// Requests sent on to a peer provider's nodes, by redirect and by relay.
+    pub redirected_per_s: u32,
+    pub proxied_per_s: u32,
+}
+
+/// A listed node's latest figures, as its last report gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub peer: PeerId,
+    pub utilisation_permille: u16,
+    pub demand_permille: u16,
+    /// Requests arriving per second.
+    pub req_per_s: u32,
 }
 
 /// Load gossip counters for `/api/status` (`load`).
@@ -171,8 +186,8 @@ impl Load {
         let now = Now::current();
         let config = &self.inner.config;
         let rates = window.update(self.inner.meter.totals(), now.mono);
-        let utilisation = utilisation_permille(&rates, config.capacity_rps, config.capacity_mbps);
-        let sealed = match reporter.seal(rates, utilisation, now.unix_ms) {
+        let busy = Busy::of(&rates, config.capacity_rps, config.capacity_mbps);
+        let sealed = match reporter.seal(rates, busy, now.unix_ms) {
             Ok(sealed) => sealed,
             Err(error) => {
                 warn!(%error, "cannot seal our load report");
@@ -185,8 +200,11 @@ impl Load {
             state.own = OwnLoad {
                 req_per_s: rates.req_per_s,
                 egress_bytes_per_s: rates.egress_bytes_per_s,
-                utilisation_permille: utilisation,
+                utilisation_permille: busy.utilisation_permille,
+                demand_permille: busy.demand_permille,
                 hit_ratio_permille: rates.hit_ratio_permille,
+                redirected_per_s: rates.redirected_per_s,
+                proxied_per_s: rates.proxied_per_s,
             };
             state.table.sweep(now);
             match open::<LoadReport>(&sealed, now.unix_ms) {
@@ -241,15 +259,24 @@ impl Load {
     }
 
     /// The listed nodes of `provider`, least utilised first.
-    pub fn nodes_of(&self, provider: &reef_proto::records::ProviderId) -> Vec<(PeerId, u16)> {
+    pub fn nodes_of(&self, provider: &reef_proto::records::ProviderId) -> Vec<Listed> {
         let state = self.state();
-        let mut nodes: Vec<(PeerId, u16)> = state
+        let mut nodes: Vec<Listed> = state
             .table
             .live(Instant::now())
             .filter(|(_, e)| e.membership.provider() == *provider)
-            .map(|(peer, e)| (*peer, e.report.record().utilisation_permille))
+            .map(|(peer, e)| {
+                let report = e.report.record();
+                Listed {
+                    peer: *peer,
+                    utilisation_permille: report.utilisation_permille,
+                    // Never below utilisation, whatever a node reports.
+                    demand_permille: report.demand_permille.max(report.utilisation_permille),
+                    req_per_s: report.req_per_s,
+                }
+            })
             .collect();
-        nodes.sort_by_key(|(peer, util)| (*util, *peer));
+        nodes.sort_by_key(|n| (n.utilisation_permille, n.peer));
         nodes
     }
 

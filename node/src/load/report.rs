@@ -3,7 +3,7 @@
 use reef_proto::records::{LoadReport, Record, RecordError, SigningKey, peer_id_bytes, seal};
 use tracing::warn;
 
-use super::meter::Rates;
+use super::meter::{Busy, Rates};
 
 /// Lifetime of a report: the most the record type allows (10 s). Tables drop a silent node
 /// after 5 s anyway; the longer lifetime only lets a copy that took a slow gossip path (the
@@ -39,12 +39,8 @@ impl Reporter {
     ///
     /// A certificate that no longer opens (expired, say) is left out, with a warning: the node
     /// keeps reporting, as its own provider, rather than going silent.
-    pub fn seal(
-        &mut self,
-        rates: Rates,
-        utilisation_permille: u16,
-        now_ms: u64,
-    ) -> Result<Vec<u8>, RecordError> {
+    pub fn seal(&mut self, rates: Rates, busy: Busy, now_ms: u64) -> Result<Vec<u8>, RecordError> {
+        let (utilisation_permille, demand_permille) = busy.capped();
         self.seq = self.seq.saturating_add(1).max(now_ms);
         let mut report = LoadReport {
             peer_id: self.peer_id.clone(),
@@ -54,6 +50,7 @@ impl Reporter {
             egress_bytes_per_s: rates.egress_bytes_per_s,
             utilisation_permille,
             hit_ratio_permille: rates.hit_ratio_permille,
+            demand_permille,
         };
         let expires = now_ms.saturating_add(REPORT_LIFETIME_MS);
         match seal(&self.key, &report, now_ms, expires) {
@@ -89,8 +86,13 @@ mod tests {
             req_per_s: 12,
             egress_bytes_per_s: 3456,
             hit_ratio_permille: 789,
+            ..Rates::default()
         };
-        let first = open::<LoadReport>(&r.seal(rates, 10, now).unwrap(), now).unwrap();
+        let busy = Busy {
+            utilisation_permille: 10,
+            demand_permille: 20_000,
+        };
+        let first = open::<LoadReport>(&r.seal(rates, busy, now).unwrap(), now).unwrap();
         assert_eq!(first.signer(), &signer);
         assert_eq!(first.expires_at() - first.issued_at(), REPORT_LIFETIME_MS);
         let record = first.record();
@@ -104,15 +106,17 @@ mod tests {
             (12, 3456, 789)
         );
         assert_eq!(record.utilisation_permille, 10);
+        // Capped as reports must be.
+        assert_eq!(record.demand_permille, 10_000);
         // Within the same millisecond, or with the clock stepping back, seq still grows.
-        let second = open::<LoadReport>(&r.seal(rates, 10, now).unwrap(), now).unwrap();
+        let second = open::<LoadReport>(&r.seal(rates, busy, now).unwrap(), now).unwrap();
         assert_eq!(second.record().seq, now + 1);
-        let third = open::<LoadReport>(&r.seal(rates, 10, now - 500).unwrap(), now).unwrap();
+        let third = open::<LoadReport>(&r.seal(rates, busy, now - 500).unwrap(), now).unwrap();
         assert_eq!(third.record().seq, now + 2);
         // A restarted reporter starts from the clock, above anything it sent before.
         let mut again = Reporter::new(SigningKey::from_bytes(&[3; 32]), None);
         let later = now + 3000;
-        let fourth = open::<LoadReport>(&again.seal(rates, 10, later).unwrap(), later).unwrap();
+        let fourth = open::<LoadReport>(&again.seal(rates, busy, later).unwrap(), later).unwrap();
         assert!(fourth.record().seq > third.record().seq);
     }
 
@@ -123,7 +127,7 @@ mod tests {
             Some(b"not a cert".to_vec()),
         );
         let now = 1_700_000_000_000;
-        let sealed = r.seal(Rates::default(), 0, now).unwrap();
+        let sealed = r.seal(Rates::default(), Busy::default(), now).unwrap();
         let opened = open::<LoadReport>(&sealed, now).unwrap();
         assert_eq!(opened.record().cert, None);
         assert!(!opened.membership(now).is_certified());

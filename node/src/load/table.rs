@@ -185,6 +185,7 @@ mod tests {
             egress_bytes_per_s: 0,
             utilisation_permille: 0,
             hit_ratio_permille: 0,
+            demand_permille: 0,
         };
         let sealed = seal(&node.key, &record, issued_at, issued_at + LIFETIME).unwrap();
         open(&sealed, issued_at).unwrap()

@@ -108,7 +108,7 @@ impl Attacker {
 
     fn valid(&mut self) -> Vec<u8> {
         self.reporter
-            .seal(Rates::default(), 0, table::unix_ms())
+            .seal(Rates::default(), meter::Busy::default(), table::unix_ms())
             .unwrap()
     }
 
@@ -138,6 +138,7 @@ impl Attacker {
             egress_bytes_per_s: 1,
             utilisation_permille: 1,
             hit_ratio_permille: 1,
+            demand_permille: 1,
         };
         seal(key, &record, issued_at, issued_at + 10_000).unwrap()
     }

@@ -22,7 +22,10 @@ pub struct NodeLoad {
     pub provider: ProviderRef,
     pub req_per_s: u32,
     pub egress_bytes_per_s: u64,
+    /// What it serves itself, against its capacity.
     pub utilisation_permille: u16,
+    /// What arrives at it, including requests it sends to a peer provider's nodes.
+    pub demand_permille: u16,
     pub hit_ratio_permille: u16,
     /// How old its report is: since it was issued, by our clock (see `table`).
     pub age_ms: u64,
@@ -55,6 +58,8 @@ pub struct ProviderLoad {
     pub utilisation_permille: u16,
     /// The busiest node's utilisation.
     pub max_utilisation_permille: u16,
+    /// Mean of its nodes' demand, weighed like utilisation: what peering starts and ends on.
+    pub demand_permille: u16,
 }
 
 fn provider_ref(membership: &Membership) -> (ProviderId, ProviderRef) {
@@ -74,11 +79,13 @@ fn provider_ref(membership: &Membership) -> (ProviderId, ProviderRef) {
 /// The listed entries of `table` at `now`.
 pub fn view(table: &Table, now: Instant) -> LoadView {
     let mut nodes: Vec<NodeLoad> = Vec::new();
-    let mut providers: BTreeMap<ProviderId, (ProviderLoad, u64)> = BTreeMap::new();
+    // Per provider: the sums, and the sums of utilisation and demand for the means.
+    let mut providers: BTreeMap<ProviderId, (ProviderLoad, u64, u64)> = BTreeMap::new();
     for (peer, entry) in table.live(now) {
         let r = entry.report.record();
         let (id, provider) = provider_ref(&entry.membership);
-        let (sum, util_sum) = providers.entry(id).or_insert_with(|| {
+        let demand = r.demand_permille.max(r.utilisation_permille);
+        let (sum, util_sum, demand_sum) = providers.entry(id).or_insert_with(|| {
             let load = ProviderLoad {
                 id: provider.id.clone(),
                 name: provider.name.clone(),
@@ -88,20 +95,23 @@ pub fn view(table: &Table, now: Instant) -> LoadView {
                 egress_bytes_per_s: 0,
                 utilisation_permille: 0,
                 max_utilisation_permille: 0,
+                demand_permille: 0,
             };
-            (load, 0)
+            (load, 0, 0)
         });
         sum.nodes += 1;
         sum.req_per_s = sum.req_per_s.saturating_add(u64::from(r.req_per_s));
         sum.egress_bytes_per_s = sum.egress_bytes_per_s.saturating_add(r.egress_bytes_per_s);
         sum.max_utilisation_permille = sum.max_utilisation_permille.max(r.utilisation_permille);
         *util_sum += u64::from(r.utilisation_permille);
+        *demand_sum += u64::from(demand);
         nodes.push(NodeLoad {
             peer_id: peer.to_string(),
             provider,
             req_per_s: r.req_per_s,
             egress_bytes_per_s: r.egress_bytes_per_s,
             utilisation_permille: r.utilisation_permille,
+            demand_permille: demand,
             hit_ratio_permille: r.hit_ratio_permille,
             age_ms: u64::try_from(now.saturating_duration_since(entry.issued).as_millis())
                 .unwrap_or(u64::MAX),
@@ -110,10 +120,12 @@ pub fn view(table: &Table, now: Instant) -> LoadView {
     nodes.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
     let providers = providers
         .into_values()
-        .map(|(mut p, util_sum)| {
+        .map(|(mut p, util_sum, demand_sum)| {
             let n = p.nodes.max(1) as u64;
             // Rounded to the nearest permille; a mean of u16 values fits a u16.
-            p.utilisation_permille = u16::try_from((util_sum + n / 2) / n).unwrap_or(u16::MAX);
+            let mean = |sum: u64| u16::try_from((sum + n / 2) / n).unwrap_or(u16::MAX);
+            p.utilisation_permille = mean(util_sum);
+            p.demand_permille = mean(demand_sum);
             p
         })
         .collect();
@@ -144,6 +156,7 @@ mod tests {
             egress_bytes_per_s: u64::from(req) * 1000,
             utilisation_permille: util,
             hit_ratio_permille: 500,
+            demand_permille: util.saturating_mul(2),
         };
         let sealed = seal(key, &record, T0, T0 + 10_000).unwrap();
         (PeerId::from_bytes(&peer_id).unwrap(), sealed)
@@ -203,6 +216,8 @@ mod tests {
             ),
             (251, 401)
         );
+        // Reported twice the utilisation: the mean of 200 and 802.
+        assert_eq!(acme_row.demand_permille, 501);
         let solo_row = v.providers.iter().find(|p| !p.certified).unwrap();
         let solo_id = ProviderId::from_bytes(solo.verifying_key().to_bytes());
         assert_eq!(solo_row.id, solo_id.to_string());

@@ -92,6 +92,10 @@ pub struct Entry {
     pub bytes: u64,
     pub amount_micros: u64,
     pub written_at_ms: u64,
+    /// Whether the other party wrote the same: always on the peer's side (it writes only what
+    /// it agrees with); on the primary's once the peer answered with the same figures.
+    #[serde(default)]
+    pub agreed: bool,
 }
 
 type Key = ([u8; 16], [u8; 32]);
@@ -243,12 +247,33 @@ impl Ledger {
         self.state().settlements.get(id.as_bytes()).copied()
     }
 
-    /// Writes the final settlement of `arrangement`. Blocks on disk.
+    /// Our settlements the other party has not agreed to yet.
+    pub fn unagreed(&self) -> Vec<Entry> {
+        self.state()
+            .settlements
+            .values()
+            .filter(|e| !e.agreed)
+            .copied()
+            .collect()
+    }
+
+    /// The other party agreed to our settlement of `id`. Blocks on disk.
+    pub fn mark_agreed(&self, id: &ArrangementId) -> Result<(), LedgerError> {
+        let entry = match self.state().settlements.get(id.as_bytes()) {
+            Some(e) if !e.agreed => Entry { agreed: true, ..*e },
+            _ => return Ok(()),
+        };
+        self.write_settlement(entry)
+    }
+
+    /// Writes the final settlement of `arrangement`; `agreed`: the other party wrote the same.
+    /// Blocks on disk.
     pub fn settle(
         &self,
         arrangement: &Arrangement,
         settlement: &Settlement,
         now_ms: u64,
+        agreed: bool,
     ) -> Result<Entry, LedgerError> {
         let entry = Entry {
             id: *settlement.id.as_bytes(),
@@ -258,7 +283,13 @@ impl Ledger {
             bytes: settlement.bytes,
             amount_micros: settlement.amount_micros,
             written_at_ms: now_ms,
+            agreed,
         };
+        self.write_settlement(entry)?;
+        Ok(entry)
+    }
+
+    fn write_settlement(&self, entry: Entry) -> Result<(), LedgerError> {
         let mut state = self.state();
         let oldest = (state.settlements.len() >= MAX_SETTLEMENTS
             && !state.settlements.contains_key(&entry.id))
@@ -285,7 +316,7 @@ impl Ledger {
             state.settlements.remove(&old);
         }
         state.settlements.insert(entry.id, entry);
-        Ok(entry)
+        Ok(())
     }
 
     /// What `GET /api/ledger` shows.
@@ -302,6 +333,7 @@ impl Ledger {
                 bytes: e.bytes,
                 amount_micros: e.amount_micros,
                 written_at: e.written_at_ms,
+                agreed: e.agreed,
             })
             .collect();
         let mut open: BTreeMap<[u8; 16], AccountView> = BTreeMap::new();
@@ -355,6 +387,8 @@ pub struct SettlementView {
     pub amount_micros: u64,
     /// Unix ms.
     pub written_at: u64,
+    /// Both parties hold the same settlement.
+    pub agreed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -482,10 +516,19 @@ mod tests {
             assert!(ledger.view().settlements.is_empty());
             ledger.record(r.record(), &sealed).unwrap();
             let settlement = ledger.account(arr.id, arr.price_micros_per_gb);
-            ledger.settle(&arr, &settlement, 1234).unwrap()
+            ledger.settle(&arr, &settlement, 1234, false).unwrap()
         };
         let ledger = Ledger::open(&path).unwrap();
         assert_eq!(ledger.settlement(&arr.id), Some(written));
+        assert_eq!(ledger.unagreed(), vec![written]);
+        ledger.mark_agreed(&arr.id).unwrap();
+        assert!(ledger.unagreed().is_empty());
+        drop(ledger);
+        let ledger = Ledger::open(&path).unwrap();
+        assert!(
+            ledger.settlement(&arr.id).unwrap().agreed,
+            "kept across reopening"
+        );
         let held = ledger.receipts(&arr.id);
         assert_eq!(held.len(), 1);
         assert_eq!((held[0].1.seq, held[0].1.bytes), (9, 4000));

@@ -1,10 +1,18 @@
-//! The mediator watches its provider's load and starts and ends negotiated arrangements.
+//! The mediator watches its provider's demand and starts, watches and ends negotiated
+//! arrangements.
 //!
 //! Every node with the provider key and a buying policy runs one, and the one with the lowest
 //! peer id among the provider's nodes in the load table acts; the others stand by, so when it
-//! dies its successor takes over within the load table's 5 s expiry. Above the high watermark
-//! for the trigger window it asks the agent for capacity; under the low watermark for the
-//! cool-down it ends the arrangement.
+//! dies its successor takes over within the load table's 5 s expiry. It reads *demand* (what
+//! arrives at the provider's nodes, including what they send to a peer), not utilisation
+//! (what they serve themselves), so the relief an arrangement brings is not taken for the end
+//! of the surge:
+//! - above the high watermark for the trigger window, it writes the service requirements
+//!   (services, region, extra capacity, duration, price ceiling, SLA) and asks the agent for
+//!   an arrangement;
+//! - while one is active, it re-arranges with the next candidate when the peer breaches the
+//!   SLA (as this node's probes measure it) or its nodes are gone;
+//! - under the low watermark for the cool-down, it disbands it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,32 +20,40 @@ use std::time::{Duration, Instant};
 
 use reef_overlay::PeerId;
 use reef_proto::peering::EndReason;
-use reef_proto::records::ProviderId;
+use reef_proto::records::{ArrangementId, ProviderId};
 use tracing::{info, warn};
 
 use super::agent::{Agent, RETRY_AFTER_FAILURE, Requirements};
-use super::{Arrangements, Policy};
-use crate::load::Load;
+use super::health::Health;
+use super::redirect::relief_target;
+use super::{Arrangement, Arrangements, Policy};
+use crate::load::{Listed, Load};
+use crate::provider::unix_ms;
 
 /// A provider's listed nodes in the order they take the mediator's role: the lowest peer id
-/// acts, the next takes over when it leaves the load table. `nodes` as `Load::nodes_of` gives.
-pub fn succession(nodes: &[(PeerId, u16)]) -> Vec<PeerId> {
-    let mut peers: Vec<PeerId> = nodes.iter().map(|(peer, _)| *peer).collect();
+/// acts, the next takes over when it leaves the load table.
+pub fn succession(nodes: &[Listed]) -> Vec<PeerId> {
+    let mut peers: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
     peers.sort();
     peers
 }
 
 /// The load table is refreshed once a second; looking more often sees nothing new.
 const TICK: Duration = Duration::from_secs(1);
+/// A peer none of whose nodes has reported for this long is gone: the load table already
+/// drops a node 5 s after its last report, so this adds the same again for a slow start.
+const PEER_GONE_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Mediator {
     pub agent: Arc<Agent>,
     pub arrangements: Arc<Arrangements>,
+    pub health: Arc<Health>,
     pub load: Load,
     pub local: PeerId,
     pub own: ProviderId,
     pub policy: Policy,
-    pub needs: Requirements,
+    pub services: Vec<String>,
+    pub region: String,
 }
 
 /// Where the mediator stands between ticks.
@@ -48,12 +64,31 @@ struct Watch {
     not_before: Option<Instant>,
     /// The active arrangement and when its peer last had a node in our load table (from
     /// when we started watching it, so a fresh start, with an empty table, is no death).
-    peer_seen: Option<(reef_proto::records::ArrangementId, Instant)>,
+    peer_seen: Option<(ArrangementId, Instant)>,
 }
 
-/// A peer none of whose nodes has reported for this long is gone: the load table already
-/// drops a node 5 s after its last report, so this adds the same again for a slow start.
-const PEER_GONE_AFTER: Duration = Duration::from_secs(5);
+/// The provider's mean demand over `nodes`, in permille of capacity.
+fn mean_demand(nodes: &[Listed]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| u64::from(n.demand_permille))
+        .sum::<u64>()
+        / nodes.len().max(1) as u64
+}
+
+/// Extra capacity the provider needs, req/s: what its nodes would send away to serve only
+/// up to `target` (permille) themselves.
+pub fn extra_capacity(nodes: &[Listed], target: u32) -> u32 {
+    let wanted: u64 = nodes
+        .iter()
+        .filter(|n| u32::from(n.demand_permille) > target)
+        .map(|n| {
+            let demand = u64::from(n.demand_permille);
+            u64::from(n.req_per_s) * (demand - u64::from(target)) / demand
+        })
+        .sum();
+    u32::try_from(wanted).unwrap_or(u32::MAX).max(1)
+}
 
 impl Mediator {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
@@ -77,51 +112,32 @@ impl Mediator {
             *watch = Watch::default();
             return;
         }
-        let utilisation =
-            nodes.iter().map(|(_, u)| u64::from(*u)).sum::<u64>() / nodes.len().max(1) as u64;
+        let demand = mean_demand(&nodes);
         let now = Instant::now();
-        let active = self.arrangements.short_term_as_primary();
-        if let Some(a) = &active {
-            let seen = match watch.peer_seen {
-                Some((id, at)) if id == a.id => at,
-                _ => now,
-            };
-            let seen = if self.load.nodes_of(&a.peer).is_empty() {
-                seen
-            } else {
-                now
-            };
-            watch.peer_seen = Some((a.id, seen));
-        }
-        let peer_gone = watch
-            .peer_seen
-            .is_some_and(|(_, seen)| now - seen >= PEER_GONE_AFTER);
-        match active {
-            Some(active) if peer_gone => {
-                // Every node of the peer has been silent for the load table's expiry: it is
-                // gone. End it and arrange with another at once if we still need to.
-                warn!(arrangement = %active.id, "the peer's nodes are gone; re-arranging");
-                self.agent.disband(active.id, EndReason::PeerGone).await;
-                if utilisation >= u64::from(self.policy.high_watermark_permille) {
-                    self.arrange(watch, [active.peer].into()).await;
-                }
-            }
+        let high = u64::from(self.policy.high_watermark_permille);
+        match self.arrangements.short_term_as_primary() {
             Some(active) => {
                 watch.over_since = None;
-                if utilisation >= u64::from(self.policy.low_watermark_permille) {
+                if self
+                    .replaced_a_failing_peer(watch, &active, &nodes, now)
+                    .await
+                {
+                    return;
+                }
+                if demand >= u64::from(self.policy.low_watermark_permille) {
                     watch.under_since = None;
                     return;
                 }
                 let since = *watch.under_since.get_or_insert(now);
                 if now - since >= self.policy.cooldown {
-                    info!(arrangement = %active.id, utilisation, "load is low; disbanding");
+                    info!(arrangement = %active.id, demand, "demand is low; disbanding");
                     self.agent.disband(active.id, EndReason::LowLoad).await;
                     watch.under_since = None;
                 }
             }
             None => {
                 watch.under_since = None;
-                if utilisation < u64::from(self.policy.high_watermark_permille) {
+                if demand < high {
                     watch.over_since = None;
                     return;
                 }
@@ -131,19 +147,113 @@ impl Mediator {
                 {
                     return;
                 }
-                info!(utilisation, region = %self.needs.region, "overloaded; looking for a peer");
-                self.arrange(watch, BTreeSet::new()).await;
+                info!(demand, region = %self.region, "overloaded; looking for a peer");
+                self.arrange(watch, &nodes, BTreeSet::new()).await;
             }
         }
     }
 
-    async fn arrange(&self, watch: &mut Watch, avoid: BTreeSet<ProviderId>) {
-        match self.agent.arrange(&self.needs, &avoid).await {
+    /// Ends `active` if its peer breaches the SLA or its nodes are gone, and arranges with
+    /// another provider at once if we are still overloaded; whether it ended it.
+    async fn replaced_a_failing_peer(
+        &self,
+        watch: &mut Watch,
+        active: &Arrangement,
+        nodes: &[Listed],
+        now: Instant,
+    ) -> bool {
+        let seen = match watch.peer_seen {
+            Some((id, at)) if id == active.id => at,
+            _ => now,
+        };
+        let seen = if self.load.nodes_of(&active.peer).is_empty() {
+            seen
+        } else {
+            now
+        };
+        watch.peer_seen = Some((active.id, seen));
+        let breach = active
+            .sla
+            .and_then(|sla| self.health.sla(&active.id, &sla, now).breach);
+        let reason = if let Some(what) = breach {
+            warn!(arrangement = %active.id, peer = %active.peer.short(), breach = what, "the peer breaches the SLA; re-arranging");
+            self.arrangements
+                .note_peer(active.peer, false, Some(unix_ms()));
+            EndReason::SlaBreach
+        } else if now - seen >= PEER_GONE_AFTER {
+            // Every node of the peer has been silent for the load table's expiry.
+            warn!(arrangement = %active.id, "the peer's nodes are gone; re-arranging");
+            EndReason::PeerGone
+        } else {
+            return false;
+        };
+        self.agent.disband(active.id, reason).await;
+        if mean_demand(nodes) >= u64::from(self.policy.high_watermark_permille) {
+            self.arrange(watch, nodes, [active.peer].into()).await;
+        }
+        true
+    }
+
+    /// The service requirements for our load now.
+    fn requirements(&self, nodes: &[Listed]) -> Option<Requirements> {
+        Some(Requirements {
+            services: self.services.clone(),
+            region: self.region.clone(),
+            req_per_s: extra_capacity(nodes, relief_target(&self.policy)),
+            duration: self.policy.duration,
+            max_price_micros_per_gb: self.policy.max_price_micros_per_gb?,
+            share_permille: self.policy.share_permille,
+            sla: self.policy.sla,
+        })
+    }
+
+    async fn arrange(&self, watch: &mut Watch, nodes: &[Listed], avoid: BTreeSet<ProviderId>) {
+        let Some(needs) = self.requirements(nodes) else {
+            return;
+        };
+        info!(
+            services = ?needs.services, region = %needs.region, req_per_s = needs.req_per_s,
+            duration_s = needs.duration.as_secs(), max_price_micros_per_gb = needs.max_price_micros_per_gb,
+            "service requirements"
+        );
+        match self.agent.arrange(&needs, &avoid).await {
             Ok(id) => info!(arrangement = %id, "arranged"),
             Err(why) => {
                 warn!(%why, "no arrangement");
                 watch.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(req_per_s: u32, demand_permille: u16) -> Listed {
+        Listed {
+            peer: PeerId::random(),
+            utilisation_permille: demand_permille.min(1000),
+            demand_permille,
+            req_per_s,
+        }
+    }
+
+    #[test]
+    fn extra_capacity_is_what_the_nodes_over_target_would_send_away() {
+        // 300 req/s at three times the target: two thirds should go elsewhere.
+        let nodes = [listed(300, 1950), listed(10, 100)];
+        assert_eq!(extra_capacity(&nodes, 650), 200);
+        assert_eq!(mean_demand(&nodes), 1025);
+        // Never nothing: a proposal asks for at least 1 req/s.
+        assert_eq!(extra_capacity(&[listed(0, 100)], 650), 1);
+    }
+
+    #[test]
+    fn the_lowest_peer_id_mediates() {
+        let nodes = [listed(1, 1), listed(1, 1), listed(1, 1)];
+        let order = succession(&nodes);
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(order.len(), 3);
     }
 }

@@ -1,10 +1,18 @@
 //! Peering: the arrangements under which one provider's nodes serve another's services.
 //!
-//! Today arrangements come from policy only (`[[peering.long_term]]`, active from start, no
-//! negotiation). The edge asks [`Arrangements::serving`] before it serves another provider's
-//! service and counts every request and body byte it serves under the arrangement.
+//! Long-term arrangements come from policy (`[[peering.long_term]]`, active from start, no
+//! negotiation); short-term ones are negotiated by the providers' agents when a primary is
+//! overloaded ([`mediator`], [`agent`]). The edge asks [`Arrangements::serving`] before it
+//! serves another provider's service and counts every request and body byte it serves under
+//! the arrangement; an overloaded primary node sends a share of its requests to the peer's
+//! nodes ([`redirect`]), whose health and SLA it watches ([`health`]); the peer's nodes report
+//! their usage ([`receipts`]) and both sides settle in their [`ledger`]s.
+//!
+//! This module must not talk to the Swarm except through the overlay client, nor sign
+//! anything but with the keys it is given.
 
 pub mod agent;
+pub mod health;
 pub mod ledger;
 pub mod mediator;
 pub mod policy;
@@ -18,13 +26,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use reef_proto::records::{Agreement, ArrangementId, OpenedAgreement, ProviderId, open_agreement};
+use reef_proto::records::{
+    Agreement, ArrangementId, EndReason, OpenedAgreement, ProviderId, Sla, open_agreement,
+};
 use serde::Serialize;
 use tracing::warn;
 
 use crate::body::Body;
 pub use policy::{LongTerm, Policy, PolicyFile};
 pub use redirect::Redirector;
+pub use store::PeerRecord;
 use store::{Counts, Saved, Store, StoreError};
 
 /// What an arrangement rests on.
@@ -112,7 +123,15 @@ pub struct Arrangement {
     pub services: BTreeSet<String>,
     pub share_permille: u16,
     pub price_micros_per_gb: u64,
+    /// Capacity the peer lends under it (short-term only; 0 for long-term ones).
+    pub req_per_s: u32,
+    /// What the peer promised (short-term only).
+    pub sla: Option<Sla>,
     pub status: Status,
+    /// Why it ended, when this node knows.
+    pub end_reason: Option<EndReason>,
+    /// Unix ms when this node marked it ended.
+    pub ended_at_ms: Option<u64>,
     /// Unix ms after which it is over; `None` for long-term arrangements.
     pub end_ms: Option<u64>,
     /// The agreement both providers signed (short-term only).
@@ -135,7 +154,11 @@ impl Arrangement {
             services: lt.services.clone(),
             share_permille: lt.share_permille,
             price_micros_per_gb: lt.price_micros_per_gb,
+            req_per_s: 0,
+            sla: None,
             status: Status::Active,
+            end_reason: None,
+            ended_at_ms: None,
             end_ms: None,
             agreement: None,
             counterpart: None,
@@ -155,7 +178,11 @@ impl Arrangement {
             services: t.services.iter().cloned().collect(),
             share_permille: t.share_permille,
             price_micros_per_gb: t.price_micros_per_gb,
+            req_per_s: t.req_per_s,
+            sla: Some(t.sla),
             status: Status::Active,
+            end_reason: None,
+            ended_at_ms: None,
             end_ms: Some(t.end_ms),
             agreement: Some(opened.agreement().clone()),
             counterpart: None,
@@ -191,10 +218,15 @@ fn now_ms() -> u64 {
 /// much accounting (a clean stop writes them too).
 pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 
+/// Providers whose record we keep; the least recently breached make room.
+const MAX_PEER_RECORDS: usize = 1024;
+
 /// Every arrangement this node's provider is a party to.
 pub struct Arrangements {
     own: ProviderId,
     all: RwLock<BTreeMap<ArrangementId, Arc<Arrangement>>>,
+    /// How the providers we bought from kept their SLAs.
+    records: std::sync::Mutex<BTreeMap<ProviderId, PeerRecord>>,
     store: Option<Store>,
 }
 
@@ -204,6 +236,13 @@ impl Arrangements {
         let store = Store::open(path)?;
         let saved = store.usage()?;
         let mut arrangements = Self::new(own, policy);
+        arrangements.records = std::sync::Mutex::new(
+            store
+                .peer_records()?
+                .into_iter()
+                .map(|(id, r)| (ProviderId::from_bytes(id), r))
+                .collect(),
+        );
         for kept in store.arrangements()? {
             // Signatures are checked again: the file is ours, but it is still input.
             let Ok(opened) = open_agreement(&kept.agreement, kept.accepted_at_ms) else {
@@ -216,6 +255,8 @@ impl Arrangements {
                 .and_then(|b| reef_overlay::PeerId::from_bytes(b.as_slice()).ok());
             if kept.ended {
                 arrangement.status = Status::Ended;
+                arrangement.end_reason = kept.end_reason;
+                arrangement.ended_at_ms = kept.ended_at_ms;
             }
             arrangements.add(arrangement);
         }
@@ -246,6 +287,8 @@ impl Arrangements {
                             agreement: a.agreement.clone()?,
                             accepted_at_ms: a.accepted_at_ms,
                             ended: a.status == Status::Ended,
+                            end_reason: a.end_reason,
+                            ended_at_ms: a.ended_at_ms,
                             counterpart: a.counterpart.map(|p| p.to_bytes()),
                         };
                         Some((*a.id.as_bytes(), saved))
@@ -254,7 +297,49 @@ impl Arrangements {
             ),
             Err(_) => return Ok(()),
         };
-        store.save(&usage, &negotiated)
+        let records: Vec<_> = self
+            .peer_records()
+            .into_iter()
+            .map(|(id, r)| (*id.as_bytes(), r))
+            .collect();
+        store.save(&usage, &negotiated, &records)
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, BTreeMap<ProviderId, PeerRecord>> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What we know of how every past peer kept its SLA.
+    pub fn peer_records(&self) -> Vec<(ProviderId, PeerRecord)> {
+        self.records().iter().map(|(id, r)| (*id, *r)).collect()
+    }
+
+    pub fn peer_record(&self, provider: &ProviderId) -> PeerRecord {
+        self.records().get(provider).copied().unwrap_or_default()
+    }
+
+    /// Updates `provider`'s record: one more arrangement, or one more breach at `now_ms`.
+    pub fn note_peer(&self, provider: ProviderId, arranged: bool, breached_at_ms: Option<u64>) {
+        let mut records = self.records();
+        if records.len() >= MAX_PEER_RECORDS
+            && !records.contains_key(&provider)
+            && let Some(oldest) = records
+                .iter()
+                .min_by_key(|(_, r)| r.last_breach_ms)
+                .map(|(id, _)| *id)
+        {
+            records.remove(&oldest);
+        }
+        let record = records.entry(provider).or_default();
+        if arranged {
+            record.arrangements = record.arrangements.saturating_add(1);
+        }
+        if let Some(at) = breached_at_ms {
+            record.breaches = record.breaches.saturating_add(1);
+            record.last_breach_ms = at;
+        }
     }
 
     /// [`Arrangements::save`] on a blocking thread; a failure is logged, never fatal: the
@@ -296,6 +381,7 @@ impl Arrangements {
         Self {
             own,
             all: RwLock::new(all),
+            records: std::sync::Mutex::default(),
             store: None,
         }
     }
@@ -370,8 +456,8 @@ impl Arrangements {
         }
     }
 
-    /// Marks `id` ended; whether it was active.
-    pub fn end(&self, id: &ArrangementId) -> bool {
+    /// Marks `id` ended for `reason`; whether it was active.
+    pub fn end(&self, id: &ArrangementId, reason: EndReason) -> bool {
         let Ok(mut all) = self.all.write() else {
             return false;
         };
@@ -383,6 +469,8 @@ impl Arrangements {
         }
         let mut ended = (**current).clone();
         ended.status = Status::Ended;
+        ended.end_reason = Some(reason);
+        ended.ended_at_ms = Some(now_ms());
         all.insert(*id, Arc::new(ended));
         true
     }
@@ -397,6 +485,46 @@ impl Arrangements {
         all.values()
             .find(|a| a.basis == Basis::ShortTerm && a.primary == self.own && a.is_active(now_ms()))
             .cloned()
+    }
+
+    /// Every active arrangement (long- or short-term) under which a peer serves our services.
+    pub fn active_as_primary(&self) -> Vec<Arc<Arrangement>> {
+        let Ok(all) = self.all.read() else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        all.values()
+            .filter(|a| a.primary == self.own && a.is_active(now))
+            .cloned()
+            .collect()
+    }
+
+    /// Our negotiated arrangements as the primary that ended with no settlement in `ledger`.
+    pub fn ended_unsettled_as_primary(&self, ledger: &ledger::Ledger) -> Vec<Arc<Arrangement>> {
+        let Ok(all) = self.all.read() else {
+            return Vec::new();
+        };
+        all.values()
+            .filter(|a| {
+                a.basis == Basis::ShortTerm
+                    && a.primary == self.own
+                    && a.status == Status::Ended
+                    && ledger.settlement(&a.id).is_none()
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Capacity (req/s) our provider lends under its active negotiated arrangements.
+    pub fn lent_req_per_s(&self) -> u64 {
+        let Ok(all) = self.all.read() else {
+            return 0;
+        };
+        let now = now_ms();
+        all.values()
+            .filter(|a| a.peer == self.own && a.is_active(now))
+            .map(|a| u64::from(a.req_per_s))
+            .sum()
     }
 
     /// Every arrangement (active or ended) under which our provider serves another's
@@ -422,14 +550,17 @@ impl Arrangements {
                 .collect(),
             Err(_) => return Vec::new(),
         };
-        due.into_iter().filter(|id| self.end(id)).collect()
+        due.into_iter()
+            .filter(|id| self.end(id, EndReason::Expired))
+            .collect()
     }
 
-    /// What `GET /api/arrangements` shows.
-    pub fn views(&self) -> Vec<View> {
+    /// What `GET /api/arrangements` shows; `health` measures the peers of our active ones.
+    pub fn views(&self, health: &health::Health) -> Vec<View> {
         let Ok(all) = self.all.read() else {
             return Vec::new();
         };
+        let (now, at) = (now_ms(), std::time::Instant::now());
         all.values()
             .map(|a| View {
                 id: a.id.to_string(),
@@ -440,10 +571,12 @@ impl Arrangements {
                     Role::Peer
                 },
                 status: a.status,
+                end_reason: a.end_reason.map(EndReason::label),
                 primary: a.primary.to_string(),
                 peer: a.peer.to_string(),
                 services: a.services.iter().cloned().collect(),
                 share: f64::from(a.share_permille) / 1000.0,
+                req_per_s: a.req_per_s,
                 end_ms: a.end_ms,
                 price_per_gb: a.price_micros_per_gb as f64 / 1e6,
                 served: Served {
@@ -451,6 +584,10 @@ impl Arrangements {
                     bytes: a.usage.bytes(),
                 },
                 redirected: a.usage.redirected.load(Ordering::Relaxed),
+                sla: a
+                    .sla
+                    .filter(|_| a.primary == self.own && a.is_active(now))
+                    .map(|sla| health.sla(&a.id, &sla, at)),
             })
             .collect()
     }
@@ -462,17 +599,25 @@ pub struct View {
     pub basis: Basis,
     pub role: Role,
     pub status: Status,
+    /// `low_load`, `expired`, `operator`, `sla_breach`, `peer_gone` or `replaced`; `null`
+    /// while active (or when this node did not hear why).
+    pub end_reason: Option<&'static str>,
     pub primary: String,
     pub peer: String,
     pub services: Vec<String>,
     pub share: f64,
+    /// Capacity lent (short-term; 0 for long-term).
+    pub req_per_s: u32,
     /// Unix ms; `null` for long-term arrangements.
     pub end_ms: Option<u64>,
     pub price_per_gb: f64,
     /// By this node, under this arrangement.
     pub served: Served,
-    /// Requests this node sent to the peer's nodes under it.
+    /// Requests this node sent to the peer's nodes under it (redirected or relayed).
     pub redirected: u64,
+    /// On the primary's side, while active: the peer against the SLA, as this node's probes
+    /// measure it.
+    pub sla: Option<health::SlaView>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -516,10 +661,14 @@ mod tests {
                 .serving(&a, "video.example")
                 .is_none()
         );
-        assert!(Arrangements::new(c, &policy).views().is_empty());
-        let views = Arrangements::new(a, &policy).views();
+        assert!(
+            Arrangements::new(c, &policy)
+                .views(&health::Health::default())
+                .is_empty()
+        );
+        let views = Arrangements::new(a, &policy).views(&health::Health::default());
         assert_eq!((views.len(), views[0].role), (1, Role::Primary));
-        assert_eq!(at_b.views()[0].role, Role::Peer);
+        assert_eq!(at_b.views(&health::Health::default())[0].role, Role::Peer);
         assert_ne!(long_term_id(&a, &b), long_term_id(&b, &a));
     }
 
@@ -546,7 +695,7 @@ mod tests {
             at_b.save().unwrap();
         }
         let at_b = Arrangements::open(b, &policy, &path).unwrap();
-        let served = at_b.views()[0].served;
+        let served = at_b.views(&health::Health::default())[0].served;
         assert_eq!((served.requests, served.bytes), (2, 500));
     }
 

@@ -5,8 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use reef_proto::records::ProviderId;
+use reef_proto::records::{ProviderId, Sla};
 use serde::Deserialize;
+
+use super::redirect::Mode;
 
 /// Services one arrangement may cover.
 pub const MAX_SERVICES: usize = 64;
@@ -31,6 +33,14 @@ pub struct PolicyFile {
     pub share: Option<f64>,
     /// Seconds a negotiated arrangement asks for. Default 600.
     pub duration_s: Option<u32>,
+    /// How an overloaded node hands requests to the peer: `"redirect"` (302, the default) or
+    /// `"proxy"` (relays the peer node's answer).
+    pub offload: Option<Mode>,
+    /// The SLA a negotiated arrangement asks of the peer: 95th percentile of response times,
+    /// ms. Default 500.
+    pub sla_max_p95_ms: Option<u32>,
+    /// The SLA's availability, 0 < a ≤ 1. Default 0.99.
+    pub sla_min_availability: Option<f64>,
     /// Provider ids we never peer with, either way.
     #[serde(default)]
     pub refuse: Vec<String>,
@@ -79,6 +89,8 @@ pub struct Policy {
     pub max_price_micros_per_gb: Option<u64>,
     pub share_permille: u16,
     pub duration: Duration,
+    pub offload: Mode,
+    pub sla: Sla,
     pub refuse: BTreeSet<ProviderId>,
     pub long_term: Vec<LongTerm>,
 }
@@ -93,6 +105,11 @@ impl Default for Policy {
             max_price_micros_per_gb: None,
             share_permille: 500,
             duration: Duration::from_secs(600),
+            offload: Mode::Redirect,
+            sla: Sla {
+                max_p95_ms: 500,
+                min_availability_permille: 990,
+            },
             refuse: BTreeSet::new(),
             long_term: Vec::new(),
         }
@@ -184,6 +201,18 @@ impl PolicyFile {
                 Some(v) => Duration::from_secs(v.into()),
                 None => defaults.duration,
             },
+            offload: self.offload.unwrap_or_default(),
+            sla: Sla {
+                max_p95_ms: match self.sla_max_p95_ms {
+                    Some(0) => return Err("sla_max_p95_ms must be at least 1".into()),
+                    Some(v) => v,
+                    None => defaults.sla.max_p95_ms,
+                },
+                min_availability_permille: match self.sla_min_availability {
+                    Some(v) => permille("sla_min_availability", v, 1.0)?,
+                    None => defaults.sla.min_availability_permille,
+                },
+            },
             refuse,
             long_term,
         })
@@ -264,5 +293,30 @@ mod tests {
         .repeat(2);
         assert!(parse(&twice).unwrap_err().contains("#2"));
         assert!(parse("[[long_term]]\ncolour = 1").is_err());
+    }
+
+    #[test]
+    fn offload_and_sla_are_checked() {
+        let p = parse("offload = \"proxy\"\nsla_max_p95_ms = 200\nsla_min_availability = 0.995\n")
+            .unwrap();
+        assert_eq!(p.offload, Mode::Proxy);
+        assert_eq!(
+            (p.sla.max_p95_ms, p.sla.min_availability_permille),
+            (200, 995)
+        );
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.offload, Mode::Redirect);
+        assert_eq!(defaults.sla.min_availability_permille, 990);
+        assert!(parse("offload = \"carrier-pigeon\"").is_err());
+        assert!(
+            parse("sla_max_p95_ms = 0")
+                .unwrap_err()
+                .contains("sla_max_p95_ms")
+        );
+        assert!(
+            parse("sla_min_availability = 1.5")
+                .unwrap_err()
+                .contains("availability")
+        );
     }
 }

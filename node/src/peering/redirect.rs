@@ -1,5 +1,13 @@
-//! Redirection: an overloaded node of a primary sends the agreed share of its service
-//! requests to the least loaded node of the peer, with a `302`.
+//! Offloading: an overloaded node of a primary sends part of its service requests to the
+//! least loaded healthy nodes of the peer, with a `302` or (by policy) by relaying the peer
+//! node's answer.
+//!
+//! How much goes: once the node's demand (what arrives, see `load::meter`) is above its
+//! *relief target*, the middle of the policy's low and high watermarks, it sends the part of
+//! its requests that brings what it serves itself back to that target, never more than the
+//! arrangement's agreed share. Demand does not fall when requests go elsewhere, so the part
+//! stays steady while the surge lasts, and the node's utilisation settles under the high
+//! watermark instead of flapping around it.
 //!
 //! The redirect names the peer node by address, so the service travels in the path:
 //! `http://PEER/_reef/s/HOST/PATH`, which any node reads as `Host: HOST`, `PATH`.
@@ -7,26 +15,72 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use reef_overlay::PeerId;
 use tracing::debug;
 
-use super::Arrangements;
+use super::health::{Health, PROBED_NODES};
+use super::{Arrangement, Arrangements, Policy};
 use crate::load::Load;
 
 /// Path prefix of a service request addressed to a node rather than to the service's name.
 pub const SERVICE_PATH: &str = "/_reef/s/";
-/// Peer nodes tried for an address before the request is served here instead; the load
-/// table lists the least loaded first, so the first almost always answers from the overlay's
-/// record cache.
-const CANDIDATES: usize = 3;
+
+/// How a primary node hands a request to the peer (`[peering] offload`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `302` to the peer node: the body never passes through us.
+    #[default]
+    Redirect,
+    /// We fetch the answer from the peer node and relay it: for clients that do not follow
+    /// redirects. It spares our cache and origin, not our bandwidth.
+    Proxy,
+}
+
+/// One request to send to a peer node.
+#[derive(Debug, Clone)]
+pub struct Offload {
+    pub arrangement: Arc<Arrangement>,
+    pub node: PeerId,
+    /// The node's HTTP address.
+    pub http: String,
+    /// `/_reef/s/HOST/PATH`.
+    pub target: String,
+}
+
+impl Offload {
+    /// Where a redirect sends the client.
+    pub fn location(&self) -> String {
+        format!("http://{}{}", self.http, self.target)
+    }
+}
+
+/// The utilisation an overloaded node sheds down to, in permille: halfway between the
+/// watermarks, so it is under the high one with room to spare and the arrangement is not
+/// ended (under the low one) while demand stays high.
+pub fn relief_target(policy: &Policy) -> u32 {
+    (u32::from(policy.low_watermark_permille) + u32::from(policy.high_watermark_permille)) / 2
+}
+
+/// Permille of requests to send away at `demand` (permille of capacity) to serve `target`
+/// ourselves, capped at the agreed `share`.
+pub fn part_to_send(demand: u32, target: u32, share: u16) -> u64 {
+    if demand <= target {
+        return 0;
+    }
+    let needed = 1000 - u64::from(target) * 1000 / u64::from(demand);
+    needed.clamp(1, u64::from(share))
+}
 
 /// Decides, per request, whether to send it to a peer provider.
 pub struct Redirector {
     arrangements: Arc<Arrangements>,
     load: Load,
     overlay: reef_overlay::Client,
-    /// Our own utilisation at or above which we start redirecting.
-    high_watermark_permille: u16,
-    /// Requests considered, for the share: of every 1000, `share_permille` go.
+    health: Arc<Health>,
+    target_permille: u32,
+    pub mode: Mode,
+    /// Requests considered, for spreading the part evenly.
     considered: AtomicU64,
 }
 
@@ -35,48 +89,60 @@ impl Redirector {
         arrangements: Arc<Arrangements>,
         load: Load,
         overlay: reef_overlay::Client,
-        high_watermark_permille: u16,
+        health: Arc<Health>,
+        policy: &Policy,
     ) -> Self {
         Self {
             arrangements,
             load,
             overlay,
-            high_watermark_permille,
+            health,
+            target_permille: relief_target(policy),
+            mode: policy.offload,
             considered: AtomicU64::new(0),
         }
     }
 
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     /// Where to send a request for `path_and_query` of our service `host`, if it should go
-    /// to a peer: this node is at or over its high watermark, an active arrangement covers the
-    /// service, and the request falls in the arrangement's share.
-    pub async fn location(&self, host: &str, path_and_query: &str) -> Option<String> {
-        if self.load.own().utilisation_permille < self.high_watermark_permille {
+    /// to a peer: this node's demand is over its relief target, an active arrangement covers
+    /// the service, the request falls in the part to send, and a peer node is healthy.
+    pub async fn offload(&self, host: &str, path_and_query: &str) -> Option<Offload> {
+        let demand = self.load.own().demand_permille;
+        if demand <= self.target_permille {
             return None;
         }
         let arrangement = self.arrangements.primary_for(host)?;
+        let part = part_to_send(demand, self.target_permille, arrangement.share_permille);
         let n = self.considered.fetch_add(1, Ordering::Relaxed);
-        // Spread evenly: request n goes when the running share crosses a whole request.
-        let share = u64::from(arrangement.share_permille);
-        if (n + 1) * share / 1000 == n * share / 1000 {
+        // Spread evenly: request n goes when the running part crosses a whole request.
+        if (n + 1) * part / 1000 == n * part / 1000 {
             return None;
         }
-        for (peer, _) in self
+        for listed in self
             .load
             .nodes_of(&arrangement.peer)
             .into_iter()
-            .take(CANDIDATES)
+            .take(PROBED_NODES)
+            // Probes find a dead node within a second; a broken connection tells at once.
+            .filter(|n| self.health.usable(&n.peer) && !self.overlay.connection_broken(&n.peer))
         {
-            match self.overlay.node_record(peer).await {
+            match self.overlay.node_record(listed.peer).await {
                 Ok(Some(info)) => {
-                    arrangement.usage.redirected();
-                    debug!(arrangement = %arrangement.id, %peer, %host, "redirected to a peer");
-                    return Some(format!(
-                        "http://{}{SERVICE_PATH}{host}{path_and_query}",
-                        info.record.http
-                    ));
+                    debug!(arrangement = %arrangement.id, peer = %listed.peer, %host, "sent to a peer");
+                    self.health.sent(host, path_and_query);
+                    return Some(Offload {
+                        node: listed.peer,
+                        http: info.record.http,
+                        target: format!("{SERVICE_PATH}{host}{path_and_query}"),
+                        arrangement,
+                    });
                 }
                 Ok(None) => continue,
-                Err(error) => debug!(%peer, %error, "no record for a peer node"),
+                Err(error) => debug!(peer = %listed.peer, %error, "no record for a peer node"),
             }
         }
         None
@@ -121,6 +187,25 @@ mod tests {
         );
         assert_eq!(parse_service_path("/_reef/s/"), None);
         assert_eq!(parse_service_path("/other"), None);
+    }
+
+    #[test]
+    fn the_part_sent_brings_the_node_back_to_its_target_within_the_share() {
+        // Under the target nothing goes.
+        assert_eq!(part_to_send(650, 650, 1000), 0);
+        // Twice the target: half goes, so the node serves its target.
+        assert_eq!(part_to_send(1300, 650, 1000), 500);
+        // Ten times: 935 of 1000 go, but never more than the agreed share.
+        assert_eq!(part_to_send(10_000, 650, 1000), 935);
+        assert_eq!(part_to_send(10_000, 650, 300), 300);
+        // Just over the target: a sliver (rounded up, so the node ends at or under it).
+        assert_eq!(part_to_send(651, 650, 1000), 2);
+        let policy = Policy {
+            low_watermark_permille: 500,
+            high_watermark_permille: 800,
+            ..Policy::default()
+        };
+        assert_eq!(relief_target(&policy), 650);
     }
 
     #[test]

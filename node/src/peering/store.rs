@@ -1,6 +1,6 @@
-//! The peering database (`peering.redb` in the data dir): what this node served and
-//! redirected under each arrangement, so a restart resumes its accounting instead of
-//! starting from zero. Every call blocks on disk; callers run it on a blocking thread.
+//! The peering database (`peering.redb` in the data dir): the negotiated arrangements, what
+//! this node served and redirected under each, and how past peers kept their SLAs, so a
+//! restart resumes its arrangements and accounting instead of starting from zero. Every call blocks on disk; callers run it on a blocking thread.
 
 use std::path::Path;
 
@@ -11,8 +11,21 @@ use serde::{Deserialize, Serialize};
 /// want to read with a generic tool, and the rows are few and small.
 const USAGE: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("usage_v1");
 /// Arrangement id → postcard of [`Saved`]: negotiated arrangements (long-term ones come from
-/// the config at every start).
-const ARRANGEMENTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("arrangements_v1");
+/// the config at every start). Version 2 added the end reason.
+const ARRANGEMENTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("arrangements_v2");
+
+/// Provider id → JSON of [`PeerRecord`]: how the providers we bought capacity from did.
+const PEER_RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peer_records_v1");
+
+/// How a provider served us as the peer of our negotiated arrangements: what ranking a new
+/// candidate weighs besides price and distance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub arrangements: u32,
+    pub breaches: u32,
+    /// Unix ms of the last SLA breach; 0 if none.
+    pub last_breach_ms: u64,
+}
 
 /// A negotiated arrangement as kept on disk: the agreement both parties signed (re-verified at
 /// open), when we accepted it (its validity is judged at that time), and how it stands.
@@ -21,6 +34,9 @@ pub struct Saved {
     pub agreement: reef_proto::records::Agreement,
     pub accepted_at_ms: u64,
     pub ended: bool,
+    pub end_reason: Option<reef_proto::records::EndReason>,
+    /// Unix ms when it ended here.
+    pub ended_at_ms: Option<u64>,
     /// The other party's agent, as peer id bytes.
     pub counterpart: Option<Vec<u8>>,
 }
@@ -68,6 +84,7 @@ impl Store {
         let txn = db.begin_write()?;
         txn.open_table(USAGE)?;
         txn.open_table(ARRANGEMENTS)?;
+        txn.open_table(PEER_RECORDS)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -100,11 +117,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes the usage rows and the negotiated arrangements in one transaction.
+    /// Every provider's record; rows that do not decode are skipped.
+    pub fn peer_records(&self) -> Result<Vec<([u8; 32], PeerRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEER_RECORDS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Ok(record) = serde_json::from_slice(v.value()) {
+                out.push((*k.value(), record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the usage rows, the negotiated arrangements and the peer records in one
+    /// transaction.
     pub fn save(
         &self,
         usage: &[([u8; 16], Counts)],
         arrangements: &[([u8; 16], Saved)],
+        peer_records: &[([u8; 32], PeerRecord)],
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
@@ -117,6 +150,10 @@ impl Store {
             for (id, saved) in arrangements {
                 let bytes = postcard::to_stdvec(saved).map_err(|e| StoreError(e.to_string()))?;
                 table.insert(id, bytes.as_slice())?;
+            }
+            let mut table = txn.open_table(PEER_RECORDS)?;
+            for (id, record) in peer_records {
+                table.insert(id, serde_json::to_vec(record)?.as_slice())?;
             }
         }
         txn.commit()?;
@@ -140,9 +177,17 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             assert!(store.usage().unwrap().is_empty());
-            store.save(&[([7; 16], counts)], &[]).unwrap();
+            let record = PeerRecord {
+                arrangements: 2,
+                breaches: 1,
+                last_breach_ms: 99,
+            };
+            store
+                .save(&[([7; 16], counts)], &[], &[([3; 32], record)])
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.usage().unwrap(), vec![([7; 16], counts)]);
+        assert_eq!(store.peer_records().unwrap()[0].1.breaches, 1);
     }
 }

@@ -44,6 +44,7 @@ impl EventLoop {
                 });
                 let usable = dialled.filter(|a| addrs::is_usable(a, loopback));
                 self.recent.seen(peer, usable, std::time::Instant::now());
+                self.broken.connected(&peer);
                 debug!(%peer, %remote, "connected");
                 self.join_soon();
                 self.check_joined();
@@ -59,6 +60,9 @@ impl EventLoop {
                     self.rtt.remove(&peer);
                     self.via_loopback.remove(&peer);
                     self.recent.seen(peer, [], std::time::Instant::now());
+                    if matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_))) {
+                        self.drop_broken(peer, "connection broke");
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -113,8 +117,22 @@ impl EventLoop {
                 self.rtt.insert(event.peer, rtt);
             }
             Ok(_) => {}
-            Err(error) => debug!(peer = %event.peer, %error, "ping failed"),
+            Err(ping::Failure::Unsupported) => {}
+            Err(error) => {
+                debug!(peer = %event.peer, %error, "ping failed");
+                self.drop_broken(event.peer, "ping failed");
+                let _ = self.swarm.disconnect_peer_id(event.peer);
+            }
         }
+    }
+
+    /// `peer` died or hung (its connection broke, or it stopped answering pings): left in the
+    /// routing table, it would hold every lookup until a request to it times out. It comes
+    /// back the moment it connects again.
+    fn drop_broken(&mut self, peer: PeerId, why: &'static str) {
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        self.broken.broke(peer, std::time::Instant::now());
+        debug!(%peer, why, "dropped from the routing table");
     }
 
     pub(super) fn on_mdns_event(&mut self, event: mdns::Event) {

@@ -116,6 +116,8 @@ pub(crate) struct EventLoop {
 
     /// `/reef/peering/1` requests both ways.
     peering: peering::Peering,
+    /// Peers whose last connection broke, shared with clients.
+    broken: crate::broken::Broken,
 }
 
 /// What [`EventLoop::new`] needs besides the swarm.
@@ -128,6 +130,7 @@ pub(crate) struct Parts {
     pub(crate) started: Instant,
     pub(crate) peers_file: Option<PathBuf>,
     pub(crate) peering_timeout: Duration,
+    pub(crate) broken: crate::broken::Broken,
 }
 
 impl EventLoop {
@@ -143,6 +146,7 @@ impl EventLoop {
             joined_tx: parts.joined_tx,
             started: parts.started,
             peers_file: parts.peers_file,
+            broken: parts.broken,
             recent: RecentPeers::default(),
             save_task: None,
             rtt: HashMap::new(),

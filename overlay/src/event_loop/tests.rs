@@ -49,6 +49,7 @@ fn event_loop() -> EventLoop {
             started: Instant::now(),
             peers_file: None,
             peering_timeout: crate::PEERING_REQUEST_TIMEOUT,
+            broken: Default::default(),
         },
     )
 }

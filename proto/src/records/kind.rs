@@ -12,10 +12,12 @@ pub enum Kind {
     /// Peering [`Terms`](super::Terms).
     Arrangement,
     UsageReceipt,
+    /// An [`ArrangementEnd`](super::ArrangementEnd).
+    ArrangementEnd,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::ProviderCert,
         Kind::NodeRecord,
         Kind::ContentRecord,
@@ -25,6 +27,7 @@ impl Kind {
         Kind::ServiceRecord,
         Kind::Arrangement,
         Kind::UsageReceipt,
+        Kind::ArrangementEnd,
     ];
 
     /// The byte on the wire. Explicit rather than the enum's position, so reordering or adding
@@ -40,6 +43,7 @@ impl Kind {
             Kind::ServiceRecord => 7,
             Kind::Arrangement => 8,
             Kind::UsageReceipt => 9,
+            Kind::ArrangementEnd => 10,
         }
     }
 
@@ -59,6 +63,7 @@ impl Kind {
             Kind::ServiceRecord => "service_record",
             Kind::Arrangement => "arrangement",
             Kind::UsageReceipt => "usage_receipt",
+            Kind::ArrangementEnd => "arrangement_end",
         }
     }
 }
@@ -71,12 +76,12 @@ mod tests {
     fn codes_are_pinned_and_round_trip() {
         // Changing a code would invalidate every record already signed under it.
         let codes: Vec<u8> = Kind::ALL.iter().map(|k| k.code()).collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         for kind in Kind::ALL {
             assert_eq!(Kind::from_code(kind.code()), Some(kind));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(10), None);
+        assert_eq!(Kind::from_code(11), None);
     }
 
     #[test]

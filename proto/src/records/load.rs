@@ -26,8 +26,13 @@ pub struct LoadReport {
     pub seq: u64,
     pub req_per_s: u32,
     pub egress_bytes_per_s: u64,
+    /// The load the node bears: what it serves itself, against its capacity.
     pub utilisation_permille: u16,
     pub hit_ratio_permille: u16,
+    /// The load that arrives at the node, including the requests it sends to a peer
+    /// provider's nodes under an arrangement; never below `utilisation_permille`. Peering
+    /// starts and ends on demand, so relief does not look like the surge is over.
+    pub demand_permille: u16,
 }
 
 impl Record for LoadReport {
@@ -43,6 +48,9 @@ impl Record for LoadReport {
         check_node(&self.peer_id, signer, self.cert.as_deref(), now_ms)?;
         if self.utilisation_permille > MAX_UTILISATION_PERMILLE {
             return Err(RecordError::invalid("utilisation_permille", "too large"));
+        }
+        if self.demand_permille > MAX_UTILISATION_PERMILLE {
+            return Err(RecordError::invalid("demand_permille", "too large"));
         }
         if self.hit_ratio_permille > MAX_HIT_RATIO_PERMILLE {
             return Err(RecordError::invalid("hit_ratio_permille", "over 1000"));
@@ -166,6 +174,10 @@ mod tests {
                 hit_ratio_permille: 1001,
                 ..good.clone()
             },
+            LoadReport {
+                demand_permille: MAX_UTILISATION_PERMILLE + 1,
+                ..good.clone()
+            },
         ];
         for bad in cases {
             let sealed = seal_unchecked(&node, &bad, NOW, NOW + SECOND);
@@ -196,6 +208,7 @@ mod tests {
             egress_bytes_per_s: u64::MAX,
             utilisation_permille: MAX_UTILISATION_PERMILLE,
             hit_ratio_permille: MAX_HIT_RATIO_PERMILLE,
+            demand_permille: MAX_UTILISATION_PERMILLE,
         };
         let sealed = seal(
             &node,

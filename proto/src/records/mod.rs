@@ -49,9 +49,11 @@
 //! - [`Terms`] (peering protocol): an arrangement as the primary proposes it; countersigned by
 //!   the peer it becomes an [`Agreement`], checked by [`open_agreement`].
 //! - [`UsageReceipt`] (peering protocol): a serving node's running totals for an arrangement.
+//! - [`ArrangementEnd`] (gossip): a party's word that an arrangement is over.
 //!
 //! # Who signs
-//! Providers sign certificates, offers, service records and terms with a [`ProviderKey`]; a
+//! Providers sign certificates, offers, service records, terms and arrangement ends with a
+//! [`ProviderKey`]; a
 //! peer accepts terms by [`countersign`]ing them. Nodes sign their own records (node records,
 //! content records, load reports, usage receipts) with their libp2p ed25519 key:
 //! `SigningKey::from_bytes` of its 32-byte secret gives the same public key, and
@@ -60,6 +62,7 @@
 mod arrangement;
 mod cert;
 mod content;
+mod end;
 mod envelope;
 mod error;
 mod identity;
@@ -83,6 +86,7 @@ pub use arrangement::{
 pub use cert::{MAX_PROVIDER_NAME_LEN, Membership, ProviderCert};
 pub use content::{ContentRecord, MAX_ETAG_LEN, MAX_LAST_MODIFIED_LEN};
 pub use ed25519_dalek::SigningKey;
+pub use end::{ArrangementEnd, EndReason};
 pub use envelope::{
     DOMAIN, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, MAX_CLOCK_SKEW_MS, Opened, SIGNATURE_LEN,
     decode_body, is_newer, open, seal,

@@ -8,9 +8,9 @@ use proptest::prelude::*;
 use self::support::*;
 use super::envelope::seal_raw;
 use super::{
-    Agreement, ArrangementId, CapacityOffer, ContentRecord, Countersignature, ENVELOPE_VERSION,
-    Kind, LoadReport, NodeRecord, ProviderCert, Record, RecordError, ServiceRecord, Terms,
-    UsageReceipt, countersign, decode_body, open, open_agreement, seal,
+    Agreement, ArrangementEnd, ArrangementId, CapacityOffer, ContentRecord, Countersignature,
+    ENVELOPE_VERSION, Kind, LoadReport, NodeRecord, ProviderCert, Record, RecordError,
+    ServiceRecord, Terms, UsageReceipt, countersign, decode_body, open, open_agreement, seal,
 };
 
 /// One valid envelope of every kind, with the kind it holds.
@@ -86,6 +86,20 @@ fn samples() -> Vec<(Kind, Vec<u8>)> {
             )
             .unwrap(),
         ),
+        (
+            Kind::ArrangementEnd,
+            seal(
+                provider.signing_key(),
+                &ArrangementEnd {
+                    id: ArrangementId::from_bytes([1; 16]),
+                    party: provider.id(),
+                    reason: super::EndReason::LowLoad,
+                },
+                NOW,
+                NOW + 60_000,
+            )
+            .unwrap(),
+        ),
     ]
 }
 
@@ -103,6 +117,7 @@ fn decode_as(kind: Kind, bytes: &[u8], signer: &[u8; 32], now: u64) -> Result<()
         Kind::ServiceRecord => go::<ServiceRecord>(bytes, signer, now),
         Kind::Arrangement => go::<Terms>(bytes, signer, now),
         Kind::UsageReceipt => go::<UsageReceipt>(bytes, signer, now),
+        Kind::ArrangementEnd => go::<ArrangementEnd>(bytes, signer, now),
         _ => Err(RecordError::Garbage("no record type for this kind yet")),
     }
 }
@@ -121,11 +136,12 @@ fn open_as(kind: Kind, bytes: &[u8], now: u64) -> Result<(), RecordError> {
         Kind::ServiceRecord => go::<ServiceRecord>(bytes, now),
         Kind::Arrangement => go::<Terms>(bytes, now),
         Kind::UsageReceipt => go::<UsageReceipt>(bytes, now),
+        Kind::ArrangementEnd => go::<ArrangementEnd>(bytes, now),
         _ => Err(RecordError::Garbage("no record type for this kind yet")),
     }
 }
 
-const OPENABLE: [Kind; 8] = [
+const OPENABLE: [Kind; 9] = [
     Kind::ProviderCert,
     Kind::NodeRecord,
     Kind::ContentRecord,
@@ -134,6 +150,7 @@ const OPENABLE: [Kind; 8] = [
     Kind::ServiceRecord,
     Kind::Arrangement,
     Kind::UsageReceipt,
+    Kind::ArrangementEnd,
 ];
 
 #[test]

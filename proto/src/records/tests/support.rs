@@ -101,6 +101,7 @@ pub(crate) fn load_report(node: &SigningKey, cert: Option<Vec<u8>>) -> LoadRepor
         egress_bytes_per_s: 50_000_000,
         utilisation_permille: 640,
         hit_ratio_permille: 910,
+        demand_permille: 900,
     }
 }
 

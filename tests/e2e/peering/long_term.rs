@@ -1,0 +1,150 @@
+//! Long-term arrangements: written in both providers' policies, active from start, used when
+//! the primary is overloaded, by redirect or by relay.
+
+use std::time::{Duration, Instant};
+
+use reef_testnet::origin::expected_body;
+
+use super::{Surge, arrangements, wait_arrangement};
+use crate::services::{VIDEO, get_service, wait_published};
+use crate::support::{launch_configured, request_via};
+
+const LONG_TERM: &str = r#"
+[[peering.long_term]]
+primary = "{provider:0}"
+peer = "{provider:1}"
+services = ["video.example"]
+share = 0.3
+price_per_gb = 0.01
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_term_arrangement_from_policy_is_active_at_start() {
+    let primary = format!("{VIDEO}{LONG_TERM}");
+    // p0 owns the service; p1 serves it under the long-term arrangement; p2 is no party.
+    let mut net = launch_configured(3, 3, &[&primary, LONG_TERM]).await;
+    let p0 = arrangements(&net.testnet.nodes[0]).await;
+    let p1 = arrangements(&net.testnet.nodes[1]).await;
+    let p2 = arrangements(&net.testnet.nodes[2]).await;
+    assert_eq!(p0["arrangements"][0]["role"], "primary", "{p0}");
+    assert_eq!(p1["arrangements"][0]["role"], "peer", "{p1}");
+    assert_eq!(p0["arrangements"][0]["id"], p1["arrangements"][0]["id"]);
+    assert_eq!(p1["arrangements"][0]["status"], "active");
+    assert_eq!(p1["arrangements"][0]["basis"], "long_term");
+    assert_eq!(p2["arrangements"], serde_json::json!([]));
+
+    wait_published(&net).await;
+    let path = "/bytes/4000";
+    let served = get_service(net.http(1), "video.example", path).await;
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served.body, expected_body(path, 4000));
+    let refused = get_service(net.http(2), "video.example", path).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+
+    // The peer's node accounted for what it served.
+    let p1 = arrangements(&net.testnet.nodes[1]).await;
+    let served = &p1["arrangements"][0]["served"];
+    assert_eq!(served["requests"], 1, "{p1}");
+    assert_eq!(served["bytes"], 4000, "{p1}");
+
+    // A restart resumes the arrangement and its accounting.
+    let bootstrap = net.testnet.bootstrap_addrs(1);
+    net.testnet.nodes[1]
+        .restart(bootstrap)
+        .await
+        .expect("restart");
+    let p1 = arrangements(&net.testnet.nodes[1]).await;
+    assert_eq!(p1["arrangements"][0]["status"], "active", "{p1}");
+    assert_eq!(p1["arrangements"][0]["served"]["bytes"], 4000, "{p1}");
+}
+
+/// The long-term arrangement with the whole share, for the redirect test.
+fn whole_share() -> String {
+    LONG_TERM.replace("share = 0.3", "share = 1.0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_primary_redirects_its_share_to_the_peer() {
+    // p0 runs at capacity 1 req/s, so a few requests put it over its high watermark.
+    let overloaded = format!(
+        "capacity_rps = 1\n{VIDEO}\n[peering]\nhigh_watermark = 0.5\n{}",
+        whole_share()
+    );
+    let net = launch_configured(2, 2, &[&overloaded, &whole_share()]).await;
+    wait_published(&net).await;
+    let path = "/bytes/3000";
+    // Requests count toward utilisation once a second; keep asking until node 0 is over its
+    // watermark and sends us on.
+    let started = Instant::now();
+    let location = loop {
+        let got = get_service(net.http(0), "video.example", path).await;
+        if got.status == 302 {
+            assert_eq!(got.header("cache-control"), "no-store");
+            break got.header("location").to_string();
+        }
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node 0 never redirected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let peer_http = net.http(1).to_string();
+    assert!(
+        location.starts_with(&format!("http://{peer_http}/_reef/s/video.example/")),
+        "{location}"
+    );
+    // A client follows it: origin form, to the peer node.
+    let target = &location[format!("http://{peer_http}").len()..];
+    let followed = request_via(net.http(1), http::Request::get(target)).await;
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert_eq!(followed.body, expected_body(path, 3000));
+
+    let p0 = arrangements(&net.testnet.nodes[0]).await;
+    assert!(
+        p0["arrangements"][0]["redirected"].as_u64().unwrap_or(0) >= 1,
+        "{p0}"
+    );
+    let p1 = arrangements(&net.testnet.nodes[1]).await;
+    assert_eq!(p1["arrangements"][0]["served"]["requests"], 1, "{p1}");
+    assert_eq!(p1["arrangements"][0]["served"]["bytes"], 3000, "{p1}");
+}
+
+/// p0 relays the peer's answers instead of redirecting, and serves them itself when the peer
+/// is gone: its clients never see the peer, nor its death.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_in_proxy_mode_relays_the_peer_and_serves_itself_when_the_peer_dies() {
+    let overloaded = format!(
+        "capacity_rps = 1\n{VIDEO}\n[peering]\nhigh_watermark = 0.5\noffload = \"proxy\"\n{}",
+        whole_share()
+    );
+    let mut net = launch_configured(2, 2, &[&overloaded, &whole_share()]).await;
+    wait_published(&net).await;
+    let surge = Surge::start(net.http(0), 50);
+    let started = Instant::now();
+    while surge.seen(|s| s.via_peer) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 0 never relayed a peer's answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let served = wait_arrangement(&net.testnet.nodes[1], Duration::from_secs(10), |a| {
+        a["served"]["requests"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert_eq!(served["role"], "peer");
+
+    // The peer dies: node 0 serves its clients itself, without a single failure.
+    net.testnet.nodes[1].kill();
+    let killed = Instant::now();
+    let ok_at_kill = surge.seen(|s| s.ok);
+    while surge.seen(|s| s.ok) < ok_at_kill + 50 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "clients stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    surge.seen(|s| assert!(s.errors.is_empty(), "{:?}", s.errors));
+}
