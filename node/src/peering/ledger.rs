@@ -1,6 +1,7 @@
 //! The ledger (`ledger.redb` in the data dir, apart from `peering.redb` so accounting that
 //! is owed to another provider never shares a schema with local counters): per arrangement
-//! the latest accepted usage receipt of each serving node, and the final settlements.
+//! the latest accepted usage receipt of each serving node, and the settlements: the final one
+//! of a short-term arrangement that ended, the latest statement of a long-term one.
 //!
 //! Receipts are cumulative, so the account of an arrangement is the sum over its serving nodes
 //! of each one's receipt with the highest `seq`. The primary collects them from the peer's
@@ -96,6 +97,10 @@ pub struct Entry {
     /// it agrees with); on the primary's once the peer answered with the same figures.
     #[serde(default)]
     pub agreed: bool,
+    /// A statement of a long-term arrangement that goes on (the figures so far, replaced by
+    /// the next statement) rather than the final settlement of one that ended.
+    #[serde(default)]
+    pub statement: bool,
 }
 
 type Key = ([u8; 16], [u8; 32]);
@@ -183,7 +188,7 @@ impl Ledger {
                 let settled: Vec<Key> = state
                     .receipts
                     .keys()
-                    .filter(|(id, _)| state.settlements.contains_key(id))
+                    .filter(|(id, _)| state.settlements.get(id).is_some_and(|e| !e.statement))
                     .copied()
                     .collect();
                 if settled.is_empty() {
@@ -266,8 +271,8 @@ impl Ledger {
         self.write_settlement(entry)
     }
 
-    /// Writes the final settlement of `arrangement`; `agreed`: the other party wrote the same.
-    /// Blocks on disk.
+    /// Writes the settlement of `arrangement` (final for a short-term one, the statement so
+    /// far for a long-term one); `agreed`: the other party wrote the same. Blocks on disk.
     pub fn settle(
         &self,
         arrangement: &Arrangement,
@@ -284,6 +289,7 @@ impl Ledger {
             amount_micros: settlement.amount_micros,
             written_at_ms: now_ms,
             agreed,
+            statement: arrangement.basis == super::Basis::LongTerm,
         };
         self.write_settlement(entry)?;
         Ok(entry)
@@ -334,11 +340,12 @@ impl Ledger {
                 amount_micros: e.amount_micros,
                 written_at: e.written_at_ms,
                 agreed: e.agreed,
+                kind: if e.statement { "statement" } else { "final" },
             })
             .collect();
         let mut open: BTreeMap<[u8; 16], AccountView> = BTreeMap::new();
         for ((id, _), held) in &state.receipts {
-            if state.settlements.contains_key(id) {
+            if state.settlements.get(id).is_some_and(|e| !e.statement) {
                 continue;
             }
             let account = open.entry(*id).or_insert_with(|| AccountView {
@@ -373,7 +380,7 @@ pub fn open_or_memory(path: &Path) -> Arc<Ledger> {
 #[derive(Debug, Clone, Serialize)]
 pub struct LedgerView {
     pub settlements: Vec<SettlementView>,
-    /// Arrangements not settled yet: the sum of the latest receipts.
+    /// Arrangements without a final settlement: the sum of the latest receipts.
     pub open: Vec<AccountView>,
 }
 
@@ -389,6 +396,8 @@ pub struct SettlementView {
     pub written_at: u64,
     /// Both parties hold the same settlement.
     pub agreed: bool,
+    /// `final` (a short-term arrangement that ended) or `statement` (a long-term one so far).
+    pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -421,7 +430,10 @@ mod tests {
             share_permille: 1000,
             price_micros_per_gb: 20_000,
         };
-        Arrangement::long_term(&lt)
+        Arrangement {
+            basis: super::super::Basis::ShortTerm,
+            ..Arrangement::long_term(&lt)
+        }
     }
 
     /// A receipt sealed by a fresh node certified by `by`.
@@ -537,5 +549,23 @@ mod tests {
         assert_eq!(view.settlements[0].bytes, 4000);
         assert_eq!(view.settlements[0].written_at, 1234);
         assert!(view.open.is_empty(), "settled, so no longer open");
+        assert_eq!(view.settlements[0].kind, "final");
+    }
+
+    #[test]
+    fn a_statement_leaves_a_long_term_account_open() {
+        let (a, b) = (provider(1), provider(2));
+        let long_term = Arrangement {
+            basis: super::super::Basis::LongTerm,
+            ..arrangement(&a, &b)
+        };
+        let ledger = Ledger::in_memory();
+        let (r, sealed) = receipt(&b, long_term.id, 1, 700);
+        ledger.record(r.record(), &sealed).unwrap();
+        let account = ledger.account(long_term.id, 0);
+        ledger.settle(&long_term, &account, 1, true).unwrap();
+        let view = ledger.view();
+        assert_eq!(view.settlements[0].kind, "statement");
+        assert_eq!(view.open[0].bytes, 700, "it goes on");
     }
 }

@@ -41,6 +41,9 @@ pub struct PolicyFile {
     pub sla_max_p95_ms: Option<u32>,
     /// The SLA's availability, 0 < a ≤ 1. Default 0.99.
     pub sla_min_availability: Option<f64>,
+    /// Seconds between statements of a long-term arrangement (the usage so far, agreed by
+    /// both ledgers) while it goes on. Default 3600.
+    pub statement_every_s: Option<f64>,
     /// Provider ids we never peer with, either way.
     #[serde(default)]
     pub refuse: Vec<String>,
@@ -91,6 +94,7 @@ pub struct Policy {
     pub duration: Duration,
     pub offload: Mode,
     pub sla: Sla,
+    pub statement_every: Duration,
     pub refuse: BTreeSet<ProviderId>,
     pub long_term: Vec<LongTerm>,
 }
@@ -110,6 +114,7 @@ impl Default for Policy {
                 max_p95_ms: 500,
                 min_availability_permille: 990,
             },
+            statement_every: Duration::from_secs(3600),
             refuse: BTreeSet::new(),
             long_term: Vec::new(),
         }
@@ -212,6 +217,10 @@ impl PolicyFile {
                     Some(v) => permille("sla_min_availability", v, 1.0)?,
                     None => defaults.sla.min_availability_permille,
                 },
+            },
+            statement_every: match self.statement_every_s {
+                Some(v) => seconds("statement_every_s", v)?,
+                None => defaults.statement_every,
             },
             refuse,
             long_term,

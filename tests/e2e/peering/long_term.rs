@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reef_testnet::origin::expected_body;
 
-use super::{Surge, arrangements, wait_arrangement};
+use super::{Surge, arrangements, wait_arrangement, wait_settled};
 use crate::services::{VIDEO, get_service, wait_published};
 use crate::support::{launch_configured, request_via};
 
@@ -20,7 +20,9 @@ price_per_gb = 0.01
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_term_arrangement_from_policy_is_active_at_start() {
-    let primary = format!("{VIDEO}{LONG_TERM}");
+    // The primary states the account every second (once the peer's receipts, every 5 s, have
+    // reached it).
+    let primary = format!("{VIDEO}[peering]\nstatement_every_s = 1\n{LONG_TERM}");
     // p0 owns the service; p1 serves it under the long-term arrangement; p2 is no party.
     let mut net = launch_configured(3, 3, &[&primary, LONG_TERM]).await;
     let p0 = arrangements(&net.testnet.nodes[0]).await;
@@ -46,6 +48,20 @@ async fn a_long_term_arrangement_from_policy_is_active_at_start() {
     let served = &p1["arrangements"][0]["served"];
     assert_eq!(served["requests"], 1, "{p1}");
     assert_eq!(served["bytes"], 4000, "{p1}");
+
+    // It goes on, and both ledgers hold the same statement of it so far.
+    let id = p1["arrangements"][0]["id"].clone();
+    let at_primary = wait_settled(&net.testnet.nodes[0], &id).await;
+    let at_peer = wait_settled(&net.testnet.nodes[1], &id).await;
+    assert_eq!(at_primary, at_peer);
+    assert_eq!(
+        (
+            &at_peer["kind"],
+            &at_peer["bytes"],
+            &at_peer["amount_micros"]
+        ),
+        (&"statement".into(), &4000.into(), &0.into())
+    );
 
     // A restart resumes the arrangement and its accounting.
     let bootstrap = net.testnet.bootstrap_addrs(1);

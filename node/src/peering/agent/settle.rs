@@ -94,13 +94,14 @@ impl Agent {
                 reason: RejectReason::NotForUs,
             };
         };
-        if arrangement.peer != self.own() || arrangement.basis != Basis::ShortTerm {
+        if arrangement.peer != self.own() {
             return Response::Reject {
                 reason: RejectReason::NotForUs,
             };
         }
         // The numbers are checked against our own nodes' signatures, so the sender matters
-        // only for ending it: once ended here (by notice), anyone may hand us the account.
+        // only for what the account does to the arrangement: it ends a short-term one (once
+        // ended here, by notice, anyone may hand us its account) and restates a long-term one.
         if arrangement.status != Status::Ended {
             match self.overlay.node_record(from).await {
                 Ok(Some(info)) if info.membership.provider() == arrangement.primary => {}
@@ -110,14 +111,17 @@ impl Agent {
                     };
                 }
             }
-            self.end_here(arrangement.id, EndReason::Settled).await;
+            if arrangement.basis == Basis::ShortTerm {
+                self.end_here(arrangement.id, EndReason::Settled).await;
+            }
         }
         let ours = self.own_account(&arrangement);
         if ours != theirs {
             warn!(arrangement = %arrangement.id, ?ours, ?theirs, "settlements differ; not written");
             return Response::Settled { settlement: ours };
         }
-        if self.ledger.settlement(&arrangement.id).is_none() {
+        let written = self.ledger.settlement(&arrangement.id);
+        if written.is_none_or(|e| e.statement && settlement_of(&e) != ours) {
             self.write_settlement(arrangement, ours, true).await;
         }
         Response::Settled { settlement: ours }
@@ -289,6 +293,7 @@ impl Agent {
             }
             self.hand_over(&arrangement, settlement).await;
         }
+        self.state_long_term(now).await;
         // Ended before the last stop, never settled: the receipts held are all there is.
         for arrangement in self.arrangements.ended_unsettled_as_primary(&self.ledger) {
             let ended_at = arrangement.ended_at_ms.unwrap_or(0);
@@ -320,6 +325,39 @@ fn with_own_counts(
         swap(account.bytes, handed.1, local.1),
         price_micros_per_gb,
     )
+}
+
+impl Agent {
+    /// As the primary's mediator node (where the peer's nodes send their receipts): writes a
+    /// statement of each long-term arrangement every [`Policy::statement_every`], when its
+    /// figures changed, and hands it to the peer like a settlement.
+    async fn state_long_term(&self, now: u64) {
+        let own = self.own();
+        if succession(&self.load.nodes_of(&own)).first() != Some(&self.overlay.local_peer_id()) {
+            return;
+        }
+        let every = self.policy.statement_every.as_millis() as u64;
+        for arrangement in self.arrangements.active_as_primary() {
+            if arrangement.basis != Basis::LongTerm {
+                continue;
+            }
+            let account = self
+                .ledger
+                .account(arrangement.id, arrangement.price_micros_per_gb);
+            let due = match self.ledger.settlement(&arrangement.id) {
+                Some(last) => {
+                    now.saturating_sub(last.written_at_ms) >= every
+                        && settlement_of(&last) != account
+                }
+                None => account.requests > 0 || account.bytes > 0,
+            };
+            if due {
+                self.write_settlement(arrangement.clone(), account, false)
+                    .await;
+                self.hand_over(&arrangement, account).await;
+            }
+        }
+    }
 }
 
 fn settlement_of(entry: &Entry) -> Settlement {
