@@ -5,7 +5,7 @@
 //! How much goes: once the node's demand (what arrives, see `load::meter`) is above its
 //! *relief target*, the middle of the policy's low and high watermarks, it sends the part of
 //! its requests that brings what it serves itself back to that target, never more than the
-//! arrangement's agreed share. Demand does not fall when requests go elsewhere, so the part
+//! arrangement's agreed share, nor more than its even part of the capacity the peer lends. Demand does not fall when requests go elsewhere, so the part
 //! stays steady while the surge lasts, and the node's utilisation settles under the high
 //! watermark instead of flapping around it.
 //!
@@ -116,6 +116,15 @@ impl Redirector {
             return None;
         }
         let arrangement = self.arrangements.primary_for(host)?;
+        // The peer lends this much in all (long-term arrangements set no limit); each of our
+        // nodes takes its even part of it.
+        if arrangement.req_per_s > 0 {
+            let ours = self.load.nodes_of(&self.arrangements.own()).len().max(1) as u32;
+            let sent = self.load.own().redirected_per_s + self.load.own().proxied_per_s;
+            if sent >= (arrangement.req_per_s / ours).max(1) {
+                return None;
+            }
+        }
         let part = part_to_send(demand, self.target_permille, arrangement.share_permille);
         let n = self.considered.fetch_add(1, Ordering::Relaxed);
         // Spread evenly: request n goes when the running part crosses a whole request.

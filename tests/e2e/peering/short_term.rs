@@ -9,11 +9,11 @@ use crate::support::{Net, launch_configured};
 
 /// p0 is the primary, made for 10 req/s and buying (watermarks 0.5 / 0.2, so its relief
 /// target is 0.35); p1 and p2 offer capacity in p0's region, p1 cheaper. `p1_extra` is added
-/// to p1's config.
-fn negotiating(p1_extra: &str) -> [String; 3] {
-    let offer = |price: &str| {
+/// to p1's config; p2 lends `p2_lends` req/s.
+fn negotiating(p1_extra: &str, p2_lends: u32) -> [String; 3] {
+    let offer = |price: &str, lends: u32| {
         format!(
-            "[offer]\nreq_per_s = 1000\nmbit_per_s = 1000\nregions = [\"r0\", \"r1\"]\nprice_per_gb = {price}\nmin_duration_s = 60\nmax_duration_s = 3600\n"
+            "[offer]\nreq_per_s = {lends}\nmbit_per_s = 1000\nregions = [\"r0\", \"r1\"]\nprice_per_gb = {price}\nmin_duration_s = 60\nmax_duration_s = 3600\n"
         )
     };
     let primary = format!(
@@ -21,8 +21,8 @@ fn negotiating(p1_extra: &str) -> [String; 3] {
     );
     [
         primary,
-        format!("{}{p1_extra}", offer("0.02")),
-        offer("0.03"),
+        format!("{}{p1_extra}", offer("0.02", 1000)),
+        offer("0.03", p2_lends),
     ]
 }
 
@@ -33,11 +33,11 @@ const RATE: u32 = 100;
 const WITHIN: Duration = Duration::from_secs(40);
 
 async fn launch() -> Net {
-    launch_with("").await
+    launch_with("", 1000).await
 }
 
-async fn launch_with(p1_extra: &str) -> Net {
-    let configs = negotiating(p1_extra);
+async fn launch_with(p1_extra: &str, p2_lends: u32) -> Net {
+    let configs = negotiating(p1_extra, p2_lends);
     let net = launch_configured(3, 3, &[&configs[0], &configs[1], &configs[2]]).await;
     wait_published(&net).await;
     net
@@ -155,7 +155,8 @@ async fn a_surge_arranges_with_the_cheapest_peer_relieves_the_primary_and_the_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
-    let net = launch_with("[peering]\nrefuse = [\"{provider:0}\"]\n").await;
+    // p2 lends less than p0 asks for: it counters, and p0 takes the counter.
+    let net = launch_with("[peering]\nrefuse = [\"{provider:0}\"]\n", 40).await;
     let _surge = Surge::start(net.http(0), RATE);
     let (at_peer, _) = until_peer_serves(&net, 2, Instant::now()).await;
     assert_eq!(
@@ -163,6 +164,7 @@ async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
         provider_id(&net, 0).await,
         "p1 refuses p0, so p2: {at_peer}"
     );
+    assert_eq!(at_peer["req_per_s"], 40, "the counter-proposal: {at_peer}");
     assert_eq!(
         arrangements(&net.testnet.nodes[1]).await["arrangements"],
         serde_json::json!([])
