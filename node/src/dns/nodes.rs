@@ -1,0 +1,263 @@
+//! The nodes the DNS server may answer with, kept off the query path.
+//!
+//! A background task ([`spawn_refresher`]) rebuilds a [`Snapshot`] every
+//! [`SNAPSHOT_EVERY`]: the nodes the load table lists for our provider and for the peers of our
+//! active arrangements, joined with each node's address and region from its NodeRecord. The
+//! records come from `overlay.node_record`, which may take a DHT lookup; the task keeps them
+//! in a bounded book, looks up at most [`MAX_LOOKUPS`] at a time, refreshes them every
+//! [`RECORD_REFRESH`] and forgets nodes unlisted for [`FORGET_AFTER`]. A query only reads the
+//! current snapshot (one `Arc` clone under a read lock) and never waits on the network.
+//!
+//! Each candidate carries the instant its load-table listing ends, so a node that stops
+//! reporting leaves answers on time even between two snapshots.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use reef_overlay::PeerId;
+use reef_proto::records::ProviderId;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tracing::debug;
+
+use super::select::Candidate;
+use crate::load::Load;
+use crate::peering::Arrangements;
+
+/// Load reports arrive once a second; four rebuilds a second show a new node or a new figure
+/// within a quarter second of its report, for a few microseconds of work each.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+/// NodeRecord lookups in flight: enough to learn a few dozen new nodes within a second or two
+/// without crowding the overlay's command queue.
+pub const MAX_LOOKUPS: usize = 8;
+/// A node's address changes only when it restarts elsewhere; a minute bounds how long we
+/// would keep answering the old one.
+pub const RECORD_REFRESH: Duration = Duration::from_secs(60);
+/// A node without a usable record (not published yet, or an address no client can reach) is
+/// asked for again after this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Nodes unlisted for this long are forgotten (a node back after a short outage is answered
+/// again at once).
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// Records kept: as many nodes as the load table holds.
+pub const MAX_BOOK: usize = crate::load::table::MAX_NODES;
+
+/// The nodes answers may name, per provider.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    by_provider: HashMap<ProviderId, Vec<Candidate>>,
+}
+
+impl Snapshot {
+    pub fn new(by_provider: HashMap<ProviderId, Vec<Candidate>>) -> Self {
+        Self { by_provider }
+    }
+
+    /// The candidates of `provider`, in no particular order.
+    pub fn of(&self, provider: &ProviderId) -> &[Candidate] {
+        self.by_provider.get(provider).map_or(&[], Vec::as_slice)
+    }
+
+    /// Candidates of every provider.
+    pub fn len(&self) -> usize {
+        self.by_provider.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The current snapshot, shared by the refresher (writer) and the query path (readers).
+#[derive(Debug, Default)]
+pub struct Nodes {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Nodes {
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
+    }
+}
+
+/// What the book knows of one node.
+#[derive(Debug, Clone)]
+enum Known {
+    Usable {
+        addr: IpAddr,
+        region: Arc<str>,
+        provider: ProviderId,
+        fetched: Instant,
+    },
+    Unusable {
+        retry_at: Instant,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Page {
+    known: Known,
+    last_listed: Instant,
+}
+
+/// A lookup's result: the node's address, region and provider, or nothing usable.
+type Found = Option<(IpAddr, Arc<str>, ProviderId)>;
+
+/// What the refresher reads.
+pub struct Sources {
+    pub load: Load,
+    pub overlay: reef_overlay::Client,
+    pub arrangements: Arc<Arrangements>,
+    /// Our provider.
+    pub own: ProviderId,
+    /// Our services: arrangements covering them bring their peers' nodes in.
+    pub services: Vec<String>,
+}
+
+/// Keeps `nodes` current until aborted.
+pub fn spawn_refresher(sources: Sources, nodes: Arc<Nodes>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut book: HashMap<PeerId, Page> = HashMap::new();
+        let mut lookups = FuturesUnordered::new();
+        let mut asked: HashSet<PeerId> = HashSet::new();
+        let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let providers = providers(&sources);
+                    let listed: Vec<_> = sources
+                        .load
+                        .listed()
+                        .into_iter()
+                        .filter(|l| providers.contains(&l.provider))
+                        .collect();
+                    let mut by_provider: HashMap<ProviderId, Vec<Candidate>> = HashMap::new();
+                    for l in &listed {
+                        let page = book.get_mut(&l.peer);
+                        let due = match &page {
+                            None => true,
+                            Some(p) => match &p.known {
+                                Known::Usable { fetched, .. } => {
+                                    now.duration_since(*fetched) >= RECORD_REFRESH
+                                }
+                                Known::Unusable { retry_at } => now >= *retry_at,
+                            },
+                        };
+                        if let Some(page) = page {
+                            page.last_listed = now;
+                            if let Known::Usable { addr, region, provider, .. } = &page.known
+                                && *provider == l.provider
+                            {
+                                by_provider.entry(l.provider).or_default().push(Candidate {
+                                    peer: l.peer,
+                                    addr: *addr,
+                                    region: region.clone(),
+                                    utilisation_permille: l.utilisation_permille,
+                                    until: l.until,
+                                });
+                            }
+                        }
+                        if due && lookups.len() < MAX_LOOKUPS && asked.insert(l.peer) {
+                            let overlay = sources.overlay.clone();
+                            let peer = l.peer;
+                            lookups.push(async move { (peer, look_up(&overlay, peer).await) });
+                        }
+                    }
+                    nodes.replace(Snapshot::new(by_provider));
+                    forget(&mut book, now);
+                }
+                Some((peer, found)) = lookups.next(), if !lookups.is_empty() => {
+                    asked.remove(&peer);
+                    let now = Instant::now();
+                    let known = match found {
+                        Some((addr, region, provider)) => Known::Usable {
+                            addr,
+                            region,
+                            provider,
+                            fetched: now,
+                        },
+                        None => match book.get(&peer).map(|p| &p.known) {
+                            // Keep a known address through a failed refresh.
+                            Some(Known::Usable { addr, region, provider, .. }) => Known::Usable {
+                                addr: *addr,
+                                region: region.clone(),
+                                provider: *provider,
+                                // Due again after RETRY_AFTER.
+                                fetched: now
+                                    .checked_sub(RECORD_REFRESH - RETRY_AFTER)
+                                    .unwrap_or(now),
+                            },
+                            _ => Known::Unusable { retry_at: now + RETRY_AFTER },
+                        },
+                    };
+                    if book.len() >= MAX_BOOK && !book.contains_key(&peer) {
+                        continue;
+                    }
+                    book.insert(peer, Page { known, last_listed: now });
+                }
+            }
+        }
+    })
+}
+
+/// Our provider and the peer of every active arrangement covering one of our services.
+fn providers(sources: &Sources) -> HashSet<ProviderId> {
+    let mut out: HashSet<ProviderId> = sources
+        .services
+        .iter()
+        .filter_map(|host| sources.arrangements.primary_for(host))
+        .map(|a| a.peer)
+        .collect();
+    out.insert(sources.own);
+    out
+}
+
+/// Drops pages of nodes unlisted for [`FORGET_AFTER`].
+fn forget(book: &mut HashMap<PeerId, Page>, now: Instant) {
+    book.retain(|_, page| now.duration_since(page.last_listed) < FORGET_AFTER);
+}
+
+/// The node's address (the IP of its HTTP edge), region and provider from its verified
+/// NodeRecord; `None` if it has none, or its HTTP address is a name or unspecified.
+async fn look_up(overlay: &reef_overlay::Client, peer: PeerId) -> Found {
+    let info = match overlay.node_record(peer).await {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            debug!(%peer, "no node record yet");
+            return None;
+        }
+        Err(error) => {
+            debug!(%peer, %error, "node record lookup failed");
+            return None;
+        }
+    };
+    let addr = info
+        .record
+        .http
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_canonical())
+        .filter(|ip| !ip.is_unspecified());
+    let Some(addr) = addr else {
+        debug!(%peer, http = %info.record.http, "node's HTTP address is not an address clients can use");
+        return None;
+    };
+    Some((
+        addr,
+        Arc::from(info.record.region.as_str()),
+        info.membership.provider(),
+    ))
+}
