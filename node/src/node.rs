@@ -69,6 +69,13 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         }
         (None, _) => None,
     };
+    // Likewise a `[dns]` that cannot make a zone, before any port is bound.
+    let own_services = config
+        .services
+        .iter()
+        .filter(|(_, s)| s.origin.is_some())
+        .map(|(host, _)| host.as_str());
+    dns::check(&config.dns, own_services).map_err(|e| StartError::Input(format!("[dns]: {e}")))?;
     let membership = membership(
         certifier.as_ref(),
         config.provider.as_deref(),

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::{JOIN_TIMEOUT, launch_dns};
+use crate::support::{JOIN_TIMEOUT, launch_dns, reef_bin};
 
 const SERVICE: &str = "video.example.cdn.example";
 
@@ -270,4 +270,53 @@ async fn an_arrangement_puts_the_peer_in_its_share_of_answers() {
     let p1 = net.testnet.nodes[1].runtime().dns.expect("node 1 runs DNS");
     let other = dig(p1, "video.example.cdn.p1.example", "A", &[]).await;
     assert_eq!(other.status, "NXDOMAIN");
+}
+
+#[test]
+fn bad_dns_settings_exit_with_code_2_and_say_why() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("reef.toml");
+    let run = |config_text: Option<&str>, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(reef_bin());
+        cmd.args(["run", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra);
+        if let Some(text) = config_text {
+            std::fs::write(&config, text).expect("write config");
+            cmd.arg("--config").arg(&config);
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: &[(Option<&str>, &[&str], &str)] = &[
+        (None, &["--dns", "127.0.0.1:0"], "zone"),
+        (None, &["--dns", "not-an-address"], "--dns"),
+        (Some("[dns]\nzone = \"bad name!\""), &[], "zone"),
+        (
+            Some("[dns]\nzone = \"cdn.example\"\nanswers = 0"),
+            &[],
+            "answers",
+        ),
+        (
+            Some("[dns]\nzone = \"cdn.example\""),
+            &["--dns", "0.0.0.0:0"],
+            "nameservers",
+        ),
+        (
+            Some("[[dns.regions]]\nsubnet = \"10.0.0.0\"\nregion = \"eu\""),
+            &[],
+            "subnet",
+        ),
+    ];
+    for (text, extra, says) in cases {
+        let (code, stderr) = run(*text, extra);
+        assert_eq!(code, Some(2), "{text:?} {extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{text:?} {extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -34,6 +34,9 @@ pub mod tcp;
 pub mod udp;
 pub mod zone;
 
+#[cfg(test)]
+mod transport_tests;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -115,6 +118,18 @@ impl Handle {
             zone: self.zone.clone(),
             counts: self.stats.counts(),
         }
+    }
+}
+
+/// Checks, before the node starts anything, that `settings` with our `services` make a zone
+/// (when a DNS server is asked for at all).
+pub fn check<'a>(
+    settings: &Settings,
+    services: impl IntoIterator<Item = &'a str>,
+) -> Result<(), zone::ZoneError> {
+    match settings.listen {
+        Some(listen) => zone::Zone::new(settings, services, listen, 0).map(drop),
+        None => Ok(()),
     }
 }
 

@@ -61,15 +61,6 @@ impl Snapshot {
     pub fn of(&self, provider: &ProviderId) -> &[Candidate] {
         self.by_provider.get(provider).map_or(&[], Vec::as_slice)
     }
-
-    /// Candidates of every provider.
-    pub fn len(&self) -> usize {
-        self.by_provider.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The current snapshot, shared by the refresher (writer) and the query path (readers).

@@ -35,14 +35,6 @@ impl RegionMap {
         Self { rules }
     }
 
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// The region of `addr` by the most specific rule that contains it. IPv4-mapped IPv6
     /// addresses (a dual-stack socket's view of an IPv4 client) count as IPv4.
     pub fn region_of(&self, addr: IpAddr) -> Option<Placed<'_>> {

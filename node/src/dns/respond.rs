@@ -125,10 +125,6 @@ impl Responder {
         self.stats.clone()
     }
 
-    pub fn zone(&self) -> &Zone {
-        &self.parts.zone
-    }
-
     /// The answer to `message` from `src`, encoded for `protocol`; `None` when it gets none.
     pub fn respond(&self, message: &[u8], src: SocketAddr, protocol: Protocol) -> Option<Vec<u8>> {
         Stats::bump(&self.stats.queries);
@@ -400,4 +396,4 @@ fn header_only(metadata: Metadata) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -32,8 +32,9 @@ pub const MAX_TTL_S: u32 = 86_400;
 /// Two addresses: a client whose first choice fails has a second, and the load spreads over
 /// more nodes than one per TTL.
 pub const DEFAULT_ANSWERS: usize = 2;
-/// 16 AAAA records with their question still fit the 512 bytes of a UDP answer without EDNS,
-/// so no answer is ever truncated for its size.
+/// 16 AAAA records (28 bytes each, names compressed) fit the 512 bytes of a UDP answer
+/// without EDNS for names up to about 50 bytes; a longer answer is truncated and the client
+/// asks again over TCP.
 pub const MAX_ANSWERS: usize = 16;
 /// A zone delegated to more nameservers than this gains nothing; resolvers try a few.
 pub const MAX_NAMESERVERS: usize = 8;

@@ -33,7 +33,7 @@ fn candidate(seed: u8, ip: &str, region: &str, util: u16) -> Candidate {
 /// A responder for `cdn.example` serving `video.example` of provider 1 with two nodes in
 /// "eu" and one in "us"; with `share`, provider 2 (one node) serves it under a long-term
 /// arrangement.
-fn responder(share: Option<u16>) -> Responder {
+pub(crate) fn responder(share: Option<u16>) -> Responder {
     let (own, peer) = (provider(1), provider(2));
     let settings = Settings {
         zone: Some(dns_name("zone", "cdn.example").unwrap()),
@@ -86,7 +86,7 @@ fn responder(share: Option<u16>) -> Responder {
     })
 }
 
-fn query(name: &str, qtype: RecordType) -> Message {
+pub(crate) fn query(name: &str, qtype: RecordType) -> Message {
     let mut m = Message::new(0x5eef, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
@@ -104,7 +104,7 @@ fn ask(r: &Responder, name: &str, qtype: RecordType) -> Message {
     ask_message(r, &query(name, qtype))
 }
 
-fn addrs(m: &Message) -> Vec<String> {
+pub(crate) fn addrs(m: &Message) -> Vec<String> {
     m.answers
         .iter()
         .filter_map(|r| match &r.data {
