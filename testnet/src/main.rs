@@ -183,8 +183,19 @@ struct UpArgs {
     /// Number of providers, assigned round-robin.
     #[arg(long, default_value_t = 1)]
     providers: usize,
+    /// Run every node's DNS server too: provider p<k> gets the zone `p<k>.cdn.test` and a
+    /// service `site-p<k>.example` (from the demo origin) to ask for in it.
+    #[arg(long)]
+    dns: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// The config of provider `k` for `up --dns`: one service and its zone.
+fn dns_provider_config(k: usize) -> String {
+    format!(
+        "[services.\"site-p{k}.example\"]\norigin = \"{{origin}}\"\n\n[dns]\nzone = \"p{k}.cdn.test\"\n"
+    )
 }
 
 #[derive(Args)]
@@ -257,7 +268,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Registered before anything starts, so a SIGTERM during launch is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (opts, demo) = match cli.command {
-        Cmd::Up(args) => (args.common.options(args.nodes, args.providers)?, false),
+        Cmd::Up(args) => {
+            let mut opts = args.common.options(args.nodes, args.providers)?;
+            if args.dns {
+                opts.dns = true;
+                opts.provider_configs = (0..args.providers).map(dns_provider_config).collect();
+            }
+            (opts, false)
+        }
         Cmd::Demo(args) => (args.common.options(5, 2)?, true),
         Cmd::Bench(args) => return run_bench(args, &mut sigterm).await,
         Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
@@ -542,6 +560,18 @@ fn print_nodes(testnet: &Testnet) {
         testnet.nodes[0].runtime().http,
         testnet.origin.url("/bytes/1048576")
     );
+    for (i, node) in testnet.nodes.iter().enumerate() {
+        let rt = node.runtime();
+        if let Some(dns) = rt.dns {
+            let k = rt.provider.trim_start_matches('p');
+            println!(
+                "dns:      {} at {dns}: dig @{} -p {} site-p{k}.example.p{k}.cdn.test A",
+                Testnet::node_name(i),
+                dns.ip(),
+                dns.port()
+            );
+        }
+    }
     println!();
 }
 
