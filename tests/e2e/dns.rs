@@ -19,6 +19,10 @@ origin = "{origin}"
 [dns]
 zone = "cdn.example"
 answers = 3
+
+[[dns.regions]]
+subnet = "127.0.0.0/8"
+region = "r0"
 "#;
 
 /// The issue's figure: a node that stops reporting load leaves the answers within this long.
@@ -152,6 +156,15 @@ async fn a_zone_answers_live_nodes_and_survives_garbage() {
     assert_eq!(
         (tcp.status.as_str(), tcp.addresses()),
         ("NOERROR", all.clone())
+    );
+    // A resolver's client subnet is placed by the region rules and echoed with the rule's
+    // prefix as its scope.
+    let ecs = dig(server, SERVICE, "A", &["+subnet=127.0.0.0/24"]).await;
+    assert_eq!(ecs.addresses(), all);
+    assert!(
+        ecs.text.contains("CLIENT-SUBNET: 127.0.0.0/24/8"),
+        "{}",
+        ecs.text
     );
 
     // The rest of the zone.
