@@ -58,6 +58,8 @@ pub struct Run {
     pub lost: u64,
     /// Sorted.
     pub latencies: Vec<Duration>,
+    /// CPU time node 0 (the answering node) used during the run, user and system.
+    pub node_cpu: Duration,
 }
 
 impl Run {
@@ -68,6 +70,16 @@ impl Run {
 
     pub fn per_second(&self) -> f64 {
         self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Cores the node kept busy.
+    fn node_cores(&self) -> f64 {
+        self.node_cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Answers per second of the node's CPU time: what one core would answer.
+    fn per_cpu_second(&self) -> f64 {
+        self.answered as f64 / self.node_cpu.as_secs_f64().max(1e-9)
     }
 }
 
@@ -86,8 +98,10 @@ impl DnsBenchReport {
         let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
         let row = |name: &str, r: &Run| {
             format!(
-                "| {name} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+                "| {name} | {:.0} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
                 r.per_second(),
+                r.node_cores(),
+                r.per_cpu_second(),
                 r.answered,
                 r.errors,
                 r.lost,
@@ -99,8 +113,8 @@ impl DnsBenchReport {
         format!(
             "{} nodes of one provider, queries for `{NAME}` (A) to node 0 over UDP on loopback; \
              loaded: {} sockets × {} queries in flight; {} distinct node addresses answered.\n\n\
-             | run | answers/s | answered | errors | lost | p50 | p99 | max |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|\n{}{}",
+             | run | answers/s | node cores busy | answers per node CPU-second | answered | errors | lost | p50 | p99 | max |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{}{}",
             self.nodes,
             self.sockets,
             self.window,
@@ -138,14 +152,19 @@ pub async fn run(opts: &DnsBenchOptions) -> Result<DnsBenchReport, Error> {
         .collect();
     wait_for_every_node(server, &want).await?;
 
-    let (unloaded, _) = load(server, 1, 1, Stop::Count(UNLOADED_QUERIES)).await?;
-    let (loaded, seen) = load(
+    let pid = testnet.nodes[0].pid();
+    let cpu = cpu_time(pid)?;
+    let (mut unloaded, _) = load(server, 1, 1, Stop::Count(UNLOADED_QUERIES)).await?;
+    let between = cpu_time(pid)?;
+    unloaded.node_cpu = between.saturating_sub(cpu);
+    let (mut loaded, seen) = load(
         server,
         opts.sockets,
         opts.window,
         Stop::After(opts.duration),
     )
     .await?;
+    loaded.node_cpu = cpu_time(pid)?.saturating_sub(between);
     let report = DnsBenchReport {
         nodes: opts.nodes,
         sockets: opts.sockets,
@@ -317,4 +336,27 @@ async fn send(socket: &UdpSocket, id: u16) -> Result<(), Error> {
         source,
     })?;
     Ok(())
+}
+
+/// User and system CPU time of process `pid` so far (`/proc/PID/stat`, fields 14 and 15).
+fn cpu_time(pid: u32) -> Result<Duration, Error> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        context: format!("reading {path}"),
+        source,
+    })?;
+    // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+    let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let field = |n: usize| -> u64 {
+        after
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100);
+    let total = field(14) + field(15);
+    Ok(Duration::from_micros(total * 1_000_000 / ticks))
 }
