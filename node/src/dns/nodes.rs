@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::debug;
 
 use super::select::Candidate;
-use crate::load::Load;
+use crate::load::{Listed, Load};
 use crate::peering::Arrangements;
 
 /// Load reports arrive once a second; four rebuilds a second show a new node or a new figure
@@ -105,6 +105,91 @@ struct Page {
 /// A lookup's result: the node's address, region and provider, or nothing usable.
 type Found = Option<(IpAddr, Arc<str>, ProviderId)>;
 
+/// The nodes' records as far as we know them, bounded by [`MAX_BOOK`].
+#[derive(Debug, Default)]
+struct Book {
+    pages: HashMap<PeerId, Page>,
+}
+
+impl Book {
+    /// Whether `peer`'s record should be looked up (again) at `now`.
+    fn due(&self, peer: &PeerId, now: Instant) -> bool {
+        match self.pages.get(peer).map(|p| &p.known) {
+            None => true,
+            Some(Known::Usable { fetched, .. }) => now.duration_since(*fetched) >= RECORD_REFRESH,
+            Some(Known::Unusable { retry_at }) => now >= *retry_at,
+        }
+    }
+
+    /// The candidate `listed` makes with what we know of its record, if that is usable and
+    /// names the same provider its load reports do; notes it as listed at `now`.
+    fn candidate(&mut self, listed: &Listed, now: Instant) -> Option<Candidate> {
+        let page = self.pages.get_mut(&listed.peer)?;
+        page.last_listed = now;
+        match &page.known {
+            Known::Usable {
+                addr,
+                region,
+                provider,
+                ..
+            } if *provider == listed.provider => Some(Candidate {
+                peer: listed.peer,
+                addr: *addr,
+                region: region.clone(),
+                utilisation_permille: listed.utilisation_permille,
+                until: listed.until,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Takes a lookup's result. A failed refresh keeps the address we had, due again after
+    /// [`RETRY_AFTER`]; a node never found is asked for again after that long.
+    fn learn(&mut self, peer: PeerId, found: Found, now: Instant) {
+        let known = match (found, self.pages.get(&peer).map(|p| &p.known)) {
+            (Some((addr, region, provider)), _) => Known::Usable {
+                addr,
+                region,
+                provider,
+                fetched: now,
+            },
+            (
+                None,
+                Some(Known::Usable {
+                    addr,
+                    region,
+                    provider,
+                    ..
+                }),
+            ) => Known::Usable {
+                addr: *addr,
+                region: region.clone(),
+                provider: *provider,
+                fetched: now.checked_sub(RECORD_REFRESH - RETRY_AFTER).unwrap_or(now),
+            },
+            (None, _) => Known::Unusable {
+                retry_at: now + RETRY_AFTER,
+            },
+        };
+        if self.pages.len() >= MAX_BOOK && !self.pages.contains_key(&peer) {
+            return;
+        }
+        self.pages.insert(
+            peer,
+            Page {
+                known,
+                last_listed: now,
+            },
+        );
+    }
+
+    /// Drops pages of nodes unlisted for [`FORGET_AFTER`].
+    fn forget(&mut self, now: Instant) {
+        self.pages
+            .retain(|_, page| now.duration_since(page.last_listed) < FORGET_AFTER);
+    }
+}
+
 /// What the refresher reads.
 pub struct Sources {
     pub load: Load,
@@ -119,8 +204,9 @@ pub struct Sources {
 /// Keeps `nodes` current until aborted.
 pub fn spawn_refresher(sources: Sources, nodes: Arc<Nodes>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut book: HashMap<PeerId, Page> = HashMap::new();
+        let mut book = Book::default();
         let mut lookups = FuturesUnordered::new();
+        // Peers whose lookup is in flight, so none is asked for twice at once.
         let mut asked: HashSet<PeerId> = HashSet::new();
         let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -129,75 +215,28 @@ pub fn spawn_refresher(sources: Sources, nodes: Arc<Nodes>) -> JoinHandle<()> {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     let providers = providers(&sources);
-                    let listed: Vec<_> = sources
-                        .load
-                        .listed()
-                        .into_iter()
-                        .filter(|l| providers.contains(&l.provider))
-                        .collect();
                     let mut by_provider: HashMap<ProviderId, Vec<Candidate>> = HashMap::new();
-                    for l in &listed {
-                        let page = book.get_mut(&l.peer);
-                        let due = match &page {
-                            None => true,
-                            Some(p) => match &p.known {
-                                Known::Usable { fetched, .. } => {
-                                    now.duration_since(*fetched) >= RECORD_REFRESH
-                                }
-                                Known::Unusable { retry_at } => now >= *retry_at,
-                            },
-                        };
-                        if let Some(page) = page {
-                            page.last_listed = now;
-                            if let Known::Usable { addr, region, provider, .. } = &page.known
-                                && *provider == l.provider
-                            {
-                                by_provider.entry(l.provider).or_default().push(Candidate {
-                                    peer: l.peer,
-                                    addr: *addr,
-                                    region: region.clone(),
-                                    utilisation_permille: l.utilisation_permille,
-                                    until: l.until,
-                                });
-                            }
+                    for listed in sources.load.listed() {
+                        if !providers.contains(&listed.provider) {
+                            continue;
                         }
-                        if due && lookups.len() < MAX_LOOKUPS && asked.insert(l.peer) {
-                            let overlay = sources.overlay.clone();
-                            let peer = l.peer;
+                        if book.due(&listed.peer, now)
+                            && lookups.len() < MAX_LOOKUPS
+                            && asked.insert(listed.peer)
+                        {
+                            let (overlay, peer) = (sources.overlay.clone(), listed.peer);
                             lookups.push(async move { (peer, look_up(&overlay, peer).await) });
+                        }
+                        if let Some(candidate) = book.candidate(&listed, now) {
+                            by_provider.entry(listed.provider).or_default().push(candidate);
                         }
                     }
                     nodes.replace(Snapshot::new(by_provider));
-                    forget(&mut book, now);
+                    book.forget(now);
                 }
                 Some((peer, found)) = lookups.next(), if !lookups.is_empty() => {
                     asked.remove(&peer);
-                    let now = Instant::now();
-                    let known = match found {
-                        Some((addr, region, provider)) => Known::Usable {
-                            addr,
-                            region,
-                            provider,
-                            fetched: now,
-                        },
-                        None => match book.get(&peer).map(|p| &p.known) {
-                            // Keep a known address through a failed refresh.
-                            Some(Known::Usable { addr, region, provider, .. }) => Known::Usable {
-                                addr: *addr,
-                                region: region.clone(),
-                                provider: *provider,
-                                // Due again after RETRY_AFTER.
-                                fetched: now
-                                    .checked_sub(RECORD_REFRESH - RETRY_AFTER)
-                                    .unwrap_or(now),
-                            },
-                            _ => Known::Unusable { retry_at: now + RETRY_AFTER },
-                        },
-                    };
-                    if book.len() >= MAX_BOOK && !book.contains_key(&peer) {
-                        continue;
-                    }
-                    book.insert(peer, Page { known, last_listed: now });
+                    book.learn(peer, found, Instant::now());
                 }
             }
         }
@@ -214,11 +253,6 @@ fn providers(sources: &Sources) -> HashSet<ProviderId> {
         .collect();
     out.insert(sources.own);
     out
-}
-
-/// Drops pages of nodes unlisted for [`FORGET_AFTER`].
-fn forget(book: &mut HashMap<PeerId, Page>, now: Instant) {
-    book.retain(|_, page| now.duration_since(page.last_listed) < FORGET_AFTER);
 }
 
 /// The node's address (the IP of its HTTP edge), region and provider from its verified
@@ -251,4 +285,68 @@ async fn look_up(overlay: &reef_overlay::Client, peer: PeerId) -> Found {
         Arc::from(info.record.region.as_str()),
         info.membership.provider(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(seed: u8) -> PeerId {
+        let key = reef_proto::records::SigningKey::from_bytes(&[seed; 32]);
+        PeerId::from_bytes(&reef_proto::records::peer_id_bytes(
+            &key.verifying_key().to_bytes(),
+        ))
+        .unwrap()
+    }
+
+    fn provider(seed: u8) -> ProviderId {
+        reef_proto::records::ProviderKey::from_bytes(&[seed; 32]).id()
+    }
+
+    fn listed(p: PeerId, of: ProviderId, now: Instant) -> Listed {
+        Listed {
+            peer: p,
+            provider: of,
+            utilisation_permille: 250,
+            until: now + Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn the_book_keeps_addresses_through_failed_refreshes_and_forgets_old_nodes() {
+        let now = Instant::now();
+        let (a, acme) = (peer(1), provider(9));
+        let mut book = Book::default();
+        assert!(book.due(&a, now));
+        assert!(book.candidate(&listed(a, acme, now), now).is_none());
+
+        // Not found: asked again only after RETRY_AFTER.
+        book.learn(a, None, now);
+        assert!(!book.due(&a, now + RETRY_AFTER / 2));
+        assert!(book.due(&a, now + RETRY_AFTER));
+
+        // Found: a candidate with the listing's load and deadline, refreshed each minute.
+        let addr: IpAddr = "127.0.0.10".parse().unwrap();
+        book.learn(a, Some((addr, Arc::from("eu"), acme)), now);
+        let c = book.candidate(&listed(a, acme, now), now).unwrap();
+        assert_eq!(
+            (c.addr, &*c.region, c.utilisation_permille),
+            (addr, "eu", 250)
+        );
+        assert!(!book.due(&a, now + RECORD_REFRESH / 2));
+        assert!(book.due(&a, now + RECORD_REFRESH));
+        // A record that names another provider than its load reports: left out.
+        assert!(book.candidate(&listed(a, provider(8), now), now).is_none());
+
+        // A failed refresh keeps the address, due again after RETRY_AFTER.
+        let later = now + RECORD_REFRESH;
+        book.learn(a, None, later);
+        assert!(book.candidate(&listed(a, acme, later), later).is_some());
+        assert!(!book.due(&a, later));
+        assert!(book.due(&a, later + RETRY_AFTER));
+
+        // Unlisted for FORGET_AFTER: gone.
+        book.forget(later + FORGET_AFTER);
+        assert!(book.pages.is_empty());
+    }
 }
