@@ -9,5 +9,14 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The DNS end-to-end tests ask the nodes with dig (Debian's dnsutils); CI runs as root on a
+# clean machine.
+if ! command -v dig >/dev/null 2>&1; then
+    echo "installing dnsutils for dig (once)…"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq dnsutils >/dev/null
+fi
+
 # One profile for everything (dev, see Cargo.toml) so nothing is built twice.
 exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -43,6 +43,8 @@ pub struct AdminState {
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The DNS server, when the node runs one.
+    pub dns: Option<crate::dns::Handle>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +76,8 @@ struct StatusBody {
     records_rejected: BTreeMap<String, u64>,
     /// Load gossip: our own figures, the table's size, and what was received and rejected.
     load: crate::load::LoadStats,
+    /// The DNS server's address, zone and counters by answer type; `null` without `--dns`.
+    dns: Option<crate::dns::Status>,
     gossip: GossipBody,
 }
 
@@ -170,6 +174,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         gossip_dropped: overlay.gossip_dropped,
         records_rejected: overlay.records_rejected,
         load: state.load.stats(),
+        dns: state.dns.as_ref().map(crate::dns::Handle::status),
         gossip,
     })
     .into_response()

@@ -70,6 +70,8 @@ pub struct FileConfig {
     pub offer: Option<crate::offers::OfferConfig>,
     /// The provider's peering policy.
     pub peering: Option<crate::peering::PolicyFile>,
+    /// The DNS redirector: `listen` (`--dns`), the zone and how it answers.
+    pub dns: Option<crate::dns::DnsFile>,
 }
 
 /// One `[services."HOST"]` table.
@@ -121,6 +123,7 @@ pub struct Config {
     pub services: BTreeMap<String, Service>,
     pub offer: Option<crate::offers::OfferConfig>,
     pub peering: crate::peering::Policy,
+    pub dns: crate::dns::Settings,
 }
 
 /// Settings of one service (tenant).
@@ -154,6 +157,7 @@ impl Config {
             services: BTreeMap::new(),
             offer: None,
             peering: crate::peering::Policy::default(),
+            dns: crate::dns::Settings::default(),
         }
     }
 
@@ -192,6 +196,12 @@ impl Config {
         if let Some(policy) = file.peering {
             self.peering = policy.check().map_err(|reason| ConfigError::Invalid {
                 field: "[peering]",
+                reason,
+            })?;
+        }
+        if let Some(dns) = file.dns {
+            self.dns.apply(dns).map_err(|reason| ConfigError::Invalid {
+                field: "[dns]",
                 reason,
             })?;
         }

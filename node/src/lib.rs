@@ -1,7 +1,7 @@
 //! The Reef node: configuration and CLI, the HTTP edge (forward proxy and customers'
 //! services), the fetch pipeline (local cache → nearest peer that holds the object → origin),
 //! purge and load reports over gossip, peering (policy, mediator, agent, arrangements,
-//! redirection) and the admin API.
+//! redirection), the DNS redirector and the admin API.
 //!
 //! It talks to the overlay only through `reef_overlay::Client` and must not reach into the
 //! libp2p Swarm; it stores objects only through `reef_cache::Store`.
@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod dns;
 pub mod edge;
 pub mod fetch;
 pub mod fetch_cmd;

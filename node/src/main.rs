@@ -144,6 +144,10 @@ struct RunArgs {
     /// object that would exceed it is served but not stored.
     #[arg(long, value_name = "HOST=SIZE")]
     quota: Vec<String>,
+    /// Address of the DNS server (UDP and TCP) for the provider's CDN zone, which the
+    /// config's `[dns]` table names; without it no DNS server runs.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<SocketAddr>,
     /// Requests per second this node can serve, published in its record; its reported
     /// utilisation is measured against it [default: 1000].
     #[arg(long, value_name = "N")]
@@ -239,6 +243,11 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         // Offers and peering are policy: they come from the config file only.
         offer: None,
         peering: None,
+        // `--dns ADDR` is `[dns] listen`; the zone itself comes from the file.
+        dns: args.dns.map(|listen| reef_node::dns::DnsFile {
+            listen: Some(listen),
+            ..Default::default()
+        }),
     };
     let config = Config::defaults()
         .with_file(file)

@@ -23,7 +23,7 @@ use crate::peering::{self, Arrangements, Redirector};
 use crate::provider::{self, ProviderIdentity, ProviderStatus};
 use crate::purge::{self, Purger};
 use crate::services::{self, Services};
-use crate::{identity, runtime_file};
+use crate::{dns, identity, runtime_file};
 
 /// How long after start we keep waiting to join before re-announcing cached objects anyway.
 const JOIN_WAIT_FOR_REANNOUNCE: Duration = Duration::from_secs(60);
@@ -69,6 +69,13 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         }
         (None, _) => None,
     };
+    // Likewise a `[dns]` that cannot make a zone, before any port is bound.
+    let own_services = config
+        .services
+        .iter()
+        .filter(|(_, s)| s.origin.is_some())
+        .map(|(host, _)| host.as_str());
+    dns::check(&config.dns, own_services).map_err(|e| StartError::Input(format!("[dns]: {e}")))?;
     let membership = membership(
         certifier.as_ref(),
         config.provider.as_deref(),
@@ -294,6 +301,29 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         },
     ));
 
+    let dns = match config.dns.listen {
+        Some(listen) => Some(
+            dns::start(dns::Parts {
+                settings: config.dns.clone(),
+                listen,
+                own: membership.id,
+                services: services.own().map(|s| s.hostname.clone()).collect(),
+                region: config.region.clone(),
+                high_watermark_permille: config.peering.high_watermark_permille,
+                load: load.clone(),
+                overlay: overlay.clone(),
+                arrangements: arrangements.clone(),
+            })
+            .await
+            .map_err(|e| match e {
+                dns::Error::Zone(_) => StartError::Input(e.to_string()),
+                dns::Error::Bind { .. } => StartError::Runtime(e.to_string()),
+            })?,
+        ),
+        None => None,
+    };
+    let dns_handle = dns.as_ref().map(dns::Dns::handle);
+
     let status = overlay
         .status()
         .await
@@ -308,6 +338,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         http: http_addr,
         admin: admin_addr,
         listen_addrs: status.listen_addrs.clone(),
+        dns: dns_handle.as_ref().map(dns::Handle::addr),
     };
     runtime_file::write(&config.data_dir, &runtime)
         .map_err(|e| StartError::Runtime(format!("cannot write runtime.json: {e}")))?;
@@ -315,7 +346,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         target: "reef::ready",
         peer_id = %peer_id, %provider, provider_id = %membership.id,
         certified = membership.certified, region = %config.region, http = %http_addr,
-        admin = %admin_addr, listen = ?status.listen_addrs, "node ready"
+        admin = %admin_addr, listen = ?status.listen_addrs,
+        dns = ?dns_handle.as_ref().map(dns::Handle::addr), "node ready"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -337,6 +369,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         region: config.region.clone(),
         http: http_addr,
         admin: admin_addr,
+        dns: dns_handle,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
     let reannounce = {
@@ -358,6 +391,9 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         task.abort();
     }
     saver.abort();
+    if let Some(dns) = dns {
+        dns.stop();
+    }
     for task in peering_tasks {
         task.abort();
     }

@@ -25,4 +25,7 @@ pub struct Runtime {
     pub admin: SocketAddr,
     /// Full multiaddrs including `/p2p/<peer id>`.
     pub listen_addrs: Vec<String>,
+    /// The DNS server's address (UDP and TCP), when the node runs one (`--dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SocketAddr>,
 }

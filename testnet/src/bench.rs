@@ -443,6 +443,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, Error> {
             extra_args: Vec::new(),
             env: Vec::new(),
             provider_configs: Vec::new(),
+            dns: false,
         }),
     )
     .await?;

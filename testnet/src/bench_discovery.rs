@@ -83,6 +83,7 @@ pub async fn run(opts: &DiscoveryBenchOptions) -> Result<DiscoveryBenchReport, E
         extra_args: vec!["--config".into(), config.display().to_string()],
         env: Vec::new(),
         provider_configs: Vec::new(),
+        dns: false,
     })
     .await?;
     let admins: Vec<_> = testnet.nodes.iter().map(|n| n.runtime().admin).collect();

@@ -186,6 +186,7 @@ pub async fn run(opts: &LoadBenchOptions) -> Result<LoadBenchReport, Error> {
             extra_args: Vec::new(),
             env: Vec::new(),
             provider_configs: Vec::new(),
+            dns: false,
         })
         .await?;
         let launch = t0.elapsed();

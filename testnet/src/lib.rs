@@ -16,7 +16,10 @@
 //!   offload, idle memory) behind `reef-testnet bench`;
 //! - [`bench_load`], load gossip convergence and traffic at several testnet sizes, behind
 //!   `reef-testnet bench-load`;
-//! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`).
+//! - [`bench_dns`], DNS answers per second and answer latency of one node, behind
+//!   `reef-testnet bench-dns`, with [`dns_client`], the few bytes of DNS it needs;
+//! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`, `bench-discovery`,
+//!   `bench-dns`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
 //! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
@@ -30,8 +33,10 @@
 
 pub mod bench;
 pub mod bench_discovery;
+pub mod bench_dns;
 pub mod bench_load;
 pub mod client;
+pub mod dns_client;
 mod error;
 mod node;
 pub mod origin;

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
-    Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_load,
+    Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_dns, bench_load,
     locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -60,6 +60,31 @@ enum Cmd {
     /// Measure capacity discovery (`/api/offers?region=`) on a testnet where every node is
     /// its provider's agent; print a markdown table.
     BenchDiscovery(BenchDiscoveryArgs),
+    /// Measure DNS answers per second and answer latency of one node's DNS server (UDP, on
+    /// loopback); print a markdown table.
+    BenchDns(BenchDnsArgs),
+}
+
+#[derive(Args)]
+struct BenchDnsArgs {
+    /// Nodes of the provider whose zone is asked (their addresses rotate in answers).
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    nodes: usize,
+    /// Client sockets sending queries.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    sockets: usize,
+    /// Queries in flight per socket.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    window: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    seconds: usize,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -158,8 +183,19 @@ struct UpArgs {
     /// Number of providers, assigned round-robin.
     #[arg(long, default_value_t = 1)]
     providers: usize,
+    /// Run every node's DNS server too: provider p<k> gets the zone `p<k>.cdn.test` and a
+    /// service `site-p<k>.example` (from the demo origin) to ask for in it.
+    #[arg(long)]
+    dns: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// The config of provider `k` for `up --dns`: one service and its zone.
+fn dns_provider_config(k: usize) -> String {
+    format!(
+        "[services.\"site-p{k}.example\"]\norigin = \"{{origin}}\"\n\n[dns]\nzone = \"p{k}.cdn.test\"\n"
+    )
 }
 
 #[derive(Args)]
@@ -196,6 +232,7 @@ impl CommonArgs {
             extra_args: self.node_args,
             env: Vec::new(),
             provider_configs: Vec::new(),
+            dns: false,
         })
     }
 }
@@ -231,11 +268,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Registered before anything starts, so a SIGTERM during launch is not lost.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (opts, demo) = match cli.command {
-        Cmd::Up(args) => (args.common.options(args.nodes, args.providers)?, false),
+        Cmd::Up(args) => {
+            let mut opts = args.common.options(args.nodes, args.providers)?;
+            if args.dns {
+                opts.dns = true;
+                opts.provider_configs = (0..args.providers).map(dns_provider_config).collect();
+            }
+            (opts, false)
+        }
         Cmd::Demo(args) => (args.common.options(5, 2)?, true),
         Cmd::Bench(args) => return run_bench(args, &mut sigterm).await,
         Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
         Cmd::BenchDiscovery(args) => return run_bench_discovery(args, &mut sigterm).await,
+        Cmd::BenchDns(args) => return run_bench_dns(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -413,6 +458,30 @@ async fn run_bench_discovery(
     .await
 }
 
+async fn run_bench_dns(
+    args: BenchDnsArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("reef-bench-dns-{}", std::process::id()));
+    let opts = bench_dns::DnsBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        nodes: args.nodes,
+        sockets: args.sockets,
+        window: args.window,
+        duration: Duration::from_secs(args.seconds as u64),
+        dir: dir.clone(),
+    };
+    let report = bench_dns::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        true,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
 /// Waits for a benchmark (stopping, which kills its nodes, on Ctrl-C or SIGTERM), prints its
 /// markdown report and writes it to `out` if asked, and removes a temporary `dir`.
 async fn finish_bench(
@@ -491,6 +560,18 @@ fn print_nodes(testnet: &Testnet) {
         testnet.nodes[0].runtime().http,
         testnet.origin.url("/bytes/1048576")
     );
+    for (i, node) in testnet.nodes.iter().enumerate() {
+        let rt = node.runtime();
+        if let Some(dns) = rt.dns {
+            let k = rt.provider.trim_start_matches('p');
+            println!(
+                "dns:      {} at {dns}: dig @{} -p {} site-p{k}.example.p{k}.cdn.test A",
+                Testnet::node_name(i),
+                dns.ip(),
+                dns.port()
+            );
+        }
+    }
     println!();
 }
 

@@ -49,6 +49,10 @@ pub struct Options {
     /// of provider `p<K>`, so policies can name partners. Written to
     /// `DIR/providers/p<k>.toml` and given as `--config`; providers past the end get none.
     pub provider_configs: Vec<String>,
+    /// Start every node's DNS server on its own loopback address, at a port the kernel picks
+    /// (`--dns 127.0.0.x:0`); the node reports the bound address in `runtime.json` and the
+    /// manifest lists it. Each node needs a `[dns] zone` in its provider's config.
+    pub dns: bool,
 }
 
 /// A running testnet. Dropping it kills every node (SIGKILL) and the origin;
@@ -81,7 +85,7 @@ pub struct ManifestNode {
     pub region: String,
     pub http: SocketAddr,
     pub admin: SocketAddr,
-    /// The node's DNS server, when the testnet starts one (not yet: always `null`).
+    /// The node's DNS server (UDP and TCP), when the testnet starts one ([`Options::dns`]).
     pub dns: Option<SocketAddr>,
     /// Listen multiaddrs with `/p2p/` suffix.
     pub p2p: Vec<String>,
@@ -325,7 +329,7 @@ impl Testnet {
                         region: rt.region.clone(),
                         http: rt.http,
                         admin: rt.admin,
-                        dns: None,
+                        dns: rt.dns,
                         p2p: rt.listen_addrs.clone(),
                         data_dir: node.spec().dir.clone(),
                         log: node.log_path(),
@@ -364,15 +368,20 @@ impl Testnet {
 
 fn spec_for(opts: &Options, i: usize) -> Result<NodeSpec, Error> {
     let (provider, region) = provider_region(i, opts.providers);
+    let ip = node_ip(i)?;
+    let mut extra_args = opts.extra_args.clone();
+    if opts.dns {
+        extra_args.extend(["--dns".to_string(), format!("{ip}:0")]);
+    }
     Ok(NodeSpec {
         bin: opts.bin.clone(),
         dir: opts.dir.join(Testnet::node_name(i)),
-        ip: node_ip(i)?,
+        ip,
         provider,
         provider_key: Some(provider_key_path(&opts.dir, i % opts.providers)),
         region,
         bootstrap: Vec::new(),
-        extra_args: opts.extra_args.clone(),
+        extra_args,
         env: opts.env.clone(),
     })
 }

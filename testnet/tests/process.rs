@@ -301,6 +301,7 @@ async fn launch_assigns_ips_providers_and_bootstrap_and_shuts_down() {
         extra_args: vec!["--extra".into()],
         env: vec![],
         provider_configs: vec![],
+        dns: false,
     })
     .await
     .unwrap();
@@ -395,6 +396,7 @@ async fn launch_rejects_bad_options() {
             },
             env: vec![],
             provider_configs: vec![],
+            dns: false,
         })
         .await
         .unwrap_err();
@@ -418,6 +420,7 @@ async fn launch_failure_kills_what_started() {
         extra_args: vec![],
         env: vec![],
         provider_configs: vec![],
+        dns: false,
     })
     .await
     .unwrap_err();

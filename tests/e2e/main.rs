@@ -5,6 +5,7 @@
 
 mod cli;
 mod crash;
+mod dns;
 mod errors;
 mod fetch;
 mod freshness;

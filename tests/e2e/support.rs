@@ -30,18 +30,24 @@ pub async fn launch(nodes: usize, extra_args: &[&str]) -> Net {
 }
 
 pub async fn launch_with_env(nodes: usize, extra_args: &[&str], env: &[(&str, &str)]) -> Net {
-    launch_options(nodes, 1, extra_args, env, &[]).await
+    launch_options(nodes, 1, extra_args, env, &[], false).await
 }
 
 /// Nodes of `providers` providers (round-robin), each certified with its provider's key.
 pub async fn launch_providers(nodes: usize, providers: usize, extra_args: &[&str]) -> Net {
-    launch_options(nodes, providers, extra_args, &[], &[]).await
+    launch_options(nodes, providers, extra_args, &[], &[], false).await
 }
 
 /// Like [`launch_providers`], with a config file per provider (`{origin}` is replaced by the
 /// demo origin's base URL; see `reef_testnet::Options::provider_configs`).
 pub async fn launch_configured(nodes: usize, providers: usize, configs: &[&str]) -> Net {
-    launch_options(nodes, providers, &[], &[], configs).await
+    launch_options(nodes, providers, &[], &[], configs, false).await
+}
+
+/// Like [`launch_configured`], with every node's DNS server on (`--dns 127.0.0.x:0`); each
+/// provider's config needs a `[dns] zone`.
+pub async fn launch_dns(nodes: usize, providers: usize, configs: &[&str]) -> Net {
+    launch_options(nodes, providers, &[], &[], configs, true).await
 }
 
 async fn launch_options(
@@ -50,6 +56,7 @@ async fn launch_options(
     extra_args: &[&str],
     env: &[(&str, &str)],
     configs: &[&str],
+    dns: bool,
 ) -> Net {
     let dir = tempfile::Builder::new()
         .prefix("reef-e2e-")
@@ -66,6 +73,7 @@ async fn launch_options(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         provider_configs: configs.iter().map(|c| c.to_string()).collect(),
+        dns,
     })
     .await
     .expect("testnet launches");

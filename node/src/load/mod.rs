@@ -83,6 +83,17 @@ pub struct Listed {
     pub req_per_s: u32,
 }
 
+/// One node listed in the load table (see [`Load::listed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub peer: PeerId,
+    /// The provider its load counts toward (verified when its report arrived).
+    pub provider: reef_proto::records::ProviderId,
+    pub utilisation_permille: u16,
+    /// It is no longer listed from this instant on, unless a newer report arrives.
+    pub until: Instant,
+}
+
 /// Load gossip counters for `/api/status` (`load`).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadStats {
@@ -278,6 +289,24 @@ impl Load {
             .collect();
         nodes.sort_by_key(|n| (n.utilisation_permille, n.peer));
         nodes
+    }
+
+    /// Every listed node with its provider, utilisation and the instant it stops being
+    /// listed unless it reports again, so a reader holding this list for a while can still
+    /// drop a node on time (the DNS redirector's snapshot does).
+    pub fn listed(&self) -> Vec<Listed> {
+        let state = self.state();
+        let ttl = state.table.ttl();
+        state
+            .table
+            .live(Instant::now())
+            .map(|(peer, e)| Listed {
+                peer: *peer,
+                provider: e.membership.provider(),
+                utilisation_permille: e.report.record().utilisation_permille,
+                until: e.issued + ttl,
+            })
+            .collect()
     }
 
     /// The table as `GET /api/load` shows it.

@@ -146,6 +146,11 @@ impl Table {
             .retain(|_, e| now.mono < e.listed_until(ttl) || now.unix_ms < e.report.expires_at());
     }
 
+    /// How long after its report was issued a node stays listed.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Entries held, listed or not.
     pub fn len(&self) -> usize {
         self.entries.len()
