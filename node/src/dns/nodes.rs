@@ -308,6 +308,8 @@ mod tests {
             peer: p,
             provider: of,
             utilisation_permille: 250,
+            demand_permille: 250,
+            req_per_s: 10,
             until: now + Duration::from_secs(5),
         }
     }

@@ -73,23 +73,18 @@ pub struct OwnLoad {
     pub proxied_per_s: u32,
 }
 
-/// A listed node's latest figures, as its last report gives them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listed {
-    pub peer: PeerId,
-    pub utilisation_permille: u16,
-    pub demand_permille: u16,
-    /// Requests arriving per second.
-    pub req_per_s: u32,
-}
-
-/// One node listed in the load table (see [`Load::listed`]).
+/// One node listed in the load table, with its latest figures as its last report gives them
+/// (see [`Load::listed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listed {
     pub peer: PeerId,
     /// The provider its load counts toward (verified when its report arrived).
     pub provider: reef_proto::records::ProviderId,
     pub utilisation_permille: u16,
+    /// Never below utilisation, whatever the node reports.
+    pub demand_permille: u16,
+    /// Requests arriving per second.
+    pub req_per_s: u32,
     /// It is no longer listed from this instant on, unless a newer report arrives.
     pub until: Instant,
 }
@@ -271,40 +266,32 @@ impl Load {
 
     /// The listed nodes of `provider`, least utilised first.
     pub fn nodes_of(&self, provider: &reef_proto::records::ProviderId) -> Vec<Listed> {
-        let state = self.state();
-        let mut nodes: Vec<Listed> = state
-            .table
-            .live(Instant::now())
-            .filter(|(_, e)| e.membership.provider() == *provider)
-            .map(|(peer, e)| {
-                let report = e.report.record();
-                Listed {
-                    peer: *peer,
-                    utilisation_permille: report.utilisation_permille,
-                    // Never below utilisation, whatever a node reports.
-                    demand_permille: report.demand_permille.max(report.utilisation_permille),
-                    req_per_s: report.req_per_s,
-                }
-            })
+        let mut nodes: Vec<Listed> = self
+            .listed()
+            .into_iter()
+            .filter(|n| n.provider == *provider)
             .collect();
         nodes.sort_by_key(|n| (n.utilisation_permille, n.peer));
         nodes
     }
 
-    /// Every listed node with its provider, utilisation and the instant it stops being
-    /// listed unless it reports again, so a reader holding this list for a while can still
-    /// drop a node on time (the DNS redirector's snapshot does).
+    /// Every node listed now.
     pub fn listed(&self) -> Vec<Listed> {
         let state = self.state();
         let ttl = state.table.ttl();
         state
             .table
             .live(Instant::now())
-            .map(|(peer, e)| Listed {
-                peer: *peer,
-                provider: e.membership.provider(),
-                utilisation_permille: e.report.record().utilisation_permille,
-                until: e.issued + ttl,
+            .map(|(peer, e)| {
+                let report = e.report.record();
+                Listed {
+                    peer: *peer,
+                    provider: e.membership.provider(),
+                    utilisation_permille: report.utilisation_permille,
+                    demand_permille: report.demand_permille.max(report.utilisation_permille),
+                    req_per_s: report.req_per_s,
+                    until: e.issued + ttl,
+                }
             })
             .collect()
     }

@@ -233,9 +233,11 @@ mod tests {
     fn listed(req_per_s: u32, demand_permille: u16) -> Listed {
         Listed {
             peer: PeerId::random(),
+            provider: reef_proto::records::ProviderKey::from_bytes(&[1; 32]).id(),
             utilisation_permille: demand_permille.min(1000),
             demand_permille,
             req_per_s,
+            until: Instant::now(),
         }
     }
 
