@@ -81,6 +81,9 @@ pub struct PeeringStats {
     /// Requests from peers dropped unseen: no inbox taken, inbox full, or too many awaiting
     /// their response.
     pub requests_dropped: u64,
+    /// Message bytes (requests and responses, without the 4-byte frame) sent and received.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// `Err(TooLarge)` unless `len` fits in one frame.

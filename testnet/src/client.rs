@@ -86,28 +86,57 @@ pub async fn fetch(
     let work = async {
         let start = Instant::now();
         let resp = send(via, method, url).await?;
-        let (parts, mut body) = resp.into_parts();
-        let mut buf = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Error::http(url, format!("reading the body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > MAX_BUFFERED_BODY {
-                    return Err(Error::http(
-                        url,
-                        format!("body larger than {MAX_BUFFERED_BODY} bytes; use fetch_digest"),
-                    ));
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok(Fetched {
-            status: parts.status,
-            headers: parts.headers,
-            body: buf.freeze(),
-            elapsed: start.elapsed(),
-        })
+        read_into_memory(url, resp, start).await
     };
     with_timeout(url, timeout, work).await
+}
+
+/// GET `path` of service `host` from the node at `node`, in origin form with `Host: host`
+/// (how a client that resolved the service's name to that node asks), body in memory.
+pub async fn fetch_service(
+    node: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Fetched, Error> {
+    let what = format!("http://{host}{path} at {node}");
+    let work = async {
+        let start = Instant::now();
+        let target = path
+            .parse::<Uri>()
+            .map_err(|e| Error::http(&what, format!("bad path: {e}")))?;
+        let host = HeaderValue::from_str(host).map_err(|e| Error::http(&what, e))?;
+        let resp = exchange(&what, &node.to_string(), Method::GET, target, host).await?;
+        read_into_memory(&what, resp, start).await
+    };
+    with_timeout(&what, timeout, work).await
+}
+
+async fn read_into_memory(
+    url: &str,
+    resp: Response<Incoming>,
+    start: Instant,
+) -> Result<Fetched, Error> {
+    let (parts, mut body) = resp.into_parts();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::http(url, format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BUFFERED_BODY {
+                return Err(Error::http(
+                    url,
+                    format!("body larger than {MAX_BUFFERED_BODY} bytes; use fetch_digest"),
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Fetched {
+        status: parts.status,
+        headers: parts.headers,
+        body: buf.freeze(),
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Like [`fetch`] with GET, but hashes the body with blake3 as it streams in, so any size
@@ -189,7 +218,20 @@ pub async fn send(
             (format!("{}:{port}", authority.host()), origin_form)
         }
     };
-    let stream = TcpStream::connect(&connect_to)
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|e| Error::http(url, e))?;
+    exchange(url, &connect_to, method, target, host).await
+}
+
+/// One request on a new connection to `connect_to`; returns once the response headers are
+/// in. `url` only names the request in errors.
+async fn exchange(
+    url: &str,
+    connect_to: &str,
+    method: Method,
+    target: Uri,
+    host: HeaderValue,
+) -> Result<Response<Incoming>, Error> {
+    let stream = TcpStream::connect(connect_to)
         .await
         .map_err(|e| Error::http(url, format!("connecting to {connect_to}: {e}")))?;
     let _ = stream.set_nodelay(true);
@@ -201,7 +243,6 @@ pub async fn send(
             tracing::debug!(error = %e, "client connection ended with an error");
         }
     });
-    let host = HeaderValue::from_str(authority.as_str()).map_err(|e| Error::http(url, e))?;
     let req = Request::builder()
         .method(method)
         .uri(target)

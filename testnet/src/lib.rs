@@ -11,15 +11,19 @@
 //! - [`Testnet`], N nodes of K providers on their own loopback addresses plus an origin,
 //!   launched, joined and described in a JSON [`Manifest`]; each provider is a real key made
 //!   with `reef provider init`, and its nodes are certified with it;
-//! - [`client`], a tiny hyper client that fetches through a node used as forward proxy;
+//! - [`client`], a tiny hyper client that fetches through a node used as forward proxy, or
+//!   asks a node for a service by name;
+//! - [`crowd`], an open-loop flash crowd of such clients that follow redirects;
 //! - [`bench`], the foundation measurements (join time, DHT lookup, peer fetch, origin
 //!   offload, idle memory) behind `reef-testnet bench`;
 //! - [`bench_load`], load gossip convergence and traffic at several testnet sizes, behind
 //!   `reef-testnet bench-load`;
 //! - [`bench_dns`], DNS answers per second and answer latency of one node, behind
 //!   `reef-testnet bench-dns`, with [`dns_client`], the few bytes of DNS it needs;
+//! - [`bench_peering`], a flash crowd on a primary provider until a peer serves for it, behind
+//!   `reef-testnet bench-peering`;
 //! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`, `bench-discovery`,
-//!   `bench-dns`).
+//!   `bench-dns`, `bench-peering`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
 //! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
@@ -35,7 +39,9 @@ pub mod bench;
 pub mod bench_discovery;
 pub mod bench_dns;
 pub mod bench_load;
+pub mod bench_peering;
 pub mod client;
+pub mod crowd;
 pub mod dns_client;
 mod error;
 mod node;

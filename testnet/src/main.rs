@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
     Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_dns, bench_load,
-    locate_reef_binary, origin,
+    bench_peering, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -63,6 +63,34 @@ enum Cmd {
     /// Measure DNS answers per second and answer latency of one node's DNS server (UDP, on
     /// loopback); print a markdown table.
     BenchDns(BenchDnsArgs),
+    /// Measure peering under a flash crowd on fresh 3-provider testnets: reaction time,
+    /// negotiation, receipts' overhead, disband and settlement; print a markdown table.
+    BenchPeering(BenchPeeringArgs),
+}
+
+#[derive(Args)]
+struct BenchPeeringArgs {
+    /// Runs, each on a fresh testnet.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    runs: usize,
+    /// Clients a second in the crowd.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Requests per second the primary's node is made for.
+    #[arg(long, default_value_t = 10)]
+    capacity_rps: u32,
+    /// The primary's trigger window, seconds (the policy's default is 3).
+    #[arg(long, default_value_t = 3.0)]
+    trigger_window: f64,
+    /// Seconds over which the receipts' traffic is counted.
+    #[arg(long, default_value_t = 20)]
+    window: u64,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -281,6 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
         Cmd::BenchDiscovery(args) => return run_bench_discovery(args, &mut sigterm).await,
         Cmd::BenchDns(args) => return run_bench_dns(args, &mut sigterm).await,
+        Cmd::BenchPeering(args) => return run_bench_peering(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -472,6 +501,31 @@ async fn run_bench_dns(
         dir: dir.clone(),
     };
     let report = bench_dns::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        true,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
+async fn run_bench_peering(
+    args: BenchPeeringArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("reef-bench-peering-{}", std::process::id()));
+    let opts = bench_peering::PeeringBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        runs: args.runs,
+        rate: args.rate.max(1),
+        capacity_rps: args.capacity_rps.max(1),
+        trigger_window_s: args.trigger_window,
+        window: args.window,
+        dir: dir.clone(),
+    };
+    let report = bench_peering::run(&opts);
     finish_bench(
         async { report.await.map(|r| r.markdown()) },
         &dir,

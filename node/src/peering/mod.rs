@@ -140,6 +140,8 @@ pub struct Arrangement {
     pub counterpart: Option<reef_overlay::PeerId>,
     /// Unix ms when this node accepted the agreement (short-term only).
     pub accepted_at_ms: u64,
+    /// On the primary's node that negotiated it: how long propose → commit took.
+    pub negotiated_in: Option<Duration>,
     /// What this node served under it.
     pub usage: Arc<Usage>,
 }
@@ -163,6 +165,7 @@ impl Arrangement {
             agreement: None,
             counterpart: None,
             accepted_at_ms: 0,
+            negotiated_in: None,
             usage: Arc::default(),
         }
     }
@@ -187,6 +190,7 @@ impl Arrangement {
             agreement: Some(opened.agreement().clone()),
             counterpart: None,
             accepted_at_ms: now_ms(),
+            negotiated_in: None,
             usage: Arc::default(),
         }
     }
@@ -441,9 +445,9 @@ impl Arrangements {
         true
     }
 
-    /// Records the other party's agent we negotiated `id` with: the agreement may have been
-    /// learnt over gossip before the negotiation returned, without it.
-    pub fn set_counterpart(&self, id: &ArrangementId, agent: reef_overlay::PeerId) {
+    /// Records the other party's agent we negotiated `id` with, and how long it took: the
+    /// agreement may have been learnt over gossip before the negotiation returned, without them.
+    pub fn set_negotiated(&self, id: &ArrangementId, agent: reef_overlay::PeerId, took: Duration) {
         let Ok(mut all) = self.all.write() else {
             return;
         };
@@ -452,6 +456,7 @@ impl Arrangements {
         {
             let mut known = (**current).clone();
             known.counterpart = Some(agent);
+            known.negotiated_in = Some(took);
             all.insert(*id, Arc::new(known));
         }
     }
@@ -584,6 +589,7 @@ impl Arrangements {
                     bytes: a.usage.bytes(),
                 },
                 redirected: a.usage.redirected.load(Ordering::Relaxed),
+                negotiation_ms: a.negotiated_in.map(|d| d.as_secs_f64() * 1e3),
                 sla: a
                     .sla
                     .filter(|_| a.primary == self.own && a.is_active(now))
@@ -615,6 +621,8 @@ pub struct View {
     pub served: Served,
     /// Requests this node sent to the peer's nodes under it (redirected or relayed).
     pub redirected: u64,
+    /// Propose → commit, on the primary's node that negotiated it (until it restarts).
+    pub negotiation_ms: Option<f64>,
     /// On the primary's side, while active: the peer against the SLA, as this node's probes
     /// measure it.
     pub sla: Option<health::SlaView>,

@@ -12,15 +12,17 @@
 //! The redirect names the peer node by address, so the service travels in the path:
 //! `http://PEER/_reef/s/HOST/PATH`, which any node reads as `Host: HOST`, `PATH`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use reef_overlay::PeerId;
+use reef_proto::records::ProviderId;
 use tracing::debug;
 
 use super::health::{Health, PROBED_NODES};
 use super::{Arrangement, Arrangements, Policy};
-use crate::load::Load;
+use crate::load::{Load, REPORT_INTERVAL};
 
 /// Path prefix of a service request addressed to a node rather than to the service's name.
 pub const SERVICE_PATH: &str = "/_reef/s/";
@@ -82,6 +84,7 @@ pub struct Redirector {
     pub mode: Mode,
     /// Requests considered, for spreading the part evenly.
     considered: AtomicU64,
+    view: Mutex<Option<Arc<TableView>>>,
 }
 
 impl Redirector {
@@ -100,6 +103,7 @@ impl Redirector {
             target_permille: relief_target(policy),
             mode: policy.offload,
             considered: AtomicU64::new(0),
+            view: Mutex::new(None),
         }
     }
 
@@ -111,51 +115,88 @@ impl Redirector {
     /// to a peer: this node's demand is over its relief target, an active arrangement covers
     /// the service, the request falls in the part to send, and a peer node is healthy.
     pub async fn offload(&self, host: &str, path_and_query: &str) -> Option<Offload> {
-        let demand = self.load.own().demand_permille;
-        if demand <= self.target_permille {
+        let own = self.load.own();
+        if own.demand_permille <= self.target_permille {
             return None;
         }
         let arrangement = self.arrangements.primary_for(host)?;
+        let view = self.view_of(&arrangement.peer);
         // The peer lends this much in all (long-term arrangements set no limit); each of our
         // nodes takes its even part of it.
         if arrangement.req_per_s > 0 {
-            let ours = self.load.nodes_of(&self.arrangements.own()).len().max(1) as u32;
-            let sent = self.load.own().redirected_per_s + self.load.own().proxied_per_s;
-            if sent >= (arrangement.req_per_s / ours).max(1) {
+            let cap = (arrangement.req_per_s / view.own_nodes.max(1)).max(1);
+            if own.redirected_per_s + own.proxied_per_s >= cap {
                 return None;
             }
         }
-        let part = part_to_send(demand, self.target_permille, arrangement.share_permille);
+        let part = part_to_send(
+            own.demand_permille,
+            self.target_permille,
+            arrangement.share_permille,
+        );
         let n = self.considered.fetch_add(1, Ordering::Relaxed);
         // Spread evenly: request n goes when the running part crosses a whole request.
         if (n + 1) * part / 1000 == n * part / 1000 {
             return None;
         }
-        for listed in self
-            .load
-            .nodes_of(&arrangement.peer)
-            .into_iter()
-            .take(PROBED_NODES)
-            // Probes find a dead node within a second; a broken connection tells at once.
-            .filter(|n| self.health.usable(&n.peer) && !self.overlay.connection_broken(&n.peer))
+        // Probes find a dead node within a second; a broken connection tells at once.
+        for peer in view
+            .peer_nodes
+            .iter()
+            .filter(|p| self.health.usable(p) && !self.overlay.connection_broken(p))
         {
-            match self.overlay.node_record(listed.peer).await {
+            match self.overlay.node_record(*peer).await {
                 Ok(Some(info)) => {
-                    debug!(arrangement = %arrangement.id, peer = %listed.peer, %host, "sent to a peer");
+                    debug!(arrangement = %arrangement.id, %peer, %host, "sent to a peer");
                     self.health.sent(host, path_and_query);
                     return Some(Offload {
-                        node: listed.peer,
+                        node: *peer,
                         http: info.record.http,
                         target: format!("{SERVICE_PATH}{host}{path_and_query}"),
                         arrangement,
                     });
                 }
                 Ok(None) => continue,
-                Err(error) => debug!(peer = %listed.peer, %error, "no record for a peer node"),
+                Err(error) => debug!(%peer, %error, "no record for a peer node"),
             }
         }
         None
     }
+
+    /// What the load table says of `peer` and of us, read at most once per load report
+    /// (a scan of the table on every request would cost more than the request).
+    fn view_of(&self, peer: &ProviderId) -> Arc<TableView> {
+        let mut cached = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(view) = cached.as_ref()
+            && view.peer == *peer
+            && view.at.elapsed() < REPORT_INTERVAL
+        {
+            return view.clone();
+        }
+        let view = Arc::new(TableView {
+            at: Instant::now(),
+            peer: *peer,
+            peer_nodes: self
+                .load
+                .nodes_of(peer)
+                .into_iter()
+                .take(PROBED_NODES)
+                .map(|n| n.peer)
+                .collect(),
+            own_nodes: self.load.nodes_of(&self.arrangements.own()).len() as u32,
+        });
+        *cached = Some(view.clone());
+        view
+    }
+}
+
+/// The part of the load table the redirector reads, as of `at`.
+struct TableView {
+    at: Instant,
+    peer: ProviderId,
+    /// Its least loaded nodes, the ones the probes watch.
+    peer_nodes: Vec<PeerId>,
+    own_nodes: u32,
 }
 
 /// A service request addressed to a node (`/_reef/s/HOST/PATH`): `(HOST, /PATH)`.

@@ -89,6 +89,7 @@ impl EventLoop {
         let _span = debug_span!("peering_out", %peer, request = %id).entered();
         debug!(len, "peering request sent");
         self.peering.stats.requests_sent += 1;
+        self.peering.stats.bytes_sent += len as u64;
         self.peering.pending.insert(id, reply);
     }
 
@@ -127,6 +128,7 @@ impl EventLoop {
             } => {
                 let _span = debug_span!("peering_out", %peer, request = %request_id).entered();
                 debug!(len = response.len(), "peering response received");
+                self.peering.stats.bytes_received += response.len() as u64;
                 if let Some(reply) = self.peering.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
@@ -207,6 +209,7 @@ impl EventLoop {
             Ok(()) => {
                 debug!(len, "peering request received");
                 peering.stats.requests_received += 1;
+                peering.stats.bytes_received += len as u64;
                 let timeout = peering.timeout;
                 peering.awaiting.push(
                     async move {
@@ -240,6 +243,7 @@ impl EventLoop {
             debug!("peering request dropped unanswered");
             return;
         };
+        self.peering.stats.bytes_sent += response.len() as u64;
         if self
             .swarm
             .behaviour_mut()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reef_testnet::origin::expected_body;
 
-use super::{Surge, arrangements, wait_arrangement, wait_settled};
+use super::{arrangements, surge, wait_arrangement, wait_settled};
 use crate::services::{VIDEO, get_service, wait_published};
 use crate::support::{launch_configured, request_via};
 
@@ -136,9 +136,9 @@ async fn a_primary_in_proxy_mode_relays_the_peer_and_serves_itself_when_the_peer
     );
     let mut net = launch_configured(2, 2, &[&overloaded, &whole_share()]).await;
     wait_published(&net).await;
-    let surge = Surge::start(net.http(0), 50);
+    let crowd = surge(net.http(0), 50);
     let started = Instant::now();
-    while surge.seen(|s| s.via_peer) == 0 {
+    while crowd.seen(|s| s.via_peer) == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "node 0 never relayed a peer's answer"
@@ -154,13 +154,13 @@ async fn a_primary_in_proxy_mode_relays_the_peer_and_serves_itself_when_the_peer
     // The peer dies: node 0 serves its clients itself, without a single failure.
     net.testnet.nodes[1].kill();
     let killed = Instant::now();
-    let ok_at_kill = surge.seen(|s| s.ok);
-    while surge.seen(|s| s.ok) < ok_at_kill + 50 {
+    let ok_at_kill = crowd.seen(|s| s.ok);
+    while crowd.seen(|s| s.ok) < ok_at_kill + 50 {
         assert!(
             killed.elapsed() < Duration::from_secs(30),
             "clients stalled"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    surge.seen(|s| assert!(s.errors.is_empty(), "{:?}", s.errors));
+    crowd.seen(|s| assert!(s.failures.is_empty(), "{:?}", s.failures));
 }

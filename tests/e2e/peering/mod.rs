@@ -5,13 +5,13 @@ mod long_term;
 mod short_term;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reef_testnet::NodeProcess;
+use reef_testnet::crowd::{Ask, Crowd};
 use reef_testnet::origin::expected_body;
 
-use crate::support::{REQUEST_TIMEOUT, try_request};
+use crate::support::REQUEST_TIMEOUT;
 
 pub async fn arrangements(node: &NodeProcess) -> serde_json::Value {
     admin_json(node, "/api/arrangements").await
@@ -58,106 +58,19 @@ pub fn short_term(status: &'static str) -> impl Fn(&serde_json::Value) -> bool {
 
 /// The path every surge asks for.
 pub const SURGE_PATH: &str = "/bytes/2000";
-/// How long a surge client waits for one answer, redirect followed, before counting an error:
-/// about what a browser's user waits before giving up.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What the clients of a [`Surge`] saw.
-#[derive(Default)]
-pub struct Seen {
-    pub ok: u64,
-    /// Answers that came from a peer provider's node (a redirect followed).
-    pub via_peer: u64,
-    /// When each failure happened, and what it was.
-    pub errors: Vec<(Instant, String)>,
-}
-
-/// A flash crowd on one node: clients arrive at `rate` a second whatever happens to those
-/// before them (open loop, as a crowd does), each asking for [`SURGE_PATH`] of the service and
-/// following redirects as a browser would; at most [`MAX_WAITING`] wait at once (later ones
-/// give up at once, counted as errors). Anything but a 200 with the right body in the end is
-/// an error, kept with its time. Stops when dropped.
-pub struct Surge {
-    driver: tokio::task::JoinHandle<()>,
-    seen: Arc<Mutex<Seen>>,
-}
-
-/// Clients waiting at once; the rest of the crowd gives up.
-const MAX_WAITING: usize = 512;
-
-impl Surge {
-    pub fn start(node: SocketAddr, rate: u32) -> Surge {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let shared = seen.clone();
-        let driver = tokio::spawn(async move {
-            let mut clients = tokio::task::JoinSet::new();
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-            loop {
-                tick.tick().await;
-                while clients.try_join_next().is_some() {}
-                if clients.len() >= MAX_WAITING {
-                    record(&shared, Err("crowd gave up: too many waiting".into()));
-                    continue;
-                }
-                let seen = shared.clone();
-                clients.spawn(async move { record(&seen, ask(node).await) });
-            }
-        });
-        Surge { driver, seen }
-    }
-
-    pub fn seen<T>(&self, look: impl FnOnce(&Seen) -> T) -> T {
-        look(&self.seen.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-fn record(seen: &Mutex<Seen>, outcome: Result<bool, String>) {
-    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    match outcome {
-        Ok(via_peer) => {
-            seen.ok += 1;
-            seen.via_peer += u64::from(via_peer);
-        }
-        Err(why) => seen.errors.push((Instant::now(), why)),
-    }
-}
-
-impl Drop for Surge {
-    fn drop(&mut self) {
-        // Its clients go with it.
-        self.driver.abort();
-    }
-}
-
-/// One client request: the service at `node`, then wherever it redirects. Whether the answer
-/// came from a peer provider's node.
-async fn ask(node: SocketAddr) -> Result<bool, String> {
-    let request = || http::Request::get(SURGE_PATH).header("host", "video.example");
-    let first = try_request(node, request(), CLIENT_TIMEOUT).await?;
-    let (got, via_peer) = if first.status == 302 {
-        let location = first.header("location").to_string();
-        let rest = location
-            .strip_prefix("http://")
-            .ok_or(format!("odd location {location}"))?;
-        let (addr, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| format!("odd location {location}"))?;
-        let followed = try_request(addr, http::Request::get(target), CLIENT_TIMEOUT)
-            .await
-            .map_err(|e| format!("{location}: {e}"))?;
-        (followed, true)
-    } else {
-        let relayed = !first.header("x-reef-peering").is_empty();
-        (first, relayed)
-    };
-    if got.status != 200 {
-        return Err(format!("{}: {}", got.status, got.text()));
-    }
-    if got.body != expected_body(SURGE_PATH, 2000) {
-        return Err("wrong body".into());
-    }
-    Ok(via_peer)
+/// A flash crowd of `rate` clients a second asking `node` for [`SURGE_PATH`] of the service,
+/// following redirects; see [`reef_testnet::crowd`]. It stops when dropped.
+pub fn surge(node: SocketAddr, rate: u32) -> Crowd {
+    Crowd::start(
+        Ask {
+            node,
+            host: "video.example".into(),
+            path: SURGE_PATH.into(),
+            expect: Some(expected_body(SURGE_PATH, 2000).into()),
+        },
+        rate,
+    )
 }
 
 /// The settlement of arrangement `id` in `node`'s ledger, once it holds one both parties

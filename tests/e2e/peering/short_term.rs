@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Surge, admin_json, arrangements, short_term, wait_arrangement, wait_settled};
+use super::{admin_json, arrangements, short_term, surge, wait_arrangement, wait_settled};
 use crate::services::{VIDEO, get_service, wait_published};
 use crate::support::{Net, launch_configured};
 
@@ -69,7 +69,7 @@ async fn own_load(net: &Net, i: usize) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surge_arranges_with_the_cheapest_peer_relieves_the_primary_and_the_calm_disbands_it() {
     let net = launch().await;
-    let surge = Surge::start(net.http(0), RATE);
+    let crowd = surge(net.http(0), RATE);
     let (at_peer, took) = until_peer_serves(&net, 1, Instant::now()).await;
     println!("surge → first request served by the peer provider: {took:?}");
     if let Ok(log) = std::fs::read_to_string(net.testnet.nodes[0].log_path())
@@ -117,13 +117,17 @@ async fn a_surge_arranges_with_the_cheapest_peer_relieves_the_primary_and_the_ca
     .await["sla"]
         .clone();
     assert_eq!(sla["breach"], serde_json::Value::Null, "{sla}");
-    surge.seen(|s| {
+    crowd.seen(|s| {
         assert!(s.via_peer >= 1);
-        assert!(s.errors.is_empty(), "clients saw errors: {:?}", s.errors);
+        assert!(
+            s.failures.is_empty(),
+            "clients saw errors: {:?}",
+            s.failures
+        );
     });
 
     // The surge is over: after the cool-down the primary disbands, and the peer learns it.
-    drop(surge);
+    drop(crowd);
     let ended = wait_arrangement(&net.testnet.nodes[0], WITHIN, short_term("ended")).await;
     assert_eq!(
         (&ended["id"], &ended["end_reason"]),
@@ -157,7 +161,7 @@ async fn a_surge_arranges_with_the_cheapest_peer_relieves_the_primary_and_the_ca
 async fn a_peer_whose_policy_refuses_the_primary_is_passed_over() {
     // p2 lends less than p0 asks for: it counters, and p0 takes the counter.
     let net = launch_with("[peering]\nrefuse = [\"{provider:0}\"]\n", 40).await;
-    let _surge = Surge::start(net.http(0), RATE);
+    let _crowd = surge(net.http(0), RATE);
     let (at_peer, _) = until_peer_serves(&net, 2, Instant::now()).await;
     assert_eq!(
         at_peer["primary"],
@@ -212,7 +216,7 @@ const REDIRECT_WINDOW: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
     let mut net = launch().await;
-    let surge = Surge::start(net.http(0), RATE);
+    let crowd = surge(net.http(0), RATE);
     let (first, _) = until_peer_serves(&net, 1, Instant::now()).await;
     let id = first["id"].clone();
     // The primary holds the peer's receipts (every 5 s) in its ledger's open account.
@@ -230,7 +234,7 @@ async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
         assert!(started.elapsed() < WITHIN, "no receipt reached the primary");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    drop(surge);
+    drop(crowd);
 
     // The mediator node restarts: the arrangement is still active and its ledger kept.
     let bootstrap = net.testnet.bootstrap_addrs(0);
@@ -253,7 +257,7 @@ async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
         ["served"]["requests"]
         .as_u64()
         .unwrap_or(0);
-    let surge = Surge::start(net.http(0), RATE);
+    let crowd = surge(net.http(0), RATE);
     wait_arrangement(&net.testnet.nodes[1], WITHIN, |a| {
         a["id"] == id && a["served"]["requests"].as_u64().unwrap_or(0) > served_before
     })
@@ -269,16 +273,16 @@ async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
         old["end_reason"] == "sla_breach" || old["end_reason"] == "peer_gone",
         "{old}"
     );
-    surge.seen(|s| {
+    crowd.seen(|s| {
         let late: Vec<_> = s
-            .errors
+            .failures
             .iter()
             .filter(|(at, _)| at.saturating_duration_since(killed) > REDIRECT_WINDOW)
             .collect();
         println!(
             "{} client errors after the kill, the last {:?} after it",
-            s.errors.len(),
-            s.errors
+            s.failures.len(),
+            s.failures
                 .last()
                 .map(|(at, _)| at.saturating_duration_since(killed))
         );
@@ -286,15 +290,15 @@ async fn a_restarted_mediator_resumes_and_a_dead_peer_is_replaced() {
             late.is_empty(),
             "errors after the redirect window: {late:?}"
         );
-        let before_kill = s.errors.iter().filter(|(at, _)| *at < killed).count();
-        assert_eq!(before_kill, 0, "{:?}", s.errors);
+        let before_kill = s.failures.iter().filter(|(at, _)| *at < killed).count();
+        assert_eq!(before_kill, 0, "{:?}", s.failures);
     });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_breaches_the_sla_is_replaced_and_settles_when_it_is_back() {
     let net = launch().await;
-    let surge = Surge::start(net.http(0), RATE);
+    let crowd = surge(net.http(0), RATE);
     let (first, _) = until_peer_serves(&net, 1, Instant::now()).await;
     let id = first["id"].clone();
     // The primary's probes have seen p1 answer: it is warm, and judged from now on.
@@ -316,7 +320,7 @@ async fn a_frozen_peer_breaches_the_sla_is_replaced_and_settles_when_it_is_back(
     let (second, took) = until_peer_serves(&net, 2, frozen).await;
     println!("re-arranged with p2 {took:?} after the freeze");
     assert_ne!(second["id"], id);
-    drop(surge);
+    drop(crowd);
 
     // p1 comes back: it learns the end, and both ledgers settle on what it served.
     net.testnet.nodes[1].thaw();

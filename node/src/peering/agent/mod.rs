@@ -376,7 +376,8 @@ mod tests {
         }
     }
 
-    fn terms() -> Terms {
+    /// Terms of p1 to p2 for `video.example` in r0, 10 minutes from `start_ms`.
+    pub(super) fn terms_from(start_ms: u64) -> Terms {
         Terms {
             id: ArrangementId::from_bytes([1; 16]),
             primary: ProviderKey::from_bytes(&[1; 32]).id(),
@@ -387,13 +388,17 @@ mod tests {
             mbit_per_s: 100,
             share_permille: 500,
             price_micros_per_gb: 20_000,
-            start_ms: 1_000_000,
-            end_ms: 1_000_000 + 600_000,
+            start_ms,
+            end_ms: start_ms + 600_000,
             sla: Sla {
                 max_p95_ms: 500,
                 min_availability_permille: 990,
             },
         }
+    }
+
+    fn terms() -> Terms {
+        terms_from(1_000_000)
     }
 
     #[test]

@@ -192,10 +192,12 @@ impl Agent {
             other => return Err(format!("commit refused: {other:?}")),
         }
         let id = terms.id;
+        let took = started.elapsed();
         let mut arrangement = Arrangement::short_term(&opened);
         arrangement.counterpart = Some(agent);
+        arrangement.negotiated_in = Some(took);
         if !self.arrangements.add(arrangement) {
-            self.arrangements.set_counterpart(&id, agent);
+            self.arrangements.set_negotiated(&id, agent, took);
         }
         self.arrangements.note_peer(terms.peer, true, None);
         info!(
@@ -204,7 +206,7 @@ impl Agent {
             req_per_s = terms.req_per_s,
             price_micros_per_gb = terms.price_micros_per_gb,
             counters,
-            negotiation_ms = started.elapsed().as_secs_f64() * 1e3,
+            negotiation_ms = took.as_secs_f64() * 1e3,
             "arrangement active (primary)"
         );
         self.announce(reef_proto::peering::Notice::Agreed(agreement))
@@ -271,7 +273,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use reef_proto::records::{ProviderKey, Sla};
+    use reef_proto::records::Sla;
 
     fn needs() -> Requirements {
         Requirements {
@@ -289,20 +291,10 @@ mod tests {
     }
 
     fn terms() -> Terms {
-        let now = unix_ms();
         Terms {
-            id: ArrangementId::from_bytes([1; 16]),
-            primary: ProviderKey::from_bytes(&[1; 32]).id(),
-            peer: ProviderKey::from_bytes(&[2; 32]).id(),
-            services: vec!["video.example".into()],
-            regions: vec!["r0".into()],
             req_per_s: 100,
-            mbit_per_s: 100,
             share_permille: 1000,
-            price_micros_per_gb: 20_000,
-            start_ms: now,
-            end_ms: now + 600_000,
-            sla: needs().sla,
+            ..super::super::tests::terms_from(unix_ms())
         }
     }
 
