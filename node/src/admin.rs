@@ -107,6 +107,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/arrangements", get(arrangements))
         .route("/api/arrangements/end", post(end_arrangement))
         .route("/api/ledger", get(ledger))
+        .route("/api/policy", get(policy))
         .route("/metrics", get(metrics))
         .route("/api/load", get(load))
         .route(
@@ -249,6 +250,22 @@ async fn end_arrangement(State(state): State<Arc<AdminState>>, body: Bytes) -> R
         .disband(id, reef_proto::peering::EndReason::Operator)
         .await;
     Json(serde_json::json!({ "ended": id.to_string() })).into_response()
+}
+
+/// The peering policies this node has run with, newest (in force) first.
+async fn policy(State(state): State<Arc<AdminState>>) -> Response {
+    let arrangements = state.arrangements.clone();
+    match tokio::task::spawn_blocking(move || arrangements.policy_history()).await {
+        Ok(Ok(history)) => {
+            let history: Vec<_> = history
+                .into_iter()
+                .map(|(at, policy)| serde_json::json!({ "loaded_at": at, "policy": policy }))
+                .collect();
+            Json(serde_json::json!({ "history": history })).into_response()
+        }
+        Ok(Err(e)) => one_line(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => one_line(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 async fn ledger(State(state): State<Arc<AdminState>>) -> Json<crate::peering::ledger::LedgerView> {

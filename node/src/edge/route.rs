@@ -14,7 +14,7 @@ use super::respond::respond;
 use crate::body::{self, Body, BoxError};
 use crate::fetch::{
     CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, Served, Source, Upstreams,
-    strip_hop_by_hop,
+    content_length, strip_hop_by_hop,
 };
 use crate::load::Meter;
 use crate::peering::health::served_properly;
@@ -30,6 +30,9 @@ pub const PEERING_HEADER: &str = "x-reef-peering";
 pub const PROBE_HEADER: &str = "x-reef-probe";
 /// Beyond the origin timeout, what a relayed request may take for the peer node's own hop.
 const RELAY_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// Relayed bodies up to this size are read whole before the client gets a byte: the memory
+/// of a few hundred small objects in flight, for a fallback when the peer dies mid-body.
+const RELAY_READ_WHOLE: u64 = 256 * 1024;
 
 pub struct Edge {
     fetcher: Fetcher,
@@ -259,50 +262,61 @@ impl Edge {
                 self.meter.redirected();
                 Some(redirect(&offload.location()))
             }
-            Mode::Proxy => {
-                let mut headers = req.headers().clone();
-                strip_hop_by_hop(&mut headers);
-                headers.remove(header::HOST);
-                let health = self.gate.redirector.health();
-                // A peer node serving a miss fetches from the origin first: give it as long.
-                let wait = self.upstreams.origin_timeout() + RELAY_MARGIN;
-                let answer = self
-                    .upstreams
-                    .node(
-                        req.method().clone(),
-                        &offload.http,
-                        &offload.target,
-                        headers,
-                        wait,
-                    )
-                    .await;
-                match answer {
-                    Ok(resp) if served_properly(resp.status()) => {
-                        health.observed(offload.node, true);
-                        self.meter.proxied();
-                        let (mut head, incoming) = resp.into_parts();
-                        strip_hop_by_hop(&mut head.headers);
-                        if let Ok(id) = HeaderValue::from_str(&offload.arrangement.id.to_string()) {
-                            head.headers.insert(PEERING_HEADER, id);
-                        }
-                        let body = incoming
-                            .map_err(|e| -> BoxError { Box::new(e) })
-                            .boxed_unsync();
-                        Some(Response::from_parts(head, body))
-                    }
-                    Ok(resp) => {
-                        debug!(node = %offload.node, status = resp.status().as_u16(), "peer node refused a relayed request; serving here");
-                        health.observed(offload.node, false);
-                        None
-                    }
-                    Err(why) => {
-                        debug!(node = %offload.node, %why, "peer node unreachable; serving here");
-                        health.observed(offload.node, false);
-                        None
-                    }
-                }
-            }
+            Mode::Proxy => self.relay(offload, req).await,
         }
+    }
+
+    /// `req` fetched from the peer node `offload` names and its answer passed on, marked with
+    /// the arrangement. `None` (and the node marked unhealthy) when the node fails or refuses:
+    /// the request is then served here. Small bodies are read whole first, so a node that
+    /// dies mid-body is a fallback too, not a broken response; larger ones stream through.
+    async fn relay(&self, offload: &Offload, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let mut headers = req.headers().clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        let health = self.gate.redirector.health();
+        let failed = |why: &dyn std::fmt::Display| {
+            debug!(node = %offload.node, %why, "relaying from the peer node failed; serving here");
+            health.observed(offload.node, false);
+            None
+        };
+        // A peer node serving a miss fetches from the origin first: give it as long.
+        let wait = self.upstreams.origin_timeout() + RELAY_MARGIN;
+        let answer = self
+            .upstreams
+            .node(
+                req.method().clone(),
+                &offload.http,
+                &offload.target,
+                headers,
+                wait,
+            )
+            .await;
+        let resp = match answer {
+            Ok(resp) if served_properly(resp.status()) => resp,
+            Ok(resp) => return failed(&format!("status {}", resp.status())),
+            Err(why) => return failed(&why),
+        };
+        let (mut head, incoming) = resp.into_parts();
+        let small = content_length(&head.headers).is_some_and(|len| len <= RELAY_READ_WHOLE);
+        let body = if small {
+            match tokio::time::timeout(wait, incoming.collect()).await {
+                Ok(Ok(whole)) => body::full(whole.to_bytes()),
+                Ok(Err(e)) => return failed(&e),
+                Err(_) => return failed(&"the body did not arrive in time"),
+            }
+        } else {
+            incoming
+                .map_err(|e| -> BoxError { Box::new(e) })
+                .boxed_unsync()
+        };
+        health.observed(offload.node, true);
+        self.meter.proxied();
+        strip_hop_by_hop(&mut head.headers);
+        if let Ok(id) = HeaderValue::from_str(&offload.arrangement.id.to_string()) {
+            head.headers.insert(PEERING_HEADER, id);
+        }
+        Some(Response::from_parts(head, body))
     }
 
     /// Phase: whether this node may serve `service`: always its own provider's; another

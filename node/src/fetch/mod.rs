@@ -892,7 +892,8 @@ struct Received {
     source: Source,
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// `Content-Length`, if present and a number.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()

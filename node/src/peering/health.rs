@@ -3,10 +3,10 @@
 //! Every node of a primary with an active arrangement probes the peer nodes it may send
 //! requests to, once a second: a `HEAD` of a path it recently sent there (the service's root
 //! before any), addressed as a redirect would (`/_reef/s/HOST/PATH`), marked as a probe so the
-//! peer does not bill it. A node whose last probe
-//! failed gets no requests from us until a probe succeeds again, so a dead or frozen peer node
-//! costs clients about a second of failed redirects at most. The probes of the last
-//! [`SLA_WINDOW`] are the primary's own measure of the peer against the agreement's SLA:
+//! peer does not bill it. A node whose last probe failed gets no requests from us until a
+//! probe succeeds again, so a dead or frozen peer node costs clients about a second of failed
+//! redirects at most; one that leaves the load table is probed for [`LINGER`] more, so its
+//! death shows in the SLA. The probes of the last [`SLA_WINDOW`] are the primary's own measure of the peer against the agreement's SLA:
 //! availability (answered, not 5xx, not 403) and the 95th percentile of response times,
 //! counted from the peer's first answer (a new peer warms up first, for [`WARM_UP`] at most).
 
@@ -44,6 +44,9 @@ pub const WARM_UP: Duration = Duration::from_secs(15);
 const MIN_FAILURES: usize = 3;
 /// A p95 over fewer answered probes says nothing.
 const MIN_LATENCY_SAMPLES: usize = 10;
+/// A node that leaves the load table (it stopped reporting: dead, or hung) is still probed
+/// this long, so its failures count against the SLA rather than vanish with it.
+pub const LINGER: Duration = Duration::from_secs(10);
 /// Samples kept per arrangement (a window's worth at several probed nodes).
 const MAX_SAMPLES: usize = 1024;
 /// Nodes, arrangements and services remembered; the oldest make room.
@@ -72,6 +75,8 @@ struct Samples {
     /// When the first probe went out, and when one was first answered.
     first: Option<Instant>,
     warm: Option<Instant>,
+    /// The peer nodes probed for it, and when each was last in the load table.
+    nodes: HashMap<PeerId, Instant>,
 }
 
 impl Samples {
@@ -207,6 +212,24 @@ impl Health {
         judge(&counted, sla)
     }
 
+    /// The peer nodes to probe for `id`: `listed` (the peer's least loaded nodes in the load
+    /// table now), and those listed before that left it less than [`LINGER`] ago.
+    fn targets(&self, id: ArrangementId, listed: &[PeerId], now: Instant) -> Vec<PeerId> {
+        let mut state = self.state();
+        make_room(&mut state.samples, &id, |s| {
+            s.all.back().map_or(now, |(at, _)| *at)
+        });
+        let nodes = &mut state.samples.entry(id).or_default().nodes;
+        for peer in listed {
+            nodes.insert(*peer, now);
+        }
+        nodes.retain(|_, seen| now.saturating_duration_since(*seen) < LINGER);
+        let mut out = listed.to_vec();
+        out.extend(nodes.keys().filter(|p| !listed.contains(p)));
+        out.truncate(2 * PROBED_NODES);
+        out
+    }
+
     /// Forgets the probes of arrangements no longer active.
     fn retain(&self, active: &[ArrangementId]) {
         self.state().samples.retain(|id, _| active.contains(id));
@@ -283,16 +306,18 @@ impl Prober {
                 continue;
             };
             let target = format!("{SERVICE_PATH}{host}{path}");
-            for node in self
+            let listed: Vec<PeerId> = self
                 .load
                 .nodes_of(&arrangement.peer)
                 .into_iter()
                 .take(PROBED_NODES)
-            {
-                probes.push(self.probe(arrangement.id, node.peer, target.clone()));
+                .map(|n| n.peer)
+                .collect();
+            for node in self.health.targets(arrangement.id, &listed, Instant::now()) {
+                probes.push(self.probe(arrangement.id, node, target.clone()));
             }
         }
-        // At most a few arrangements × PROBED_NODES, each bounded by PROBE_TIMEOUT.
+        // At most a few arrangements × 2 × PROBED_NODES, each bounded by PROBE_TIMEOUT.
         futures::future::join_all(probes).await;
     }
 
@@ -410,6 +435,19 @@ mod tests {
         health.record(id, node, None, late);
         // Samples of the window only: those within SLA_WINDOW of `late`.
         assert_eq!(health.sla(&id, &SLA, late).breach, Some("availability"));
+    }
+
+    #[test]
+    fn a_node_that_left_the_load_table_is_probed_a_while_longer() {
+        let health = Health::default();
+        let (id, t0) = (ArrangementId::from_bytes([3; 16]), Instant::now());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert_eq!(health.targets(id, &[a, b], t0), vec![a, b]);
+        let later = t0 + Duration::from_secs(3);
+        let targets = health.targets(id, &[b], later);
+        assert_eq!(targets.len(), 2, "a lingers");
+        assert!(targets.contains(&a));
+        assert_eq!(health.targets(id, &[b], t0 + LINGER), vec![b]);
     }
 
     #[test]

@@ -271,8 +271,24 @@ impl Arrangements {
                 }
             }
         }
+        let policy_json = serde_json::to_string(policy).map_err(|e| StoreError(e.to_string()))?;
+        store.record_policy(&policy_json, now_ms())?;
         arrangements.store = Some(store);
         Ok(arrangements)
+    }
+
+    /// The policies this node has run with (`peering.redb`), newest first: (unix ms loaded,
+    /// the policy). Blocks on disk (a few small rows).
+    pub fn policy_history(&self) -> Result<Vec<(u64, serde_json::Value)>, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        Ok(store
+            .policies()?
+            .into_iter()
+            .rev()
+            .filter_map(|(at, json)| Some((at, serde_json::from_str(&json).ok()?)))
+            .collect())
     }
 
     /// Writes every arrangement's counters to the peering database (blocking).

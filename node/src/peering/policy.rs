@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reef_proto::records::{ProviderId, Sla};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::redirect::Mode;
 
@@ -68,7 +68,7 @@ pub struct LongTermFile {
 }
 
 /// A long-term arrangement as checked from the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LongTerm {
     pub primary: ProviderId,
     pub peer: ProviderId,
@@ -81,19 +81,24 @@ pub struct LongTerm {
 /// Utilisation from which a node redirects, when the policy does not say.
 pub const DEFAULT_HIGH_WATERMARK_PERMILLE: u16 = 800;
 
-/// The checked policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The checked policy; serialised (durations in seconds) into the policy history of
+/// `peering.redb`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     pub high_watermark_permille: u16,
     pub low_watermark_permille: u16,
+    #[serde(serialize_with = "seconds_of")]
     pub trigger_window: Duration,
+    #[serde(serialize_with = "seconds_of")]
     pub cooldown: Duration,
     /// `None`: we never buy capacity (no mediator runs).
     pub max_price_micros_per_gb: Option<u64>,
     pub share_permille: u16,
+    #[serde(serialize_with = "seconds_of")]
     pub duration: Duration,
     pub offload: Mode,
     pub sla: Sla,
+    #[serde(serialize_with = "seconds_of")]
     pub statement_every: Duration,
     pub refuse: BTreeSet<ProviderId>,
     pub long_term: Vec<LongTerm>,
@@ -119,6 +124,10 @@ impl Default for Policy {
             long_term: Vec::new(),
         }
     }
+}
+
+fn seconds_of<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// `value` (a share of capacity, 1.0 = 100%) in permille, within `(0, max]`.

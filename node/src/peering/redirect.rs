@@ -28,7 +28,7 @@ use crate::load::{Load, REPORT_INTERVAL};
 pub const SERVICE_PATH: &str = "/_reef/s/";
 
 /// How a primary node hands a request to the peer (`[peering] offload`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// `302` to the peer node: the body never passes through us.

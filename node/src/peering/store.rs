@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Arrangement id → JSON of [`Counts`]. JSON, not postcard: it is local state an operator may
@@ -16,6 +16,12 @@ const ARRANGEMENTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("ar
 
 /// Provider id → JSON of [`PeerRecord`]: how the providers we bought capacity from did.
 const PEER_RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peer_records_v1");
+
+/// Unix ms when loaded → JSON of the checked policy: the policies this node has run with, the
+/// latest last, each kept only when it differs from the one before.
+const POLICIES: TableDefinition<u64, &str> = TableDefinition::new("policies_v1");
+/// Policies kept in the history; the oldest make room.
+pub const MAX_POLICIES: usize = 32;
 
 /// How a provider served us as the peer of our negotiated arrangements: what ranking a new
 /// candidate weighs besides price and distance.
@@ -85,6 +91,7 @@ impl Store {
         txn.open_table(USAGE)?;
         txn.open_table(ARRANGEMENTS)?;
         txn.open_table(PEER_RECORDS)?;
+        txn.open_table(POLICIES)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -113,6 +120,35 @@ impl Store {
             if let Ok(saved) = postcard::from_bytes(v.value()) {
                 out.push(saved);
             }
+        }
+        Ok(out)
+    }
+
+    /// Adds `policy` (JSON) to the history at `now_ms`, unless it is the latest one already.
+    pub fn record_policy(&self, policy: &str, now_ms: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(POLICIES)?;
+            let latest = table.last()?.map(|(_, v)| v.value().to_string());
+            if latest.as_deref() != Some(policy) {
+                table.insert(now_ms, policy)?;
+                while table.len()? > MAX_POLICIES as u64 {
+                    table.pop_first()?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The policy history, oldest first: (unix ms loaded, JSON).
+    pub fn policies(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(POLICIES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_string()));
         }
         Ok(out)
     }
@@ -189,5 +225,24 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.usage().unwrap(), vec![([7; 16], counts)]);
         assert_eq!(store.peer_records().unwrap()[0].1.breaches, 1);
+    }
+
+    #[test]
+    fn the_policy_history_keeps_changes_only_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("peering.redb")).unwrap();
+        store.record_policy("{\"a\":1}", 1).unwrap();
+        store.record_policy("{\"a\":1}", 2).unwrap();
+        store.record_policy("{\"a\":2}", 3).unwrap();
+        let kept = store.policies().unwrap();
+        assert_eq!(kept, vec![(1, "{\"a\":1}".into()), (3, "{\"a\":2}".into())]);
+        for i in 0..(MAX_POLICIES as u64 + 5) {
+            store
+                .record_policy(&format!("{{\"n\":{i}}}"), 10 + i)
+                .unwrap();
+        }
+        let kept = store.policies().unwrap();
+        assert_eq!(kept.len(), MAX_POLICIES);
+        assert_eq!(kept.last().unwrap().0, 10 + MAX_POLICIES as u64 + 4);
     }
 }

@@ -49,6 +49,12 @@ async fn a_long_term_arrangement_from_policy_is_active_at_start() {
     assert_eq!(served["requests"], 1, "{p1}");
     assert_eq!(served["bytes"], 4000, "{p1}");
 
+    // The policy in force is in the node's policy history.
+    let history = super::admin_json(&net.testnet.nodes[0], "/api/policy").await;
+    let in_force = &history["history"][0]["policy"];
+    assert_eq!(in_force["statement_every"], 1.0, "{history}");
+    assert_eq!(in_force["long_term"][0]["share_permille"], 300, "{history}");
+
     // It goes on, and both ledgers hold the same statement of it so far.
     let id = p1["arrangements"][0]["id"].clone();
     let at_primary = wait_settled(&net.testnet.nodes[0], &id).await;
