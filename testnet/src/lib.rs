@@ -18,8 +18,10 @@
 //!   `reef-testnet bench-load`;
 //! - [`bench_dns`], DNS answers per second and answer latency of one node, behind
 //!   `reef-testnet bench-dns`, with [`dns_client`], the few bytes of DNS it needs;
+//! - [`bench_metrics`], what a `/metrics` scrape every second costs the hit path, behind
+//!   `reef-testnet bench-metrics`;
 //! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`, `bench-discovery`,
-//!   `bench-dns`).
+//!   `bench-dns`, `bench-metrics`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
 //! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
@@ -35,6 +37,7 @@ pub mod bench;
 pub mod bench_discovery;
 pub mod bench_dns;
 pub mod bench_load;
+pub mod bench_metrics;
 pub mod client;
 pub mod dns_client;
 mod error;

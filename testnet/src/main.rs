@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
     Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_dns, bench_load,
-    locate_reef_binary, origin,
+    bench_metrics, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -63,6 +63,31 @@ enum Cmd {
     /// Measure DNS answers per second and answer latency of one node's DNS server (UDP, on
     /// loopback); print a markdown table.
     BenchDns(BenchDnsArgs),
+    /// Measure what a `/metrics` scrape every second costs one node's hit path (req/s with
+    /// and without scraping); print a markdown table.
+    BenchMetrics(BenchMetricsArgs),
+}
+
+#[derive(Args)]
+struct BenchMetricsArgs {
+    /// Client connections, each with one request in flight.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    connections: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    seconds: usize,
+    /// Runs with and without scraping each, alternating.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    rounds: usize,
+    /// Body bytes of the cached object.
+    #[arg(long, default_value_t = 1024)]
+    size: u64,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -281,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
         Cmd::BenchDiscovery(args) => return run_bench_discovery(args, &mut sigterm).await,
         Cmd::BenchDns(args) => return run_bench_dns(args, &mut sigterm).await,
+        Cmd::BenchMetrics(args) => return run_bench_metrics(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -472,6 +498,30 @@ async fn run_bench_dns(
         dir: dir.clone(),
     };
     let report = bench_dns::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        true,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
+async fn run_bench_metrics(
+    args: BenchMetricsArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("reef-bench-metrics-{}", std::process::id()));
+    let opts = bench_metrics::MetricsBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        connections: args.connections,
+        duration: Duration::from_secs(args.seconds as u64),
+        rounds: args.rounds,
+        size: args.size,
+        dir: dir.clone(),
+    };
+    let report = bench_metrics::run(&opts);
     finish_bench(
         async { report.await.map(|r| r.markdown()) },
         &dir,
