@@ -1,10 +1,12 @@
 //! What `/metrics` costs the hit path: one node serves one cached object to a few keep-alive
 //! client connections for a fixed time, with and without a scrape of its `/metrics` every
-//! second. Runs alternate (off, on, off, on, …) so that a drift of the machine (another
-//! build, thermal) spreads over both; the report gives every run and the medians.
+//! second. Runs alternate in ABBA order (off, on, on, off, off, on, …) so that a drift of the
+//! machine (another build, thermal) spreads over both kinds evenly; the report gives every run
+//! and the medians.
 //!
-//! The load generator runs on the same machine as the node, so on a small machine the figure
-//! is a floor: both compete for the same cores.
+//! The load generator runs on the same machine as the node, so on a small machine req/s is a
+//! floor that moves with whatever else runs there; requests per second of the node's own CPU
+//! time (from `/proc/PID/stat`) is the steadier figure of what serving costs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::bench_dns::cpu_time;
 use crate::{Error, Options, Testnet, client};
 
 /// The object every request asks for; small, so the per-request work dominates.
@@ -30,6 +33,8 @@ const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 const MAX_SCRAPE: usize = 8 << 20;
 /// Before measuring: connections open, the object in the page cache, the node warmed up.
 const WARM_UP: Duration = Duration::from_secs(2);
+/// Scrapes of an otherwise idle node, back to back, to time what one costs the node.
+const IDLE_SCRAPES: u32 = 200;
 
 pub struct MetricsBenchOptions {
     pub bin: PathBuf,
@@ -55,15 +60,26 @@ pub struct Run {
     pub scrapes: u64,
     pub scrape_time: Duration,
     pub scrape_bytes: u64,
+    /// CPU time (user and system) the node used during the run.
+    pub node_cpu: Duration,
 }
 
 impl Run {
     pub fn per_second(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// Requests answered per second of the node's CPU time.
+    pub fn per_cpu_second(&self) -> f64 {
+        self.ok as f64 / self.node_cpu.as_secs_f64().max(1e-9)
+    }
 }
 
 pub struct MetricsBenchReport {
+    /// Node CPU time per scrape, measured on the idle node (less its background work).
+    pub cpu_per_scrape: Duration,
+    /// Bytes of one scrape.
+    pub scrape_bytes: usize,
     pub connections: usize,
     pub size: u64,
     pub duration: Duration,
@@ -80,24 +96,32 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 impl MetricsBenchReport {
-    fn median_of(&self, scraping: bool) -> f64 {
+    fn median_of(&self, scraping: bool, figure: fn(&Run) -> f64) -> f64 {
         median(
             self.runs
                 .iter()
                 .filter(|r| r.scraping == scraping)
-                .map(Run::per_second)
+                .map(figure)
                 .collect(),
         )
     }
 
     pub fn markdown(&self) -> String {
-        let off = self.median_of(false);
-        let on = self.median_of(true);
-        let change = if off > 0.0 {
-            (on - off) / off * 100.0
-        } else {
-            0.0
+        let change = |off: f64, on: f64| {
+            if off > 0.0 {
+                (on - off) / off * 100.0
+            } else {
+                0.0
+            }
         };
+        let (off, on) = (
+            self.median_of(false, Run::per_second),
+            self.median_of(true, Run::per_second),
+        );
+        let (cpu_off, cpu_on) = (
+            self.median_of(false, Run::per_cpu_second),
+            self.median_of(true, Run::per_cpu_second),
+        );
         let mut rows = String::new();
         for (i, r) in self.runs.iter().enumerate() {
             let scrape = if r.scrapes > 0 {
@@ -111,24 +135,34 @@ impl MetricsBenchReport {
                 "–".into()
             };
             rows.push_str(&format!(
-                "| {} | {} | {:.0} | {} | {} |\n",
+                "| {} | {} | {:.0} | {:.0} | {} | {} |\n",
                 i + 1,
                 if r.scraping { "every 1 s" } else { "off" },
                 r.per_second(),
+                r.per_cpu_second(),
                 r.errors,
                 scrape
             ));
         }
         format!(
             "One node serving one cached {} B object (`X-Reef-Source: local`) to {} keep-alive \
-             connections over loopback, {} s per run, runs alternating.\n\n\
-             | run | /metrics scrape | req/s | errors | scrapes (mean time, size) |\n\
-             |---:|---|---:|---:|---|\n{rows}\n\
+             connections over loopback, {} s per run, runs in ABBA order.\n\n\
+             | run | /metrics scrape | req/s | req per node CPU-second | errors | scrapes (mean time, size) |\n\
+             |---:|---|---:|---:|---:|---|\n{rows}\n\
              Median req/s: {off:.0} without scraping, {on:.0} with a scrape every second \
-             ({change:+.1} %).\n",
+             ({:+.1} %). Median requests per node CPU-second: {cpu_off:.0} without, {cpu_on:.0} \
+             with ({:+.1} %).\n\n\
+             One scrape ({} B of OpenMetrics text) costs the idle node {:.0} µs of CPU time \
+             (mean of {IDLE_SCRAPES} back to back, less what the idle node spends as long anyway), \
+             so a scrape every second takes {:.3} % of one core.\n",
             self.size,
             self.connections,
             self.duration.as_secs(),
+            change(off, on),
+            change(cpu_off, cpu_on),
+            self.scrape_bytes,
+            self.cpu_per_scrape.as_secs_f64() * 1e6,
+            self.cpu_per_scrape.as_secs_f64() * 100.0,
         )
     }
 }
@@ -151,6 +185,7 @@ pub async fn run(opts: &MetricsBenchOptions) -> Result<MetricsBenchReport, Error
     })
     .await?;
     let node = testnet.nodes[0].runtime().clone();
+    let pid = testnet.nodes[0].pid();
     let url = testnet.origin.url(&format!("{PATH_PREFIX}{}", opts.size));
     // Fill the cache, then wait until the copy is committed and hits are local.
     let started = Instant::now();
@@ -174,13 +209,28 @@ pub async fn run(opts: &MetricsBenchOptions) -> Result<MetricsBenchReport, Error
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // What one scrape costs the node, without load.
+    let idle_started = Instant::now();
+    let cpu = cpu_time(pid)?;
+    let mut scrape_bytes = 0;
+    for _ in 0..IDLE_SCRAPES {
+        scrape_bytes = scrape(node.admin).await?.len();
+    }
+    let idle_cpu = cpu_time(pid)?.saturating_sub(cpu);
+    // Subtract what the idle node spends anyway in that time (load reports, gossip ticks).
+    tokio::time::sleep(idle_started.elapsed()).await;
+    let background = cpu_time(pid)?.saturating_sub(cpu + idle_cpu);
+    let cpu_per_scrape = idle_cpu.saturating_sub(background) / IDLE_SCRAPES;
+
     let mut runs = Vec::new();
     for round in 0..opts.rounds * 2 {
-        let scraping = round % 2 == 1;
-        runs.push(one_run(opts, node.http, node.admin, &url, scraping).await?);
+        let scraping = abba(round);
+        runs.push(one_run(opts, pid, node.http, node.admin, &url, scraping).await?);
     }
     testnet.shutdown().await;
     Ok(MetricsBenchReport {
+        cpu_per_scrape,
+        scrape_bytes,
         connections: opts.connections,
         size: opts.size,
         duration: opts.duration,
@@ -188,8 +238,14 @@ pub async fn run(opts: &MetricsBenchOptions) -> Result<MetricsBenchReport, Error
     })
 }
 
+/// Whether run `i` scrapes: off, on, on, off, off, on, on, off, …
+fn abba(i: usize) -> bool {
+    matches!(i % 4, 1 | 2)
+}
+
 async fn one_run(
     opts: &MetricsBenchOptions,
+    pid: u32,
     http: SocketAddr,
     admin: SocketAddr,
     url: &str,
@@ -215,6 +271,7 @@ async fn one_run(
     }
     tokio::time::sleep(WARM_UP).await;
     counting.store(true, Ordering::Relaxed);
+    let cpu_before = cpu_time(pid)?;
     let started = Instant::now();
     let mut run = Run {
         scraping,
@@ -240,6 +297,7 @@ async fn one_run(
     }
     counting.store(false, Ordering::Relaxed);
     run.elapsed = started.elapsed();
+    run.node_cpu = cpu_time(pid)?.saturating_sub(cpu_before);
     run.ok = ok.load(Ordering::Relaxed);
     run.errors = errors.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -315,6 +373,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runs_alternate_in_abba_order() {
+        let order: Vec<bool> = (0..8).map(abba).collect();
+        assert_eq!(order, [false, true, true, false, false, true, true, false]);
+    }
+
+    #[test]
     fn the_report_gives_medians_of_each_kind() {
         let run = |scraping: bool, ok: u64| Run {
             scraping,
@@ -323,9 +387,12 @@ mod tests {
             scrapes: u64::from(scraping) * 10,
             scrape_time: Duration::from_millis(u64::from(scraping) * 20),
             scrape_bytes: u64::from(scraping) * 50_000,
+            node_cpu: Duration::from_secs(5),
             ..Run::default()
         };
         let report = MetricsBenchReport {
+            cpu_per_scrape: Duration::from_micros(500),
+            scrape_bytes: 8000,
             connections: 8,
             size: 1024,
             duration: Duration::from_secs(10),
@@ -339,6 +406,12 @@ mod tests {
         let text = report.markdown();
         assert!(text.contains("10100 without scraping, 9800 with"), "{text}");
         assert!(text.contains("(-3.0 %)"), "{text}");
+        assert!(
+            text.contains("20200 without, 19600 with (-3.0 %)"),
+            "{text}"
+        );
         assert!(text.contains("10 × 2.0 ms, 5000 B"), "{text}");
+        assert!(text.contains("costs the idle node 500 µs"), "{text}");
+        assert!(text.contains("0.050 % of one core"), "{text}");
     }
 }

@@ -606,6 +606,10 @@ fn print_nodes(testnet: &Testnet) {
     println!("origin:   {}", testnet.origin.url("/"));
     println!("manifest: {}", testnet.manifest_path().display());
     println!(
+        "dashboard: http://{}/ (every node's admin address serves one)",
+        testnet.nodes[0].runtime().admin
+    );
+    println!(
         "try:      curl -sv -x http://{} {} -o /dev/null",
         testnet.nodes[0].runtime().http,
         testnet.origin.url("/bytes/1048576")
