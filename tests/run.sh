@@ -18,5 +18,13 @@ if ! command -v dig >/dev/null 2>&1; then
     apt-get install -y -qq dnsutils >/dev/null
 fi
 
+# The dashboard's end-to-end test opens it in headless Chromium (Debian's chromium).
+if [ ! -x /usr/bin/chromium ] && [ -z "${REEF_CHROMIUM:-}" ]; then
+    echo "installing chromium for the dashboard test (once)…"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq chromium >/dev/null
+fi
+
 # One profile for everything (dev, see Cargo.toml) so nothing is built twice.
 exec cargo nextest run --workspace --no-fail-fast "$@"

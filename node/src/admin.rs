@@ -1,14 +1,20 @@
-//! The admin API: `/healthz`, `/api/status`, `/api/holders?url=`, `/api/node?peer=`,
-//! `/api/offers?region=`, `/api/load`, `/api/arrangements`, `POST /api/arrangements/end`,
-//! `/api/ledger`, `POST /api/purge` and `/metrics`.
+//! The admin API: `/healthz`, `/api/status`, `/api/peers`, `/api/cache`, `/api/holders?url=`,
+//! `/api/node?peer=`, `/api/offers?region=`, `/api/load`, `/api/arrangements`,
+//! `POST /api/arrangements/end`, `/api/ledger`, `POST /api/purge`, `/metrics`, and the
+//! dashboard (`/`, its assets under `/dashboard/`, its data at `/api/dashboard`).
+//!
+//! Reading is open to whoever reaches the listener (loopback by default). The `POST`
+//! endpoints change things and go through [`Guard`]: with an `admin_token` configured they
+//! need `Authorization: Bearer <token>`; without one they answer only on a loopback listener.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::activity::Activity;
+use crate::config::AdminToken;
 use crate::provider::ProviderStatus;
 
 pub struct AdminState {
@@ -45,6 +53,93 @@ pub struct AdminState {
     pub admin: SocketAddr,
     /// The DNS server, when the node runs one.
     pub dns: Option<crate::dns::Handle>,
+    /// Who may call the mutating endpoints.
+    pub guard: Guard,
+    /// The request mix and recent events, for the dashboard.
+    pub activity: Arc<Activity>,
+}
+
+/// Who may call the admin API's mutating endpoints.
+#[derive(Debug, Clone)]
+pub enum Guard {
+    /// Whoever presents this bearer token.
+    Token(AdminToken),
+    /// Whoever reaches the listener, which is on a loopback address: this machine only.
+    Loopback,
+    /// Nobody: other machines can reach the listener and no token is set.
+    Closed,
+}
+
+impl Guard {
+    /// The rule for a listener bound to `admin`.
+    pub fn new(token: Option<AdminToken>, admin: SocketAddr) -> Guard {
+        match token {
+            Some(token) => Guard::Token(token),
+            None if admin.ip().is_loopback() => Guard::Loopback,
+            None => Guard::Closed,
+        }
+    }
+
+    /// `Ok` if a request with `headers` may go on; else why not.
+    fn check(&self, headers: &HeaderMap) -> Result<(), Refused> {
+        match self {
+            Guard::Loopback => Ok(()),
+            Guard::Closed => Err(Refused::Closed),
+            Guard::Token(token) => {
+                let presented = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        let (scheme, rest) = v.split_once(' ')?;
+                        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                    });
+                match presented {
+                    Some(p) if token.matches(p) => Ok(()),
+                    Some(_) => Err(Refused::WrongToken),
+                    None => Err(Refused::NoToken),
+                }
+            }
+        }
+    }
+}
+
+/// Why the [`Guard`] turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Closed,
+    NoToken,
+    WrongToken,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let why = match self {
+            Refused::Closed => {
+                return one_line(
+                    StatusCode::FORBIDDEN,
+                    "this admin API is reachable from other machines and has no admin_token: \
+                     set admin_token (or admin_token_file) in the config to use this endpoint",
+                );
+            }
+            Refused::NoToken => {
+                "this endpoint needs Authorization: Bearer <admin_token> \
+                 (reef: --token or REEF_ADMIN_TOKEN)"
+            }
+            Refused::WrongToken => "the bearer token is not this node's admin_token",
+        };
+        let mut resp = one_line(StatusCode::UNAUTHORIZED, why);
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp
+    }
+}
+
+/// Lets a mutating request through only if the [`Guard`] does.
+async fn guarded(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    match state.guard.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 #[derive(Serialize)]
@@ -98,22 +193,30 @@ struct GossipBody {
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/status", get(status))
-        .route("/api/holders", get(holders))
-        .route("/api/node", get(node))
-        .route("/api/offers", get(offers))
-        .route("/api/arrangements", get(arrangements))
+    // Everything that changes something, behind the guard.
+    let mutating = Router::new()
         .route("/api/arrangements/end", post(end_arrangement))
-        .route("/api/ledger", get(ledger))
-        .route("/api/policy", get(policy))
-        .route("/metrics", get(metrics))
-        .route("/api/load", get(load))
         .route(
             "/api/purge",
             post(purge).layer(DefaultBodyLimit::max(PURGE_BODY_LIMIT)),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), guarded));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/status", get(status))
+        .route("/api/peers", get(peers))
+        .route("/api/cache", get(cache))
+        .route("/api/holders", get(holders))
+        .route("/api/node", get(node))
+        .route("/api/offers", get(offers))
+        .route("/api/arrangements", get(arrangements))
+        .route("/api/ledger", get(ledger))
+        .route("/api/policy", get(policy))
+        .route("/metrics", get(metrics))
+        .route("/api/load", get(load))
+        .route("/api/dashboard", get(dashboard))
+        .merge(crate::dashboard::routes())
+        .merge(mutating)
         .with_state(state)
 }
 
@@ -179,6 +282,144 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         gossip,
     })
     .into_response()
+}
+
+#[derive(Serialize)]
+struct PeerBody {
+    peer_id: String,
+    /// Its provider as its load report says (verified), `null` while it is not listed.
+    provider: Option<crate::load::view::ProviderRef>,
+    utilisation_permille: Option<u16>,
+    /// Gossipsub's score of it; `null` until it is scored.
+    gossip_score: Option<f64>,
+}
+
+/// The peers connected now, with what the load table and gossipsub know of each.
+async fn peers(State(state): State<Arc<AdminState>>) -> Response {
+    let overlay = match state.overlay.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            return one_line(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("overlay unavailable: {e}"),
+            );
+        }
+    };
+    let mut listed: BTreeMap<String, crate::load::view::NodeLoad> = state
+        .load
+        .view()
+        .nodes
+        .into_iter()
+        .map(|n| (n.peer_id.clone(), n))
+        .collect();
+    let peers: Vec<PeerBody> = overlay
+        .connected_peers
+        .into_iter()
+        .map(|peer_id| {
+            let node = listed.remove(&peer_id);
+            PeerBody {
+                gossip_score: overlay.gossip_scores.get(&peer_id).copied(),
+                utilisation_permille: node.as_ref().map(|n| n.utilisation_permille),
+                provider: node.map(|n| n.provider),
+                peer_id,
+            }
+        })
+        .collect();
+    Json(serde_json::json!({ "peers": peers })).into_response()
+}
+
+#[derive(Serialize)]
+struct CacheBody {
+    #[serde(flatten)]
+    stats: reef_cache::Stats,
+    quotas: BTreeMap<String, reef_cache::QuotaStats>,
+    announcements: crate::fetch::AnnounceStats,
+    peer_bodies_rejected: u64,
+    purges: crate::purge::PurgeStats,
+}
+
+/// The cache: objects and bytes stored, quotas, announcements and purges.
+async fn cache(State(state): State<Arc<AdminState>>) -> Json<CacheBody> {
+    Json(CacheBody {
+        stats: state.store.stats(),
+        quotas: state.store.quotas(),
+        announcements: state.announcer.stats(),
+        peer_bodies_rejected: state.fetcher.verify_failures(),
+        purges: state.purger.stats(),
+    })
+}
+
+#[derive(Serialize)]
+struct DashboardNode {
+    peer_id: String,
+    provider: ProviderStatus,
+    region: String,
+    http: SocketAddr,
+    admin: SocketAddr,
+    joined: bool,
+    connected_peers: usize,
+    cache: reef_cache::Stats,
+    load: crate::load::OwnLoad,
+    dns: Option<crate::dns::Status>,
+}
+
+/// Everything the dashboard draws, in one answer (it polls this once a second).
+#[derive(Serialize)]
+struct DashboardBody {
+    node: DashboardNode,
+    /// Every node in our load table, and the sums per provider.
+    load: crate::load::LoadView,
+    /// Provider id → name, for the providers named in arrangements.
+    names: BTreeMap<String, String>,
+    arrangements: Vec<crate::peering::View>,
+    /// Requests per second by source, oldest first, the last five minutes at most.
+    mix: Vec<crate::activity::Sample>,
+    /// Newest first.
+    events: Vec<crate::activity::Event>,
+}
+
+async fn dashboard(State(state): State<Arc<AdminState>>) -> Response {
+    let overlay = match state.overlay.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            return one_line(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("overlay unavailable: {e}"),
+            );
+        }
+    };
+    let load = state.load.view();
+    let mut names: BTreeMap<String, String> = load
+        .providers
+        .iter()
+        .filter_map(|p| Some((p.id.clone(), p.name.clone()?)))
+        .collect();
+    if let Some(name) = &state.provider.name {
+        names.insert(state.provider.id.to_string(), name.clone());
+    }
+    let body = DashboardBody {
+        node: DashboardNode {
+            peer_id: overlay.peer_id,
+            provider: state.provider.clone(),
+            region: state.region.clone(),
+            http: state.http,
+            admin: state.admin,
+            joined: overlay.joined,
+            connected_peers: overlay.connected_peers.len(),
+            cache: state.store.stats(),
+            load: state.load.own(),
+            dns: state.dns.as_ref().map(crate::dns::Handle::status),
+        },
+        load,
+        names,
+        arrangements: state.arrangements.views(&state.health),
+        mix: state.activity.mix(),
+        events: state.activity.events(),
+    };
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 #[derive(Serialize)]
@@ -517,6 +758,69 @@ fn one_line(status: StatusCode, why: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(authorization: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = authorization {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_guard_wants_the_token_or_a_loopback_listener() {
+        let token = AdminToken::new("correct-horse-battery").unwrap();
+        let public: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.3:9090".parse().unwrap();
+        let status = |g: &Guard, h: Option<&str>| match g.check(&headers(h)) {
+            Ok(()) => StatusCode::OK,
+            Err(refused) => refused.into_response().status(),
+        };
+
+        let with_token = Guard::new(Some(token.clone()), public);
+        assert_eq!(
+            status(&with_token, Some("Bearer correct-horse-battery")),
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(&with_token, Some("bearer  correct-horse-battery ")),
+            StatusCode::OK
+        );
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic correct-horse-battery"),
+            Some("Bearer"),
+        ] {
+            assert_eq!(
+                status(&with_token, bad),
+                StatusCode::UNAUTHORIZED,
+                "{bad:?}"
+            );
+        }
+        let resp = with_token
+            .check(&headers(None))
+            .unwrap_err()
+            .into_response();
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+
+        // A token is required on loopback too once it is set.
+        let loopback_with_token = Guard::new(Some(token), loopback);
+        assert_eq!(status(&loopback_with_token, None), StatusCode::UNAUTHORIZED);
+
+        assert_eq!(status(&Guard::new(None, loopback), None), StatusCode::OK);
+        let v6: SocketAddr = "[::1]:9090".parse().unwrap();
+        assert_eq!(status(&Guard::new(None, v6), None), StatusCode::OK);
+        assert_eq!(
+            status(&Guard::new(None, public), None),
+            StatusCode::FORBIDDEN
+        );
+        let private: SocketAddr = "10.1.2.3:9090".parse().unwrap();
+        assert_eq!(
+            status(&Guard::new(None, private), Some("Bearer anything")),
+            StatusCode::FORBIDDEN
+        );
+    }
 
     #[test]
     fn purge_requests_name_exactly_one_canonical_url() {

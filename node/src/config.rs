@@ -72,6 +72,11 @@ pub struct FileConfig {
     pub peering: Option<crate::peering::PolicyFile>,
     /// The DNS redirector: `listen` (`--dns`), the zone and how it answers.
     pub dns: Option<crate::dns::DnsFile>,
+    /// Bearer token the admin API's mutating endpoints require (`POST /api/purge`,
+    /// `POST /api/arrangements/end`).
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (its first line), instead of `admin_token`.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// One `[services."HOST"]` table.
@@ -124,6 +129,61 @@ pub struct Config {
     pub offer: Option<crate::offers::OfferConfig>,
     pub peering: crate::peering::Policy,
     pub dns: crate::dns::Settings,
+    /// Required by the admin API's mutating endpoints; without one they answer only on a
+    /// loopback admin address.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// Shortest admin token taken: 16 characters of a random string are beyond guessing.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+/// Longest admin token taken; it travels in a header.
+pub const MAX_ADMIN_TOKEN: usize = 256;
+/// A token file is one line; anything longer is not one.
+const MAX_ADMIN_TOKEN_FILE: u64 = 4096;
+
+/// The admin API's bearer token. Its `Debug` does not show it, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
+}
+
+impl AdminToken {
+    /// `text` as a token: 16 to 256 visible ASCII characters (no spaces).
+    pub fn new(text: &str) -> Result<AdminToken, String> {
+        let len = text.len();
+        if !(MIN_ADMIN_TOKEN..=MAX_ADMIN_TOKEN).contains(&len) {
+            return Err(format!(
+                "must be {MIN_ADMIN_TOKEN} to {MAX_ADMIN_TOKEN} characters long, not {len} \
+                 (e.g. `openssl rand -hex 24`)"
+            ));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("may hold only visible ASCII characters, no spaces".into());
+        }
+        Ok(AdminToken(text.to_string()))
+    }
+
+    /// Reads a token from the first line of `path`.
+    pub fn from_file(path: &Path) -> Result<AdminToken, String> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text = String::new();
+        file.take(MAX_ADMIN_TOKEN_FILE)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let line = text.lines().next().unwrap_or("").trim();
+        AdminToken::new(line).map_err(|e| format!("{}: the token {e}", path.display()))
+    }
+
+    /// Whether `presented` is this token, in time that does not depend on where they differ
+    /// (blake3 hashes compare in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        blake3::hash(self.0.as_bytes()) == blake3::hash(presented.as_bytes())
+    }
 }
 
 /// Settings of one service (tenant).
@@ -158,6 +218,7 @@ impl Config {
             offer: None,
             peering: crate::peering::Policy::default(),
             dns: crate::dns::Settings::default(),
+            admin_token: None,
         }
     }
 
@@ -179,6 +240,22 @@ impl Config {
         }
         if let Some(v) = file.admin {
             self.admin = v;
+        }
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "admin_token",
+            reason,
+        };
+        match (file.admin_token, file.admin_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "give admin_token or admin_token_file, not both".into(),
+                ));
+            }
+            (Some(text), None) => self.admin_token = Some(AdminToken::new(&text).map_err(invalid)?),
+            (None, Some(path)) => {
+                self.admin_token = Some(AdminToken::from_file(&path).map_err(invalid)?)
+            }
+            (None, None) => {}
         }
         if !file.listen.is_empty() {
             self.listen = file.listen;
@@ -413,6 +490,44 @@ mod tests {
         assert_eq!(c.provider.as_deref(), Some("acme"));
         assert_eq!(c.cache_size, 2 << 30);
         assert_eq!(c.origin_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn admin_tokens_come_from_the_file_or_a_token_file() {
+        let token = "0123456789abcdef0123";
+        let file: FileConfig = toml::from_str(&format!("admin_token = \"{token}\"")).unwrap();
+        let c = Config::defaults().with_file(file).unwrap();
+        let t = c.admin_token.unwrap();
+        assert!(t.matches(token) && !t.matches("0123456789abcdef0124") && !t.matches(""));
+        assert_eq!(format!("{t:?}"), "AdminToken(…)");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("  {token}\nignored\n")).unwrap();
+        let flags = FileConfig {
+            admin_token_file: Some(path.clone()),
+            ..FileConfig::default()
+        };
+        assert!(
+            Config::defaults()
+                .with_file(flags)
+                .unwrap()
+                .admin_token
+                .unwrap()
+                .matches(token)
+        );
+
+        for bad in [
+            "admin_token = \"short\"".to_string(),
+            "admin_token = \"has a space in it, sadly\"".to_string(),
+            format!("admin_token = \"{token}\"\nadmin_token_file = \"/x\""),
+            "admin_token_file = \"/nonexistent/token\"".to_string(),
+        ] {
+            let file: FileConfig = toml::from_str(&bad).unwrap();
+            let e = Config::defaults().with_file(file).unwrap_err().to_string();
+            assert!(e.contains("admin_token"), "{bad}: {e}");
+        }
+        assert!(Config::defaults().admin_token.is_none());
     }
 
     #[test]

@@ -8,9 +8,12 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod activity;
 pub mod admin;
+pub mod admin_client;
 pub mod body;
 pub mod config;
+pub mod dashboard;
 pub mod dns;
 pub mod edge;
 pub mod fetch;
@@ -27,4 +30,5 @@ pub mod purge;
 pub mod republish;
 pub mod runtime_file;
 pub mod services;
+pub mod status_cmd;
 pub mod telemetry;

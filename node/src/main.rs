@@ -1,16 +1,17 @@
-//! `reef`: run a node, fetch through one, print a node's identity, make a provider key, or
-//! list and end peering arrangements.
+//! `reef`: run a node, fetch through one, print a node's identity, make a provider key, show a
+//! running node's status, purge URLs, or list and end peering arrangements.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use reef_node::admin_client::{self, Admin};
 use reef_node::config::{self, Config, FileConfig};
 use reef_node::fetch_cmd::{self, FetchArgs, FetchCmdError};
 use reef_node::node::{self, StartError};
-use reef_node::peering_cmd;
 use reef_node::telemetry::{self, LogFormat};
+use reef_node::{peering_cmd, status_cmd};
 
 /// Exit code for bad input (flags, config, URLs), as the CLI contract says.
 const EXIT_USAGE: u8 = 2;
@@ -62,6 +63,42 @@ enum Command {
     /// The peering arrangements of a node's provider.
     #[command(subcommand)]
     Peering(PeeringCommand),
+    /// Print a running node's state: identity, peers, cache, load, arrangements, DNS.
+    Status {
+        /// The node's admin API address.
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin: String,
+    },
+    /// Drop a URL (or every URL under a prefix) from the caches of the node's provider.
+    Purge {
+        /// The URL, or with --prefix the start of the URLs, to drop.
+        url: String,
+        /// Drop every URL that starts with URL (end it with `/` for a directory).
+        #[arg(long)]
+        prefix: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// What `reef run` binds its admin API to by default.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+/// Where a mutating command sends its request, and with which token.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The node's admin API address.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    admin: String,
+    /// The node's admin_token, sent as `Authorization: Bearer`; needed when the node has one.
+    #[arg(long, env = "REEF_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn admin(self) -> Admin {
+        Admin::new(&self.admin, self.token)
+    }
 }
 
 #[derive(Subcommand)]
@@ -70,7 +107,7 @@ enum PeeringCommand {
     /// what the node served or redirected under each.
     List {
         /// The node's admin API address.
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, default_value = DEFAULT_ADMIN)]
         admin: String,
     },
     /// End an arrangement now (drains it on both providers' nodes); the node needs the
@@ -78,9 +115,8 @@ enum PeeringCommand {
     End {
         /// The arrangement id (32 hex digits, from `reef peering list`).
         id: String,
-        /// The node's admin API address.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -148,6 +184,10 @@ struct RunArgs {
     /// config's `[dns]` table names; without it no DNS server runs.
     #[arg(long, value_name = "ADDR")]
     dns: Option<SocketAddr>,
+    /// File whose first line is the admin API's bearer token (`admin_token_file`); its POST
+    /// endpoints then require it.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Requests per second this node can serve, published in its record; its reported
     /// utilisation is measured against it [default: 1000].
     #[arg(long, value_name = "N")]
@@ -187,10 +227,20 @@ fn main() -> ExitCode {
             .await
             .map_err(exit_of),
             Command::Peering(command) => match command {
-                PeeringCommand::List { admin } => peering_cmd::list(&admin).await,
-                PeeringCommand::End { id, admin } => peering_cmd::end(&admin, &id).await,
+                PeeringCommand::List { admin } => {
+                    peering_cmd::list(&Admin::new(&admin, None)).await
+                }
+                PeeringCommand::End { id, admin } => peering_cmd::end(&admin.admin(), &id).await,
             }
             .map_err(exit_of),
+            Command::Status { admin } => status_cmd::run(&Admin::new(&admin, None))
+                .await
+                .map_err(exit_of),
+            Command::Purge { url, prefix, admin } => {
+                admin_client::purge(&admin.admin(), &url, prefix)
+                    .await
+                    .map_err(exit_of)
+            }
             Command::Id { data_dir } => match reef_node::identity::load_or_create(&data_dir) {
                 Ok(key) => {
                     println!("{}", key.public().to_peer_id());
@@ -248,6 +298,8 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
             listen: Some(listen),
             ..Default::default()
         }),
+        admin_token: None,
+        admin_token_file: args.admin_token_file,
     };
     let config = Config::defaults()
         .with_file(file)

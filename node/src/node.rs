@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::activity::{self, Activity};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge, Gate};
@@ -143,7 +144,6 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         | reef_overlay::Error::Identity(_) => input("our node record", &e),
         e => StartError::Runtime(format!("cannot start the overlay: {e}")),
     })?;
-    let registry = Arc::new(registry);
     // Signed by our provider's key, or by our own for a node that is its own provider.
     let service_owner = certifier
         .as_ref()
@@ -282,11 +282,14 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         local,
         announcer.clone(),
     );
+    let requests = crate::metrics::Requests::register(&mut registry);
+    let ingress = upstreams.ingress();
     let edge = Arc::new(Edge::new(
         fetcher.clone(),
         upstreams,
         &short,
         load.meter(),
+        requests.clone(),
         Gate {
             services: services.clone(),
             provider: membership.id,
@@ -323,6 +326,30 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         None => None,
     };
     let dns_handle = dns.as_ref().map(dns::Dns::handle);
+    // What other parts count already is read at scrape time.
+    registry.register_collector(Box::new(crate::metrics::Collector {
+        meter: load.meter(),
+        load: load.clone(),
+        store: store.clone(),
+        ingress,
+        arrangements: arrangements.clone(),
+        health: health.clone(),
+        ledger: ledger.clone(),
+        dns: dns_handle.clone(),
+    }));
+    let registry = Arc::new(registry);
+    let activity = Arc::new(Activity::default());
+    let activity_task = activity.spawn(activity::Watch {
+        requests,
+        arrangements: arrangements.clone(),
+        health: health.clone(),
+        ledger: ledger.clone(),
+        load: load.clone(),
+    });
+    let guard = admin::Guard::new(config.admin_token.clone(), admin_addr);
+    if matches!(guard, admin::Guard::Closed) {
+        warn!(%admin_addr, "the admin API listens beyond loopback without admin_token: its POST endpoints (purge, ending arrangements) are refused");
+    }
 
     let status = overlay
         .status()
@@ -370,6 +397,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         http: http_addr,
         admin: admin_addr,
         dns: dns_handle,
+        guard,
+        activity,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
     let reannounce = {
@@ -391,6 +420,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         task.abort();
     }
     saver.abort();
+    activity_task.abort();
     if let Some(dns) = dns {
         dns.stop();
     }

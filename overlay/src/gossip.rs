@@ -32,6 +32,8 @@ pub struct MessageHandle {
     pub(crate) id: gossipsub::MessageId,
     /// The peer it arrived from: never sent back there, and penalised for a `Reject`.
     pub(crate) from: PeerId,
+    /// Its topic, for counting verdicts per topic.
+    pub(crate) topic: gossipsub::TopicHash,
 }
 
 /// The verdict on a received message.

@@ -3,12 +3,25 @@
 //! The node owns the [`Registry`] (it serves `/metrics`); the overlay only adds its families
 //! to it through [`Metrics::register`], so it never needs to know how they are exposed.
 //! Counters are atomics behind an `Arc`: the event loop bumps them without locks or awaits.
+//!
+//! - `reef_records_rejected_total{kind,reason}`: DHT records refused;
+//! - `reef_dht_lookup_duration_seconds{lookup}`: how long the DHT lookups that went to the
+//!   network took, from the command to the answer (`providers`, or the record kind);
+//! - `reef_connected_peers`: peers with at least one open connection;
+//! - `reef_gossip_messages_total{topic,verdict}`: gossip messages received on a subscribed
+//!   topic, by the verdict that decided whether they travel on (`accept`, `reject`, `ignore`).
+
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use reef_proto::records::Kind;
+
+use crate::gossip::Acceptance;
 
 /// The `kind` label of a value under a key no record kind owns.
 pub(crate) const UNKNOWN_KIND: &str = "unknown";
@@ -39,11 +52,51 @@ pub struct RejectLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `reef_dht_lookup_duration_seconds`: `providers` (who holds a content key) or the
+/// kind of record looked up (`node_record`, `content_record`, …).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub lookup: &'static str,
+}
+
+/// Labels of `reef_gossip_messages_total`. Topics are the few Reef subscribes to (at most
+/// `MAX_SUBSCRIPTIONS` and the withdrawal topic), so the family stays small.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GossipLabels {
+    pub topic: String,
+    pub verdict: &'static str,
+}
+
+/// The `lookup` label of provider lookups.
+pub(crate) const PROVIDERS_LOOKUP: &str = "providers";
+
+/// Buckets of the lookup histogram: 1 ms to about 8 s, doubling. Loopback lookups take a few
+/// milliseconds, lookups across the world hundreds, and a lookup's deadline is 3 to 5 s.
+fn lookup_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+type LookupFamily = Family<LookupLabels, Histogram, fn() -> Histogram>;
+
 /// The overlay's metric families. Cheap to clone (shared counters); `Default` makes an
 /// unregistered set, for tests and embedders without a `/metrics`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     records_rejected: Family<RejectLabels, Counter>,
+    lookups: LookupFamily,
+    connected_peers: Gauge,
+    gossip: Family<GossipLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            records_rejected: Family::default(),
+            lookups: Family::new_with_constructor(lookup_histogram as fn() -> Histogram),
+            connected_peers: Gauge::default(),
+            gossip: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -68,12 +121,55 @@ impl Metrics {
             "DHT records refused by this node (never stored, never forwarded), by kind and reason",
             metrics.records_rejected.clone(),
         );
+        registry.register_with_unit(
+            "reef_dht_lookup_duration",
+            "DHT lookups that went to the network, from the request to the answer, by what was looked up",
+            Unit::Seconds,
+            metrics.lookups.clone(),
+        );
+        registry.register(
+            "reef_connected_peers",
+            "Peers with at least one open libp2p connection",
+            metrics.connected_peers.clone(),
+        );
+        registry.register(
+            "reef_gossip_messages",
+            "Gossip messages received on subscribed topics, by the verdict on forwarding them",
+            metrics.gossip.clone(),
+        );
         metrics
     }
 
     pub(crate) fn record_rejected(&self, kind: &'static str, reason: &'static str) {
         self.records_rejected
             .get_or_create(&RejectLabels { kind, reason })
+            .inc();
+    }
+
+    /// A DHT lookup of `lookup` took `elapsed`.
+    pub(crate) fn lookup_took(&self, lookup: &'static str, elapsed: Duration) {
+        self.lookups
+            .get_or_create(&LookupLabels { lookup })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn set_connected_peers(&self, peers: usize) {
+        self.connected_peers
+            .set(i64::try_from(peers).unwrap_or(i64::MAX));
+    }
+
+    /// A gossip message on `topic` got `verdict`.
+    pub(crate) fn gossip_verdict(&self, topic: &str, verdict: Acceptance) {
+        let verdict = match verdict {
+            Acceptance::Accept => "accept",
+            Acceptance::Reject => "reject",
+            Acceptance::Ignore => "ignore",
+        };
+        self.gossip
+            .get_or_create(&GossipLabels {
+                topic: topic.to_string(),
+                verdict,
+            })
             .inc();
     }
 }
@@ -107,6 +203,46 @@ mod tests {
             text.contains("# TYPE reef_records_rejected counter"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn lookups_peers_and_gossip_verdicts_are_exposed() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.lookup_took(PROVIDERS_LOOKUP, Duration::from_millis(3));
+        metrics.lookup_took("node_record", Duration::from_secs(10));
+        metrics.set_connected_peers(4);
+        metrics.gossip_verdict("reef/load/1", Acceptance::Accept);
+        metrics.gossip_verdict("reef/load/1", Acceptance::Accept);
+        metrics.gossip_verdict("reef/load/1", Acceptance::Reject);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "# TYPE reef_dht_lookup_duration_seconds histogram",
+            "# UNIT reef_dht_lookup_duration_seconds seconds",
+            "reef_dht_lookup_duration_seconds_count{lookup=\"providers\"} 1",
+            "reef_connected_peers 4",
+            "reef_gossip_messages_total{topic=\"reef/load/1\",verdict=\"accept\"} 2",
+            "reef_gossip_messages_total{topic=\"reef/load/1\",verdict=\"reject\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // Bucket lines carry `le` and the family's label, in the encoder's order.
+        let bucket = |lookup: &str, le: &str| -> String {
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.starts_with("reef_dht_lookup_duration_seconds_bucket{")
+                        && l.contains(&format!("lookup=\"{lookup}\""))
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .unwrap_or_else(|| panic!("no bucket {lookup} {le} in\n{text}"));
+            line.rsplit(' ').next().unwrap().to_string()
+        };
+        assert_eq!(bucket("providers", "0.002"), "0");
+        assert_eq!(bucket("providers", "0.004"), "1");
+        assert_eq!(bucket("node_record", "8.192"), "0");
+        assert_eq!(bucket("node_record", "+Inf"), "1");
     }
 
     #[test]

@@ -339,7 +339,7 @@ async fn send(socket: &UdpSocket, id: u16) -> Result<(), Error> {
 }
 
 /// User and system CPU time of process `pid` so far (`/proc/PID/stat`, fields 14 and 15).
-fn cpu_time(pid: u32) -> Result<Duration, Error> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration, Error> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
         context: format!("reading {path}"),

@@ -22,8 +22,10 @@
 //!   `reef-testnet bench-dns`, with [`dns_client`], the few bytes of DNS it needs;
 //! - [`bench_peering`], a flash crowd on a primary provider until a peer serves for it, behind
 //!   `reef-testnet bench-peering`;
+//! - [`bench_metrics`], what a `/metrics` scrape every second costs the hit path, behind
+//!   `reef-testnet bench-metrics`;
 //! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`, `bench-discovery`,
-//!   `bench-dns`, `bench-peering`).
+//!   `bench-dns`, `bench-peering`, `bench-metrics`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
 //! overlay, peering) happens inside the spawned `reef` processes; this crate only starts
@@ -39,6 +41,7 @@ pub mod bench;
 pub mod bench_discovery;
 pub mod bench_dns;
 pub mod bench_load;
+pub mod bench_metrics;
 pub mod bench_peering;
 pub mod client;
 pub mod crowd;

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
     Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_dns, bench_load,
-    bench_peering, locate_reef_binary, origin,
+    bench_metrics, bench_peering, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -66,6 +66,9 @@ enum Cmd {
     /// Measure peering under a flash crowd on fresh 3-provider testnets: reaction time,
     /// negotiation, receipts' overhead, disband and settlement; print a markdown table.
     BenchPeering(BenchPeeringArgs),
+    /// Measure what a `/metrics` scrape every second costs one node's hit path (req/s with
+    /// and without scraping); print a markdown table.
+    BenchMetrics(BenchMetricsArgs),
 }
 
 #[derive(Args)]
@@ -85,6 +88,28 @@ struct BenchPeeringArgs {
     /// Seconds over which the receipts' traffic is counted.
     #[arg(long, default_value_t = 20)]
     window: u64,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchMetricsArgs {
+    /// Client connections, each with one request in flight.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    connections: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    seconds: usize,
+    /// Runs with and without scraping each, alternating.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    rounds: usize,
+    /// Body bytes of the cached object.
+    #[arg(long, default_value_t = 1024)]
+    size: u64,
     /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -310,6 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchDiscovery(args) => return run_bench_discovery(args, &mut sigterm).await,
         Cmd::BenchDns(args) => return run_bench_dns(args, &mut sigterm).await,
         Cmd::BenchPeering(args) => return run_bench_peering(args, &mut sigterm).await,
+        Cmd::BenchMetrics(args) => return run_bench_metrics(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -536,6 +562,30 @@ async fn run_bench_peering(
     .await
 }
 
+async fn run_bench_metrics(
+    args: BenchMetricsArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("reef-bench-metrics-{}", std::process::id()));
+    let opts = bench_metrics::MetricsBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        connections: args.connections,
+        duration: Duration::from_secs(args.seconds as u64),
+        rounds: args.rounds,
+        size: args.size,
+        dir: dir.clone(),
+    };
+    let report = bench_metrics::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        true,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
 /// Waits for a benchmark (stopping, which kills its nodes, on Ctrl-C or SIGTERM), prints its
 /// markdown report and writes it to `out` if asked, and removes a temporary `dir`.
 async fn finish_bench(
@@ -609,6 +659,10 @@ fn print_nodes(testnet: &Testnet) {
     println!();
     println!("origin:   {}", testnet.origin.url("/"));
     println!("manifest: {}", testnet.manifest_path().display());
+    println!(
+        "dashboard: http://{}/ (every node's admin address serves one)",
+        testnet.nodes[0].runtime().admin
+    );
     println!(
         "try:      curl -sv -x http://{} {} -o /dev/null",
         testnet.nodes[0].runtime().http,

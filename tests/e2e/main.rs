@@ -5,11 +5,13 @@
 
 mod cli;
 mod crash;
+mod dashboard;
 mod dns;
 mod errors;
 mod fetch;
 mod freshness;
 mod load;
+mod metrics;
 mod offers;
 mod peering;
 mod providers;

@@ -113,24 +113,47 @@ pub async fn get_via(node: SocketAddr, url: &str) -> Fetched {
 }
 
 pub async fn request_via(node: SocketAddr, builder: http::request::Builder) -> Fetched {
-    let req = builder.body(Empty::<Bytes>::new()).expect("request");
-    tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let stream = TcpStream::connect(node).await.expect("connect to node");
+    try_request(node, builder, REQUEST_TIMEOUT)
+        .await
+        .expect("request finished in time")
+}
+
+/// Like [`request_via`], but a refused connection, a reset or a timeout is an `Err` saying
+/// which, for tests where a node that fails is part of the plot.
+pub async fn try_request(
+    node: SocketAddr,
+    builder: http::request::Builder,
+    timeout: Duration,
+) -> Result<Fetched, String> {
+    let req = builder
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(timeout, async {
+        let stream = TcpStream::connect(node)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .expect("handshake");
+            .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
-        let resp = sender.send_request(req).await.expect("response");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("response: {e}"))?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Fetched {
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Fetched {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     })
     .await
-    .expect("request finished in time")
+    .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 /// Sends raw bytes and returns the raw response (for requests a client library would refuse to send).

@@ -12,11 +12,13 @@ use tracing::{Instrument, debug, info_span};
 
 use super::respond::respond;
 use crate::body::{self, Body, BoxError};
+use crate::fetch::upstream::From;
 use crate::fetch::{
     CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, Served, Source, Upstreams,
     content_length, strip_hop_by_hop,
 };
 use crate::load::Meter;
+use crate::metrics::Requests;
 use crate::peering::health::served_properly;
 use crate::peering::redirect::{Mode, Offload, parse_service_path};
 use crate::peering::{Arrangements, Redirector, Usage};
@@ -41,6 +43,8 @@ pub struct Edge {
     next_request_id: AtomicU64,
     /// Load counters: requests, egress bytes, cache lookups (see `load::meter` for what counts).
     meter: Arc<Meter>,
+    /// `reef_requests_total{source,status}`.
+    requests: Arc<Requests>,
     gate: Gate,
 }
 
@@ -60,6 +64,7 @@ impl Edge {
         upstreams: Upstreams,
         node_name: &str,
         meter: Arc<Meter>,
+        requests: Arc<Requests>,
         gate: Gate,
     ) -> Self {
         let via = HeaderValue::from_str(&format!("1.1 reef-{node_name}"))
@@ -70,6 +75,7 @@ impl Edge {
             via,
             next_request_id: AtomicU64::new(1),
             meter,
+            requests,
             gate,
         }
     }
@@ -80,9 +86,9 @@ impl Edge {
         async move {
             let started = Instant::now();
             self.meter.request();
-            // A client's GET or HEAD goes through the cache (peers' object requests do not).
-            let lookup = req.uri().scheme().is_some()
-                && (req.method() == Method::GET || req.method() == Method::HEAD);
+            // A client's GET or HEAD, by proxy or service name, goes through the cache when it
+            // is answered with an `X-Reef-Source` (peers' object requests never are).
+            let lookup = req.method() == Method::GET || req.method() == Method::HEAD;
             // A clone shares the URI's bytes; it is only formatted if the access log is on.
             let target = req.uri().clone();
             let mut resp = match self.route(req).await {
@@ -103,9 +109,20 @@ impl Edge {
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "served"
             );
-            if lookup && let Some(source) = resp.headers().get("x-reef-source") {
+            let source = resp
+                .headers()
+                .get("x-reef-source")
+                .map(HeaderValue::as_bytes);
+            // A relayed answer is another provider's node's; its source is not our cache.
+            let relayed = resp.headers().contains_key(PEERING_HEADER);
+            let label = if relayed { Some(&b"relay"[..]) } else { source };
+            self.requests.served(label, resp.status().as_u16());
+            if lookup
+                && !relayed
+                && let Some(source) = source
+            {
                 self.meter
-                    .lookup(source.as_bytes() == Source::Local.as_str().as_bytes());
+                    .lookup(source == Source::Local.as_str().as_bytes());
             }
             resp.map(|body| self.meter.count_egress(body))
         }
@@ -193,9 +210,7 @@ impl Edge {
                 if succeeded && !method.is_safe() {
                     self.fetcher.invalidate(&url).await;
                 }
-                let body = incoming
-                    .map_err(|e| -> BoxError { Box::new(e) })
-                    .boxed_unsync();
+                let body = self.upstreams.received(incoming, From::Origin);
                 let served = Served {
                     head,
                     payload: Payload::Stream(body),
@@ -299,6 +314,7 @@ impl Edge {
         };
         let (mut head, incoming) = resp.into_parts();
         let small = content_length(&head.headers).is_some_and(|len| len <= RELAY_READ_WHOLE);
+        let incoming = self.upstreams.received(incoming, From::Node);
         let body = if small {
             match tokio::time::timeout(wait, incoming.collect()).await {
                 Ok(Ok(whole)) => body::full(whole.to_bytes()),
@@ -307,8 +323,6 @@ impl Edge {
             }
         } else {
             incoming
-                .map_err(|e| -> BoxError { Box::new(e) })
-                .boxed_unsync()
         };
         health.observed(offload.node, true);
         self.meter.proxied();

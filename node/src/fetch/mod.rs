@@ -40,6 +40,7 @@ pub use error::FetchError;
 pub use headers::strip_hop_by_hop;
 pub use serve::{CacheStatus, Payload, Served};
 pub use source::Source;
+use upstream::From;
 pub use upstream::{OBJECT_PATH, Upstreams};
 
 use crate::body::{self, Body};
@@ -313,7 +314,7 @@ impl Fetcher {
                     guard.skip();
                     return Step::Done(Ok(*served));
                 }
-                Ok(Revalidation::Replaced(response)) => Upstream::new(response, Source::Origin),
+                Ok(Revalidation::Replaced(response)) => self.upstream(response, Source::Origin),
                 Err(e) => return Step::Done(Err(e)),
             },
             None => match self.fetch_upstream(target, &url, policy_req).await {
@@ -584,7 +585,8 @@ impl Fetcher {
         let resp = self.origin_get(url, policy_req).await?;
         let (mut head, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
-        Ok(pass_through(head, boxed(incoming), Source::Origin))
+        let body = self.inner.upstreams.received(incoming, From::Origin);
+        Ok(pass_through(head, body, Source::Origin))
     }
 
     /// Phase: upstream. The nearest holder that has a fresh copy, else the origin.
@@ -629,7 +631,7 @@ impl Fetcher {
                     if resp.status() == StatusCode::MULTIPLE_CHOICES && target.vary.is_none() =>
                 {
                     debug!(%peer, key = %key.short(), "the URL varies");
-                    return Ok(Upstream::new(resp, Source::Peer));
+                    return Ok(self.upstream(resp, Source::Peer));
                 }
                 Ok(resp) if resp.status() == StatusCode::OK => {
                     let (head, body) = resp.into_parts();
@@ -645,7 +647,8 @@ impl Fetcher {
                         break;
                     };
                     let scratch = self.inner.store.scratch_dir();
-                    match verify::download(boxed(body), want, &scratch).await {
+                    let body = self.inner.upstreams.received(body, From::Peer);
+                    match verify::download(body, want, &scratch).await {
                         Ok(file) => {
                             debug!(%peer, key = %key.short(), "fetched and verified from peer");
                             return Ok(Upstream {
@@ -667,7 +670,7 @@ impl Fetcher {
             }
         }
         let response = self.origin_get(url, policy_req).await?;
-        Ok(Upstream::new(response, Source::Origin))
+        Ok(self.upstream(response, Source::Origin))
     }
 
     /// The body length and hash the DHT's ContentRecord for `key` promises, if any.
@@ -869,20 +872,20 @@ struct Upstream {
     source: Source,
 }
 
-impl Upstream {
-    fn new(response: hyper::Response<Incoming>, source: Source) -> Upstream {
+impl Fetcher {
+    /// An upstream response, its body counted as received from where it came.
+    fn upstream(&self, response: hyper::Response<Incoming>, source: Source) -> Upstream {
         let (head, body) = response.into_parts();
+        let from = match source {
+            Source::Peer => From::Peer,
+            Source::Local | Source::Origin => From::Origin,
+        };
         Upstream {
             head,
-            body: boxed(body),
+            body: self.inner.upstreams.received(body, from),
             source,
         }
     }
-}
-
-fn boxed(body: Incoming) -> Body {
-    body.map_err(|e| -> body::BoxError { Box::new(e) })
-        .boxed_unsync()
 }
 
 /// An upstream response with its hop-by-hop fields removed.

@@ -1,9 +1,11 @@
 //! HTTP clients towards origins (http and https) and towards peer nodes' object endpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -41,6 +43,56 @@ pub struct Upstreams {
     origin_timeout: Duration,
     /// URLs of a known service go to that service's origin instead of their own host.
     services: Option<Arc<Services>>,
+    ingress: Arc<Ingress>,
+}
+
+/// What came in from upstream since start: requests sent to origins, and response body bytes
+/// received, by where from. Relaxed atomics, bumped as bodies are pulled; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Ingress {
+    origin_requests: AtomicU64,
+    origin_bytes: AtomicU64,
+    peer_bytes: AtomicU64,
+    node_bytes: AtomicU64,
+}
+
+/// Where a received body came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// A customer's origin (fills, revalidations, uncached and unsafe requests).
+    Origin,
+    /// A node's stored copy (`/_reef/object/…`).
+    Peer,
+    /// Another provider's node, relaying a request under an arrangement.
+    Node,
+}
+
+/// [`Ingress`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngressCounts {
+    pub origin_requests: u64,
+    pub origin_bytes: u64,
+    pub peer_bytes: u64,
+    pub node_bytes: u64,
+}
+
+impl Ingress {
+    pub fn counts(&self) -> IngressCounts {
+        IngressCounts {
+            origin_requests: self.origin_requests.load(Ordering::Relaxed),
+            origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
+            peer_bytes: self.peer_bytes.load(Ordering::Relaxed),
+            node_bytes: self.node_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn counter(&self, from: From) -> &AtomicU64 {
+        match from {
+            From::Origin => &self.origin_bytes,
+            From::Peer => &self.peer_bytes,
+            From::Node => &self.node_bytes,
+        }
+    }
 }
 
 impl Upstreams {
@@ -70,6 +122,23 @@ impl Upstreams {
             peer,
             origin_timeout,
             services: None,
+            ingress: Arc::default(),
+        })
+    }
+
+    /// The counters of what came in through these clients.
+    pub fn ingress(&self) -> Arc<Ingress> {
+        self.ingress.clone()
+    }
+
+    /// A received body, boxed, its data bytes counted as they are pulled.
+    pub fn received(&self, body: Incoming, from: From) -> Body {
+        let ingress = self.ingress.clone();
+        let body = body
+            .map_err(|e| -> body::BoxError { Box::new(e) })
+            .boxed_unsync();
+        body::count_data(body, move |len| {
+            ingress.counter(from).fetch_add(len, Ordering::Relaxed);
         })
     }
 
@@ -125,6 +194,7 @@ impl Upstreams {
             .map_err(|e| FetchError::Internal(e.to_string()))?;
         *req.headers_mut() = headers;
         let authority = url.authority().to_string();
+        self.ingress.origin_requests.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.origin_timeout, self.origin.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(authority, self.origin_timeout, &e)),

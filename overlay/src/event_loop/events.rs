@@ -45,6 +45,8 @@ impl EventLoop {
                 let usable = dialled.filter(|a| addrs::is_usable(a, loopback));
                 self.recent.seen(peer, usable, std::time::Instant::now());
                 self.broken.connected(&peer);
+                self.metrics
+                    .set_connected_peers(self.swarm.connected_peers().count());
                 debug!(%peer, %remote, "connected");
                 self.join_soon();
                 self.check_joined();
@@ -56,6 +58,8 @@ impl EventLoop {
                 ..
             } => {
                 debug!(%peer, ?cause, "connection closed");
+                self.metrics
+                    .set_connected_peers(self.swarm.connected_peers().count());
                 if num_established == 0 {
                     self.rtt.remove(&peer);
                     self.via_loopback.remove(&peer);

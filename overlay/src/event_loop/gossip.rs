@@ -31,7 +31,9 @@ impl EventLoop {
                 message_id: id,
                 message,
             } => {
+                let topic = message.topic.clone();
                 if let Some(verdict) = self.on_gossip_message(from, &id, message) {
+                    self.metrics.gossip_verdict(topic.as_str(), verdict);
                     self.swarm
                         .behaviour_mut()
                         .gossipsub
@@ -72,11 +74,12 @@ impl EventLoop {
         };
         let delivered = GossipMessage {
             source,
-            topic: message.topic.into_string(),
+            topic: message.topic.to_string(),
             data: message.data,
             handle: MessageHandle {
                 id: id.clone(),
                 from,
+                topic: message.topic,
             },
         };
         match subscriber.get().try_send(delivered) {
@@ -154,6 +157,8 @@ impl EventLoop {
     }
 
     pub(super) fn report(&mut self, handle: &MessageHandle, acceptance: Acceptance) -> bool {
+        self.metrics
+            .gossip_verdict(handle.topic.as_str(), acceptance);
         self.swarm
             .behaviour_mut()
             .gossipsub

@@ -58,6 +58,8 @@ struct ProvidersQuery {
     found: HashSet<PeerId>,
     limit: usize,
     deadline: Instant,
+    /// When the lookup started, for `reef_dht_lookup_duration_seconds`.
+    started: Instant,
     reply: ProvidersReply,
 }
 
@@ -318,6 +320,7 @@ impl EventLoop {
                     found: HashSet::new(),
                     limit,
                     deadline,
+                    started: Instant::now(),
                     reply,
                 };
                 self.pending_providers.insert(id, query);

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::EventLoop;
 use crate::Error;
+use crate::metrics::PROVIDERS_LOOKUP;
 
 impl EventLoop {
     pub(super) fn on_query_progress(
@@ -89,6 +90,8 @@ impl EventLoop {
             return;
         };
         self.stop_query(id);
+        self.metrics
+            .lookup_took(PROVIDERS_LOOKUP, query.started.elapsed());
         let holders: Vec<(PeerId, Option<Duration>)> = query
             .found
             .into_iter()

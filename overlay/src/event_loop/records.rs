@@ -71,6 +71,10 @@ pub(super) struct GetQuery {
     enough: usize,
     stale: Vec<PeerId>,
     pub(super) deadline: Instant,
+    /// When the lookup started, and the kind of record looked up, for
+    /// `reef_dht_lookup_duration_seconds`.
+    started: Instant,
+    lookup: &'static str,
     reply: GetReply,
 }
 
@@ -207,6 +211,7 @@ impl EventLoop {
             }
             return;
         }
+        let lookup = kind_of_key(&key).map_or(UNKNOWN_KIND, Kind::label);
         let key = RecordKey::new(&key);
         // Kad answers from our own store first (as a progress event), then asks the network.
         let id = self.swarm.behaviour_mut().kad.get_record(key.clone());
@@ -219,6 +224,8 @@ impl EventLoop {
                 enough,
                 stale: Vec::new(),
                 deadline,
+                started: Instant::now(),
+                lookup,
                 reply,
             },
         );
@@ -298,6 +305,8 @@ impl EventLoop {
             return;
         };
         self.stop_query(id);
+        self.metrics
+            .lookup_took(query.lookup, query.started.elapsed());
         let now_ms = validate::unix_ms();
         if let Some(best) = &query.best
             && !query.stale.is_empty()
