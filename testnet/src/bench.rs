@@ -444,6 +444,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, Error> {
             env: Vec::new(),
             provider_configs: Vec::new(),
             dns: false,
+            links: Default::default(),
         }),
     )
     .await?;

@@ -84,6 +84,7 @@ pub async fn run(opts: &DiscoveryBenchOptions) -> Result<DiscoveryBenchReport, E
         env: Vec::new(),
         provider_configs: Vec::new(),
         dns: false,
+        links: Default::default(),
     })
     .await?;
     let admins: Vec<_> = testnet.nodes.iter().map(|n| n.runtime().admin).collect();

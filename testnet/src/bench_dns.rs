@@ -135,6 +135,7 @@ pub async fn run(opts: &DnsBenchOptions) -> Result<DnsBenchReport, Error> {
         env: Vec::new(),
         provider_configs: vec![CONFIG.to_string()],
         dns: true,
+        links: Default::default(),
     })
     .await?;
     let Some(server) = testnet.nodes[0].runtime().dns else {

@@ -187,6 +187,7 @@ pub async fn run(opts: &LoadBenchOptions) -> Result<LoadBenchReport, Error> {
             env: Vec::new(),
             provider_configs: Vec::new(),
             dns: false,
+            links: Default::default(),
         })
         .await?;
         let launch = t0.elapsed();

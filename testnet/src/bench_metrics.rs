@@ -182,6 +182,7 @@ pub async fn run(opts: &MetricsBenchOptions) -> Result<MetricsBenchReport, Error
         env: Vec::new(),
         provider_configs: Vec::new(),
         dns: false,
+        links: Default::default(),
     })
     .await?;
     let node = testnet.nodes[0].runtime().clone();

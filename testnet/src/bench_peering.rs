@@ -189,6 +189,7 @@ async fn one_run(opts: &PeeringBenchOptions, i: usize) -> Result<Run, Error> {
         env: Vec::new(),
         provider_configs: configs(opts),
         dns: false,
+        links: Default::default(),
     })
     .await?;
     let (primary, peer) = (&testnet.nodes[0], &testnet.nodes[1]);

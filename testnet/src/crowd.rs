@@ -119,10 +119,20 @@ fn record(seen: &Mutex<Seen>, outcome: Result<bool, String>) {
     }
 }
 
-/// One client: the service at the node, then wherever a redirect sends it. Whether the
-/// answer came from another provider's node.
 async fn one_client(ask: &Ask) -> Result<bool, String> {
-    let first = client::fetch_service(ask.node, &ask.host, &ask.path, CLIENT_TIMEOUT)
+    client_request(ask.node, &ask.host, &ask.path, ask.expect.as_ref()).await
+}
+
+/// One client: `path` of service `host` at `node`, then wherever a redirect sends it, each
+/// within [`CLIENT_TIMEOUT`]; anything but a 200 (with `expect`'s body, if given) is an
+/// error saying what it was. Whether the answer came from another provider's node.
+pub async fn client_request(
+    node: SocketAddr,
+    host: &str,
+    path: &str,
+    expect: Option<&Bytes>,
+) -> Result<bool, String> {
+    let first = client::fetch_service(node, host, path, CLIENT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let (got, via_peer) = if first.status == StatusCode::FOUND {
@@ -142,7 +152,7 @@ async fn one_client(ask: &Ask) -> Result<bool, String> {
             String::from_utf8_lossy(&got.body).trim()
         ));
     }
-    if ask.expect.as_ref().is_some_and(|want| *want != got.body) {
+    if expect.is_some_and(|want| *want != got.body) {
         return Err("wrong body".into());
     }
     Ok(via_peer)

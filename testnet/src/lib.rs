@@ -47,6 +47,8 @@ pub mod client;
 pub mod crowd;
 pub mod dns_client;
 mod error;
+pub mod flash;
+pub mod link;
 mod node;
 pub mod origin;
 mod testnet;

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
     Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_dns, bench_load,
-    bench_metrics, bench_peering, locate_reef_binary, origin,
+    bench_metrics, bench_peering, flash, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -69,6 +69,71 @@ enum Cmd {
     /// Measure what a `/metrics` scrape every second costs one node's hit path (req/s with
     /// and without scraping); print a markdown table.
     BenchMetrics(BenchMetricsArgs),
+    /// The flash-crowd experiment: a crowd on provider p0, run with and without peering on
+    /// fresh testnets whose nodes and origin sit behind links of limited bandwidth; writes
+    /// per-second CSV, plots and a markdown summary.
+    Flash(FlashArgs),
+}
+
+#[derive(Args)]
+struct FlashArgs {
+    /// Providers (p0 is the primary; the others offer capacity).
+    #[arg(long, default_value_t = 3, value_parser = at_least_two)]
+    providers: usize,
+    /// Nodes per provider.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    nodes: usize,
+    /// Bandwidth of each of p0's nodes' links, Mbit/s.
+    #[arg(long, default_value_t = 4.0)]
+    primary_mbit: f64,
+    /// Bandwidth of each other provider's nodes' links, Mbit/s.
+    #[arg(long, default_value_t = 40.0)]
+    peer_mbit: f64,
+    /// Bandwidth of the origin's link, Mbit/s.
+    #[arg(long, default_value_t = 80.0)]
+    origin_mbit: f64,
+    /// Bytes per object.
+    #[arg(long, default_value_t = 20_000)]
+    object_size: u64,
+    /// Objects in the catalogue.
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
+    objects: usize,
+    /// Zipf exponent of the objects' popularity.
+    #[arg(long, default_value_t = 0.9)]
+    zipf: f64,
+    /// Clients a second before and after the surge, in multiples of p0's capacity.
+    #[arg(long, default_value_t = 0.5)]
+    baseline: f64,
+    /// Clients a second at the surge, in multiples of p0's capacity.
+    #[arg(long, default_value_t = 10.0)]
+    surge: f64,
+    /// Seconds of baseline before the surge.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Seconds of each ramp.
+    #[arg(long, default_value_t = 10)]
+    ramp: u64,
+    /// Seconds the surge holds.
+    #[arg(long, default_value_t = 40)]
+    hold: u64,
+    /// Seconds of baseline after the surge.
+    #[arg(long, default_value_t = 30)]
+    calm: u64,
+    /// p0's trigger window, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    trigger_window: f64,
+    /// p0's cool-down, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    cooldown: f64,
+    /// Seed of the crowd's object choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the CSV, plots and summary go.
+    #[arg(long, default_value = "flash-results")]
+    out: PathBuf,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -286,6 +351,7 @@ impl CommonArgs {
             env: Vec::new(),
             provider_configs: Vec::new(),
             dns: false,
+            links: Default::default(),
         })
     }
 }
@@ -336,6 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchDns(args) => return run_bench_dns(args, &mut sigterm).await,
         Cmd::BenchPeering(args) => return run_bench_peering(args, &mut sigterm).await,
         Cmd::BenchMetrics(args) => return run_bench_metrics(args, &mut sigterm).await,
+        Cmd::Flash(args) => return run_flash(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -581,6 +648,56 @@ async fn run_bench_metrics(
         &dir,
         true,
         args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
+async fn run_flash(
+    args: FlashArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let bytes = |mbit: f64| (mbit * 1e6 / 8.0).max(1.0) as u64;
+    let dir = std::env::temp_dir().join(format!("reef-flash-{}", std::process::id()));
+    let opts = flash::FlashOptions {
+        bin: locate_reef_binary(args.bin)?,
+        dir: dir.clone(),
+        out: args.out.clone(),
+        providers: args.providers,
+        nodes_per_provider: args.nodes,
+        primary_link: bytes(args.primary_mbit),
+        peer_link: bytes(args.peer_mbit),
+        origin_link: bytes(args.origin_mbit),
+        object_size: args.object_size.max(1),
+        catalogue: args.objects,
+        zipf: args.zipf,
+        baseline: args.baseline,
+        surge: args.surge,
+        schedule: flash::Durations {
+            warmup: Duration::from_secs(args.warmup),
+            ramp: Duration::from_secs(args.ramp),
+            hold: Duration::from_secs(args.hold),
+            calm: Duration::from_secs(args.calm),
+        },
+        trigger_window_s: args.trigger_window,
+        cooldown_s: args.cooldown,
+        seed: args.seed,
+        command: std::env::args()
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let report = flash::run(&opts);
+    let out = args.out;
+    finish_bench(
+        async {
+            report
+                .await
+                .map(|summary| format!("{summary}\nWritten to {}\n", out.display()))
+        },
+        &dir,
+        true,
+        None,
         sigterm,
     )
     .await

@@ -8,6 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::link::Link;
 use crate::node::NodeProcess;
 use crate::{Error, NodeSpec, Origin};
 
@@ -53,6 +54,20 @@ pub struct Options {
     /// (`--dns 127.0.0.x:0`); the node reports the bound address in `runtime.json` and the
     /// manifest lists it. Each node needs a `[dns] zone` in its provider's config.
     pub dns: bool,
+    /// Links of limited bandwidth in front of the nodes and the origin (none by default).
+    pub links: Links,
+}
+
+/// Bandwidth limits for a testnet: each is a [`Link`] (a relay on its own address passing at
+/// most so many bytes a second each way) in front of a server.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// Per provider (index k for `p<k>`): bytes/s of each of its nodes' links. A node with a
+    /// link advertises it with `--public-http`, so clients, redirects and peers all cross it.
+    /// Providers past the end have none.
+    pub node_bytes_per_s: Vec<u64>,
+    /// Bytes/s of the origin's link; services' `{origin}` is then the link's address.
+    pub origin_bytes_per_s: Option<u64>,
 }
 
 /// A running testnet. Dropping it kills every node (SIGKILL) and the origin;
@@ -62,6 +77,9 @@ pub struct Testnet {
     pub origin: Origin,
     pub nodes: Vec<NodeProcess>,
     dir: PathBuf,
+    /// Per node, its link if it has one (see [`Links`]).
+    node_links: Vec<Option<Link>>,
+    origin_link: Option<Link>,
 }
 
 /// `DIR/manifest.json`: what a human or a script needs to talk to the testnet.
@@ -227,11 +245,34 @@ impl Testnet {
 
         let origin = Origin::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         info!(addr = %origin.addr(), "origin up");
-        let configs = provider_configs(&opts, &origin.url(""))?;
+        let origin_link = match opts.links.origin_bytes_per_s {
+            Some(rate) => {
+                let link = Link::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), rate).await?;
+                link.connect_to(origin.addr());
+                Some(link)
+            }
+            None => None,
+        };
+        let origin_url = match &origin_link {
+            Some(link) => format!("http://{}", link.addr()),
+            None => origin.url(""),
+        };
+        let configs = provider_configs(&opts, &origin_url)?;
+        let mut node_links = Vec::with_capacity(opts.nodes);
+        for i in 0..opts.nodes {
+            node_links.push(match opts.links.node_bytes_per_s.get(i % opts.providers) {
+                Some(rate) => Some(Link::start(SocketAddr::from((node_ip(i)?, 0)), *rate).await?),
+                None => None,
+            });
+        }
         let specs = specs.into_iter().enumerate().map(|(i, mut spec)| {
             if let Some(path) = configs.get(i % opts.providers) {
                 spec.extra_args
                     .extend(["--config".to_string(), path.display().to_string()]);
+            }
+            if let Some(link) = &node_links[i] {
+                spec.extra_args
+                    .extend(["--public-http".to_string(), link.addr().to_string()]);
             }
             spec
         });
@@ -260,6 +301,11 @@ impl Testnet {
         .try_collect()
         .await?;
         nodes.extend(rest);
+        for (node, link) in nodes.iter().zip(&node_links) {
+            if let Some(link) = link {
+                link.connect_to(node.runtime().http);
+            }
+        }
         info!(
             nodes = nodes.len(),
             "all nodes started; waiting until they joined"
@@ -278,10 +324,31 @@ impl Testnet {
             origin,
             nodes,
             dir: opts.dir,
+            node_links,
+            origin_link,
         };
         testnet.write_manifest()?;
         info!(manifest = %testnet.manifest_path().display(), "testnet ready");
         Ok(testnet)
+    }
+
+    /// Where clients reach node `i`: its link if it has one, else its HTTP address. (A
+    /// restarted node gets a new port its link does not follow.)
+    pub fn public_http(&self, i: usize) -> SocketAddr {
+        match self.node_links.get(i).and_then(Option::as_ref) {
+            Some(link) => link.addr(),
+            None => self.nodes[i].runtime().http,
+        }
+    }
+
+    /// Node `i`'s link, if it has one.
+    pub fn node_link(&self, i: usize) -> Option<&Link> {
+        self.node_links.get(i).and_then(Option::as_ref)
+    }
+
+    /// The origin's link, if it has one.
+    pub fn origin_link(&self) -> Option<&Link> {
+        self.origin_link.as_ref()
     }
 
     /// The root directory.

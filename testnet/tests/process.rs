@@ -302,6 +302,7 @@ async fn launch_assigns_ips_providers_and_bootstrap_and_shuts_down() {
         env: vec![],
         provider_configs: vec![],
         dns: false,
+        links: Default::default(),
     })
     .await
     .unwrap();
@@ -397,6 +398,7 @@ async fn launch_rejects_bad_options() {
             env: vec![],
             provider_configs: vec![],
             dns: false,
+            links: Default::default(),
         })
         .await
         .unwrap_err();
@@ -421,6 +423,7 @@ async fn launch_failure_kills_what_started() {
         env: vec![],
         provider_configs: vec![],
         dns: false,
+        links: Default::default(),
     })
     .await
     .unwrap_err();

@@ -74,6 +74,7 @@ async fn launch_options(
             .collect(),
         provider_configs: configs.iter().map(|c| c.to_string()).collect(),
         dns,
+        links: Default::default(),
     })
     .await
     .expect("testnet launches");
