@@ -9,6 +9,7 @@ mod dashboard;
 mod dns;
 mod errors;
 mod fetch;
+mod flash;
 mod freshness;
 mod load;
 mod metrics;
