@@ -220,7 +220,7 @@ fn query_escape(s: &str) -> String {
 }
 
 /// A deterministic permutation of `0..n` (Fisher–Yates driven by splitmix64).
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
     let mut next = move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);

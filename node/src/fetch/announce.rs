@@ -74,35 +74,32 @@ impl Announcer {
         }
     }
 
-    /// Seals `record` (for a body we fetched from its origin and just committed), keeps it
-    /// for [`Announcer::sealed`] and publishes it to the DHT in the background. We announced
-    /// the key when the fill started.
-    pub fn vouch(&self, record: ContentRecord) {
-        let key = record.key;
+    /// Seals `record` (for a body we fetched from its origin, complete but not yet committed)
+    /// and keeps it for [`Announcer::sealed`], so that peers streaming the body from us can
+    /// have it the moment their stream ends. None if it cannot be sealed.
+    pub fn seal(&self, record: &ContentRecord) -> Option<Vec<u8>> {
         let now = crate::provider::unix_ms();
-        let sealed = match seal(
+        match seal(
             &self.signer,
-            &record,
+            record,
             now,
             now + ContentRecord::MAX_LIFETIME_MS,
         ) {
-            Ok(sealed) => sealed,
+            Ok(sealed) => {
+                self.remember(record.key, sealed.clone());
+                Some(sealed)
+            }
             Err(e) => {
-                warn!(key = %key.short(), error = %e, "cannot seal our content record");
-                return;
-            }
-        };
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.sealed.insert(key, sealed.clone()).is_none() {
-                recent.order.push_back(key);
-            }
-            while recent.order.len() > MAX_RECENT_RECORDS {
-                if let Some(old) = recent.order.pop_front() {
-                    recent.sealed.remove(&old);
-                }
+                warn!(key = %record.key.short(), error = %e, "cannot seal our content record");
+                None
             }
         }
+    }
+
+    /// Publishes a record [`Announcer::seal`] made, once its body is committed, to the DHT in
+    /// the background. We announced the key when the fill started; the object counts as
+    /// announced (`done`) once both are out.
+    pub fn vouch(&self, key: ContentKey, sealed: Vec<u8>) {
         let early = self.take_early(&key);
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             warn!(key = %key.short(), "too many announcements in flight; not publishing this record");
@@ -115,7 +112,6 @@ impl Announcer {
                 .overlay
                 .put_record(content_record_key(&key), sealed)
                 .await;
-            // Counted as done once the record and the announcement are both out.
             let provided = match early {
                 Some(task) => task.await.unwrap_or(false),
                 None => this.overlay.provide(key).await.is_ok(),
@@ -164,7 +160,22 @@ impl Announcer {
         early.remove(key)
     }
 
-    /// The sealed ContentRecord we made for `key` lately, if any.
+    /// Keeps a sealed ContentRecord for `key` (ours, or the one a peer's copy checked out
+    /// against) to hand to peers with our copy: they check it themselves, so passing on
+    /// another node's record is safe, and saves them a DHT lookup.
+    pub fn remember(&self, key: ContentKey, sealed: Vec<u8>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.sealed.insert(key, sealed).is_none() {
+            recent.order.push_back(key);
+        }
+        while recent.order.len() > MAX_RECENT_RECORDS {
+            if let Some(old) = recent.order.pop_front() {
+                recent.sealed.remove(&old);
+            }
+        }
+    }
+
+    /// The sealed ContentRecord for `key` we made or checked lately, if any.
     pub fn sealed(&self, key: &ContentKey) -> Option<Vec<u8>> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.sealed.get(key).cloned()

@@ -61,6 +61,10 @@ pub const FILL_HEADER: &str = "x-reef-fill";
 /// value is the URL, which the home fetches if it holds nothing. A request carrying it is
 /// never forwarded again, so a miss takes at most one hop.
 pub const HOME_HEADER: &str = "x-reef-home";
+/// On a peer's answer with a complete copy: the sealed ContentRecord it knows for the key (hex),
+/// so the asker need not look it up in the DHT. Taken only if signed by a node of the
+/// asker's own provider; otherwise the DHT's record decides.
+pub const RECORD_HEADER: &str = "x-reef-record";
 /// How long a home node may take to start its answer (it may be waiting on the origin). Past
 /// it we fetch on our own: one extra origin request instead of a client stuck behind a frozen
 /// node.
@@ -431,6 +435,7 @@ impl Fetcher {
             head,
             body: incoming,
             source: upstream.source,
+            announce: upstream.announce,
         };
         Step::Done(
             self.store_and_serve(guard, target, url, policy_req, received)
@@ -475,6 +480,7 @@ impl Fetcher {
             head,
             body: incoming,
             source,
+            announce,
         } = received;
         let mut policy_req = policy_req.clone();
         let (store_key, vary) = match vary::of(&head.headers) {
@@ -536,6 +542,10 @@ impl Fetcher {
         if early {
             self.inner.announcer.announce_early(store_key);
         }
+        let validators = (
+            meta_field(&head.headers, "etag"),
+            meta_field(&head.headers, "last-modified"),
+        );
         let fetcher = self.clone();
         let span = info_span!("fill", key = %store_key.short(), source = %source);
         // The fill runs on its own so that a client hanging up does not abort it for the others.
@@ -544,14 +554,31 @@ impl Fetcher {
                 let result = pump(incoming, &mut writer).await;
                 fetcher.set_fill_source(store_key, None);
                 let announcer = &fetcher.inner.announcer;
+                // Only the node that fetched from the origin vouches for the bytes. Sealed
+                // before the commit ends the body for its readers, so that peers streaming it
+                // from us find the record the moment their stream ends.
+                let sealed = match (&result, early, writer.digest()) {
+                    (Ok(()), true, Some((body_hash, body_len))) => {
+                        let (etag, last_modified) = validators;
+                        announcer.seal(&ContentRecord {
+                            key: store_key,
+                            body_hash,
+                            body_len,
+                            etag,
+                            last_modified,
+                        })
+                    }
+                    _ => None,
+                };
                 match result {
                     Ok(()) => match writer.commit().await {
                         Ok(meta) => {
                             debug!(bytes = meta.body_len, "stored");
-                            // Only the node that fetched from the origin vouches for the bytes.
-                            if early {
-                                announcer.vouch(content_record(store_key, &meta));
-                            } else {
+                            if let Some(sealed) = sealed {
+                                announcer.vouch(store_key, sealed);
+                            } else if early {
+                                announcer.withdraw(store_key);
+                            } else if announce {
                                 announcer.announce(store_key, None);
                             }
                         }
@@ -777,7 +804,7 @@ impl Fetcher {
         url: &CanonicalUrl,
         asks: &HeaderMap,
         policy_req: &request::Parts,
-        expected: &mut Option<Option<verify::Expected>>,
+        expected: &mut Option<Option<verify::Vouched>>,
     ) -> Option<Upstream> {
         let key = target.key;
         let homes = &self.inner.homes;
@@ -840,8 +867,9 @@ impl Fetcher {
             .take_copy(home, &http, true, resp, target, policy_req, expected)
             .await
         {
-            PeerCopy::Use(upstream) => {
+            PeerCopy::Use(mut upstream) => {
                 counts.served.fetch_add(1, Ordering::Relaxed);
+                upstream.announce = false;
                 Some(*upstream)
             }
             PeerCopy::Skip | PeerCopy::Unvouched => {
@@ -864,7 +892,7 @@ impl Fetcher {
         resp: hyper::Response<Incoming>,
         target: &Target,
         policy_req: &request::Parts,
-        expected: &mut Option<Option<verify::Expected>>,
+        expected: &mut Option<Option<verify::Vouched>>,
     ) -> PeerCopy {
         let key = target.key;
         // The URL varies; the peer tells us on what, so we can ask for our variant.
@@ -900,24 +928,37 @@ impl Fetcher {
                 head,
                 body,
                 source: Source::Peer,
+                announce: true,
             }));
         }
-        if expected.is_none() {
-            *expected = Some(self.expected_body(key).await);
+        // The record the peer sends along, if a node of ours signed it; else the DHT's.
+        let offered = head.headers.remove(RECORD_HEADER);
+        let mut vouched = match offered.and_then(|v| verify::from_hex(v.as_bytes())) {
+            Some(sealed) => self.vouched_by_ours(key, sealed).await,
+            None => None,
+        };
+        if vouched.is_none() {
+            if expected.is_none() {
+                *expected = Some(self.expected_body(key).await);
+            }
+            vouched = expected.clone().flatten();
         }
-        let Some(Some(want)) = *expected else {
+        let Some(vouched) = vouched else {
             debug!(key = %key.short(), "no content record; not trusting peer copies");
             return PeerCopy::Unvouched;
         };
+        let want = vouched.expected;
         let scratch = self.inner.store.scratch_dir();
         let body = self.inner.upstreams.received(body, From::Peer);
         match verify::download(body, want, &scratch).await {
             Ok(file) => {
                 debug!(%peer, key = %key.short(), "fetched and verified from peer");
+                self.inner.announcer.remember(key, vouched.sealed);
                 PeerCopy::Use(Box::new(Upstream {
                     head,
                     body: body::from_file(file, want.len),
                     source: Source::Peer,
+                    announce: true,
                 }))
             }
             Err(e) if e.is_mismatch() => {
@@ -939,9 +980,9 @@ impl Fetcher {
     }
 
     /// The end of a body streamed from a node of our provider: it must match a ContentRecord
-    /// signed by a node of our provider. Asked first of the node we streamed from (which
-    /// sealed it as its fill committed, just before our stream ended), then of the DHT, for
-    /// up to [`RECORD_WAIT`].
+    /// signed by a node of our provider. The node we streamed from sealed it before our stream
+    /// ended (if it fetched from the origin) and hands it out at `/_reef/record/`; we ask it,
+    /// again after short pauses, and meanwhile the DHT, for up to [`RECORD_WAIT`].
     async fn check_streamed(
         &self,
         key: ContentKey,
@@ -950,40 +991,52 @@ impl Fetcher {
         got: verify::Expected,
     ) -> Result<(), verify::VerifyError> {
         let deadline = tokio::time::Instant::now() + RECORD_WAIT;
-        let mut pause = RECORD_RETRY;
-        loop {
-            let sealed = match self.inner.upstreams.peer_record(http, key).await {
-                Some(sealed) => Some(sealed),
-                None => {
-                    let lookup = self.inner.overlay.get_record(content_record_key(&key));
-                    match tokio::time::timeout_at(deadline, lookup).await {
-                        Ok(Ok(found)) => found,
-                        _ => None,
-                    }
+        let from_peer = async {
+            let mut pause = RECORD_RETRY;
+            loop {
+                if let Some(sealed) = self.inner.upstreams.peer_record(http, key).await
+                    && let Some(vouched) = self.vouched_by_ours(key, sealed).await
+                {
+                    return vouched;
                 }
-            };
-            if let Some(want) = match sealed {
-                Some(sealed) => self.vouched_by_ours(key, &sealed).await,
-                None => None,
-            } {
-                return verify::matches(got, want).inspect_err(|e| {
-                    warn!(%peer, key = %key.short(), error = %e, "a streamed body does not match its content record; nothing stored");
-                    self.mark_bad(key, peer);
-                });
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECORD_WAIT / 4);
             }
-            if tokio::time::Instant::now() + pause > deadline {
-                debug!(%peer, key = %key.short(), "no content record from our provider arrived in time");
-                return Err(verify::VerifyError::NoRecord);
+        };
+        let from_dht = async {
+            // The holder's own answer is quicker when it has one; the DHT is the fallback.
+            tokio::time::sleep(RECORD_RETRY * 5).await;
+            match self.expected_body(key).await {
+                Some(found) => match self.vouched_by_ours(key, found.sealed).await {
+                    Some(vouched) => vouched,
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
             }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-        }
+        };
+        let found = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                vouched = from_peer => vouched,
+                vouched = from_dht => vouched,
+            }
+        })
+        .await;
+        let Ok(vouched) = found else {
+            debug!(%peer, key = %key.short(), "no content record from our provider arrived in time");
+            return Err(verify::VerifyError::NoRecord);
+        };
+        verify::matches(got, vouched.expected).inspect_err(|e| {
+            warn!(%peer, key = %key.short(), error = %e, "a streamed body does not match its content record; nothing stored");
+            self.mark_bad(key, peer);
+        })?;
+        self.inner.announcer.remember(key, vouched.sealed);
+        Ok(())
     }
 
     /// What a sealed ContentRecord for `key` promises, if it opens and its signer is a node
     /// certified by our own provider.
-    async fn vouched_by_ours(&self, key: ContentKey, sealed: &[u8]) -> Option<verify::Expected> {
-        let opened = open::<ContentRecord>(sealed, crate::provider::unix_ms()).ok()?;
+    async fn vouched_by_ours(&self, key: ContentKey, sealed: Vec<u8>) -> Option<verify::Vouched> {
+        let opened = open::<ContentRecord>(&sealed, crate::provider::unix_ms()).ok()?;
         let record = opened.record();
         if record.key != key {
             return None;
@@ -999,14 +1052,15 @@ impl Fetcher {
                 _ => false,
             }
         };
-        ours.then_some(verify::Expected {
+        let expected = verify::Expected {
             hash: record.body_hash,
             len: record.body_len,
-        })
+        };
+        ours.then_some(verify::Vouched { expected, sealed })
     }
 
     /// The body length and hash the DHT's ContentRecord for `key` promises, if any.
-    async fn expected_body(&self, key: ContentKey) -> Option<verify::Expected> {
+    async fn expected_body(&self, key: ContentKey) -> Option<verify::Vouched> {
         let value = match self
             .inner
             .overlay
@@ -1023,9 +1077,13 @@ impl Fetcher {
         // The overlay validated it already; opening it again gives us its fields.
         let record = open::<ContentRecord>(&value, crate::provider::unix_ms()).ok()?;
         let record = record.record();
-        (record.key == key).then_some(verify::Expected {
+        let expected = verify::Expected {
             hash: record.body_hash,
             len: record.body_len,
+        };
+        (record.key == key).then_some(verify::Vouched {
+            expected,
+            sealed: value,
         })
     }
 
@@ -1168,8 +1226,7 @@ impl Fetcher {
                     return Err(stale());
                 }
                 let mut head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
-                head.headers
-                    .insert(FILL_HEADER, HeaderValue::from_static("complete"));
+                self.mark_complete(&key, &mut head.headers);
                 return Ok((head, body::from_file(hit.file, hit.meta.body_len)));
             }
             Ok(None) => {}
@@ -1255,8 +1312,7 @@ impl Fetcher {
             Payload::File { file, len } => {
                 head.headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                head.headers
-                    .insert(FILL_HEADER, HeaderValue::from_static("complete"));
+                self.mark_complete(&key, &mut head.headers);
                 body::from_file(file, len)
             }
             // A fill of ours that the asker may stream (and check at its end); a response we
@@ -1271,6 +1327,17 @@ impl Fetcher {
             }
         };
         Ok((head, body))
+    }
+
+    /// Labels an answer with a complete copy, with the record that vouches for it if we know
+    /// one.
+    fn mark_complete(&self, key: &ContentKey, headers: &mut HeaderMap) {
+        headers.insert(FILL_HEADER, HeaderValue::from_static("complete"));
+        if let Some(sealed) = self.inner.announcer.sealed(key)
+            && let Ok(value) = HeaderValue::from_str(&verify::to_hex(&sealed))
+        {
+            headers.insert(RECORD_HEADER, value);
+        }
     }
 
     async fn stored_or_filling(&self, key: &ContentKey) -> bool {
@@ -1348,6 +1415,9 @@ struct Upstream {
     head: response::Parts,
     body: Body,
     source: Source,
+    /// Announce the copy once stored. Not for one from our home node: the home announced
+    /// it, and every node of our provider asks the home anyway.
+    announce: bool,
 }
 
 impl Fetcher {
@@ -1362,6 +1432,7 @@ impl Fetcher {
             head,
             body: self.inner.upstreams.received(body, from),
             source,
+            announce: true,
         }
     }
 }
@@ -1371,6 +1442,7 @@ struct Received {
     head: response::Parts,
     body: Body,
     source: Source,
+    announce: bool,
 }
 
 /// `Content-Length`, if present and a number.
@@ -1391,21 +1463,9 @@ fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
     }
 }
 
-/// What a node that fetched `meta`'s body from the origin signs, so peers can verify copies.
-fn content_record(key: ContentKey, meta: &Meta) -> ContentRecord {
-    let field = |name: &str| {
-        meta.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-    };
-    ContentRecord {
-        key,
-        body_hash: meta.body_hash,
-        body_len: meta.body_len,
-        etag: field("etag"),
-        last_modified: field("last-modified"),
-    }
+/// A response header's value as text (for the validators a ContentRecord carries).
+fn meta_field(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
 /// Copies the upstream body into the store; any error or stall aborts the fill.
