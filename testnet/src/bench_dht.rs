@@ -76,6 +76,11 @@ pub struct SizeResult {
     pub launch: Duration,
     /// Idle VmRSS per node, KiB.
     pub rss_kib: Vec<u64>,
+    /// Of which private (anonymous: heap, stacks), KiB; the rest is mostly the `reef`
+    /// binary's code pages, which every node on the machine shares.
+    pub anon_kib: Vec<u64>,
+    /// Proportional set size (shared pages divided among the processes sharing them), KiB.
+    pub pss_kib: Vec<u64>,
     /// Idle CPU per node, ms per second.
     pub cpu_ms_per_s: Vec<f64>,
     /// `connected_peers` per node when memory was read.
@@ -117,7 +122,8 @@ async fn one_size(opts: &DhtBenchOptions, n: usize) -> Result<SizeResult, Error>
         nodes: n,
         providers: 1,
         dir: opts.dir.join(format!("net-{n}")),
-        extra_args: Vec::new(),
+        // Node 0 must fetch the objects from the origin itself and announce them.
+        extra_args: vec!["--home-routing".into(), "false".into()],
         env: Vec::new(),
         provider_configs: Vec::new(),
         dns: false,
@@ -142,6 +148,31 @@ async fn measure(
         .iter()
         .map(|node| proc_memory(node.pid()).map(|(rss, _)| rss))
         .collect::<Result<Vec<_>, _>>()?;
+    let field = |pid: u32, file: &str, name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix(name)?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+            })
+            .unwrap_or(0)
+    };
+    let anon_kib = testnet
+        .nodes
+        .iter()
+        .map(|node| field(node.pid(), "status", "RssAnon:"))
+        .collect();
+    let pss_kib = testnet
+        .nodes
+        .iter()
+        .map(|node| field(node.pid(), "smaps_rollup", "Pss:"))
+        .collect();
     let statuses =
         futures::future::try_join_all(testnet.nodes.iter().map(|node| node.status())).await?;
     let connected = statuses
@@ -177,6 +208,8 @@ async fn measure(
         nodes: n,
         launch,
         rss_kib,
+        anon_kib,
+        pss_kib,
         cpu_ms_per_s,
         connected,
         lookups: Vec::new(),
@@ -276,9 +309,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| nodes | launch s | lookups (failed) | found | lookup median / p99 ms | peers asked median / max | answered median | idle RSS median / max MiB | idle RSS total MiB | idle CPU median ms/s | connections median |"
+            "| nodes | launch s | lookups (failed) | found | lookup median / p99 ms | peers asked median / max | answered median | idle RSS median / max MiB | of which private, median MiB | PSS median MiB | idle CPU median ms/s | connections median |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for s in &self.sizes {
             let ms: Vec<f64> = s.lookups.iter().map(|l| l.ms).collect();
             let lat = Summary::of(&ms);
@@ -288,12 +321,13 @@ impl Report {
             let found = s.lookups.iter().filter(|l| l.found).count();
             let mut rss = s.rss_kib.clone();
             let rss_max = rss.iter().max().copied().unwrap_or(0);
-            let rss_total: u64 = rss.iter().sum();
+            let mut anon = s.anon_kib.clone();
+            let mut pss = s.pss_kib.clone();
             let cpu = Summary::of(&s.cpu_ms_per_s).map_or(f64::NAN, |c| c.median);
             let mut conns: Vec<u64> = s.connected.iter().map(|&c| c as u64).collect();
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {} ({}) | {}/{} | {} | {} / {} | {} | {:.1} / {:.1} | {:.0} | {:.0} | {} |",
+                "| {} | {:.1} | {} ({}) | {}/{} | {} | {} / {} | {} | {:.1} / {:.1} | {:.1} | {:.1} | {:.0} | {} |",
                 s.nodes,
                 s.launch.as_secs_f64(),
                 s.lookups.len(),
@@ -306,7 +340,8 @@ impl Report {
                 median_u64(&mut answered),
                 median_u64(&mut rss) as f64 / 1024.0,
                 rss_max as f64 / 1024.0,
-                rss_total as f64 / 1024.0,
+                median_u64(&mut anon) as f64 / 1024.0,
+                median_u64(&mut pss) as f64 / 1024.0,
                 cpu,
                 median_u64(&mut conns),
             );

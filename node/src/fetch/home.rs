@@ -104,7 +104,7 @@ fn pick(
     if !nodes.contains(&me) {
         nodes.push(me);
     }
-    nodes.retain(|p| *p == me || !failed.get(p).is_some_and(|until| *until > now));
+    nodes.retain(|p| *p == me || failed.get(p).is_none_or(|until| *until <= now));
     choose(key, &nodes)
 }
 

@@ -751,7 +751,7 @@ impl Fetcher {
         if !target.forwarded
             && target.vary.is_none()
             && let Some(upstream) = self
-                .from_home(target, url, &asks, policy_req, &mut expected)
+                .via_home(target, url, &asks, policy_req, &mut expected)
                 .await
         {
             return Ok(upstream);
@@ -798,7 +798,7 @@ impl Fetcher {
     /// Sends our cold miss to the key's home node, which fetches it once for its whole
     /// provider and streams it to us while it arrives. None (and on our own) when we are the
     /// home, the home fails or answers something we cannot use.
-    async fn from_home(
+    async fn via_home(
         &self,
         target: &Target,
         url: &CanonicalUrl,
