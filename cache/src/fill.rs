@@ -303,6 +303,17 @@ impl Writer {
         self.written
     }
 
+    /// The blake3 and length of the body written so far, which `commit` will store it under
+    /// (so a caller can vouch for the bytes before readers see the end); None once the body
+    /// went over its quota (it is no longer hashed then) or a write failed.
+    pub fn digest(&self) -> Option<([u8; 32], u64)> {
+        if self.over_quota.is_some() {
+            return None;
+        }
+        let hasher = self.hasher.as_ref()?;
+        Some((*hasher.clone().finalize().as_bytes(), self.written))
+    }
+
     /// Appends a chunk, hashing it on the way, and wakes tails. `Err(Error::TooLarge)` once the
     /// body would exceed the cache's budget; after any error the writer only accepts being
     /// dropped. Going over the tenant's quota is not an error here: see `commit`.

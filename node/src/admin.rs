@@ -164,6 +164,8 @@ struct StatusBody {
     /// Bodies from peers that did not match their ContentRecord (each peer is then avoided
     /// for that content).
     peer_bodies_rejected: u64,
+    /// Cold misses sent to (and answered as) the key's home node.
+    home: crate::fetch::HomeStats,
     purges: crate::purge::PurgeStats,
     /// Gossip messages dropped because their consumer was behind.
     gossip_dropped: u64,
@@ -272,6 +274,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         quotas: state.store.quotas(),
         announcements: state.announcer.stats(),
         peer_bodies_rejected: state.fetcher.verify_failures(),
+        home: state.fetcher.home_stats(),
         purges: state.purger.stats(),
         services: state.services.stats(),
         peering: overlay.peering,
@@ -606,6 +609,11 @@ struct HoldersBody {
     url: String,
     key: String,
     lookup_ms: f64,
+    /// What the Kademlia provider lookup cost: peers asked, answered, failed.
+    dht: reef_overlay::LookupStats,
+    /// The key's home node among our provider's live nodes (ourselves included); null when
+    /// home routing is off.
+    home: Option<String>,
     holders: Vec<HolderBody>,
 }
 
@@ -650,7 +658,11 @@ async fn holders(State(state): State<Arc<AdminState>>, Query(q): Query<HoldersQu
     };
     let key = ContentKey::for_url(&url);
     let started = std::time::Instant::now();
-    let found = match state.overlay.find_holders(key, HOLDERS_LIMIT).await {
+    let (found, dht) = match state
+        .overlay
+        .find_holders_with_stats(key, HOLDERS_LIMIT)
+        .await
+    {
         Ok(found) => found,
         Err(e) => {
             return (
@@ -665,6 +677,8 @@ async fn holders(State(state): State<Arc<AdminState>>, Query(q): Query<HoldersQu
         url: url.to_string(),
         key: key.to_string(),
         lookup_ms,
+        dht,
+        home: state.fetcher.home_of(&key).map(|p| p.to_string()),
         holders: found
             .into_iter()
             .map(|h| HolderBody {

@@ -58,6 +58,9 @@ pub struct FileConfig {
     pub cache_size: Option<toml::Value>,
     /// Seconds.
     pub origin_timeout: Option<f64>,
+    /// Send cold misses to the key's home node among our provider's live nodes, which
+    /// fetches each new object once for all of them (default true).
+    pub home_routing: Option<bool>,
     /// Requests per second this node can serve (published in its NodeRecord; utilisation is
     /// measured against it).
     pub capacity_rps: Option<u32>,
@@ -124,6 +127,8 @@ pub struct Config {
     pub capacity_mbps: u32,
     pub cache_size: u64,
     pub origin_timeout: Duration,
+    /// Cold misses go to the key's home node (see `fetch::home`).
+    pub home_routing: bool,
     /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
     pub services: BTreeMap<String, Service>,
     pub offer: Option<crate::offers::OfferConfig>,
@@ -214,6 +219,7 @@ impl Config {
             capacity_mbps: DEFAULT_CAPACITY_MBPS,
             cache_size: DEFAULT_CACHE_SIZE,
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
+            home_routing: true,
             services: BTreeMap::new(),
             offer: None,
             peering: crate::peering::Policy::default(),
@@ -296,6 +302,9 @@ impl Config {
         }
         if let Some(secs) = file.origin_timeout {
             self.origin_timeout = parse_secs("origin_timeout", secs)?;
+        }
+        if let Some(v) = file.home_routing {
+            self.home_routing = v;
         }
         if let Some(v) = file.capacity_rps {
             self.capacity_rps = positive("capacity_rps", v)?;

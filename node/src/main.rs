@@ -176,6 +176,10 @@ struct RunArgs {
     /// Seconds to wait for an origin's response headers before answering 504 [default: 15].
     #[arg(long)]
     origin_timeout: Option<f64>,
+    /// Send cold misses to the key's home node among the provider's live nodes, which fetches
+    /// each new object from the origin once and streams it to the others [default: true].
+    #[arg(long, value_name = "BOOL")]
+    home_routing: Option<bool>,
     /// Storage quota of one service (hostname), e.g. img.example.com=2GiB; repeatable. An
     /// object that would exceed it is served but not stored.
     #[arg(long, value_name = "HOST=SIZE")]
@@ -287,6 +291,7 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         mdns: args.mdns.then_some(true),
         cache_size: args.cache_size.map(toml::Value::String),
         origin_timeout: args.origin_timeout,
+        home_routing: args.home_routing,
         capacity_rps: args.capacity_rps,
         capacity_mbps: args.capacity_mbps,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,

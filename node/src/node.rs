@@ -275,12 +275,19 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         provider: membership.id,
         region: config.region.clone(),
     };
+    let homes = crate::fetch::home::Homes::new(
+        config.home_routing,
+        Some(load.clone()),
+        membership.id,
+        peer_id,
+    );
     let fetcher = Fetcher::new(
         store.clone(),
         overlay.clone(),
         upstreams.clone(),
         local,
         announcer.clone(),
+        homes,
     );
     let requests = crate::metrics::Requests::register(&mut registry);
     let ingress = upstreams.ingress();

@@ -43,7 +43,35 @@ pub(crate) const MAX_HOLDERS: usize = 20;
 const UNPROVIDE_CHUNK: usize = 1024;
 
 /// The answer to a provider lookup: holders other than ourselves and their last ping RTT.
-pub(crate) type ProvidersReply = oneshot::Sender<Result<Vec<(PeerId, Option<Duration>)>, Error>>;
+pub(crate) type ProvidersReply = oneshot::Sender<Result<ProvidersFound, Error>>;
+
+pub(crate) struct ProvidersFound {
+    pub holders: Vec<(PeerId, Option<Duration>)>,
+    pub stats: LookupStats,
+}
+
+/// What a Kademlia lookup cost, as libp2p counts it (`QueryStats`). Kademlia is iterative:
+/// we ask the closest peers we know, they name closer ones, we ask those; `requests` is how
+/// many peers were asked in all, the nearest thing to a hop count an iterative lookup has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LookupStats {
+    /// Peers asked.
+    pub requests: u32,
+    /// Of those, peers that answered.
+    pub successes: u32,
+    /// Peers that failed or timed out.
+    pub failures: u32,
+}
+
+impl LookupStats {
+    pub(crate) fn of(stats: &libp2p::kad::QueryStats) -> LookupStats {
+        LookupStats {
+            requests: stats.num_requests(),
+            successes: stats.num_successes(),
+            failures: stats.num_failures(),
+        }
+    }
+}
 
 /// What the event loop can be asked to do.
 pub(crate) enum Command {
@@ -318,9 +346,18 @@ impl Client {
     /// and membership (holders whose record cannot be found are dropped) and last measured
     /// RTT. Sorted by RTT, unknown last.
     pub async fn find_holders(&self, key: ContentKey, limit: usize) -> Result<Vec<Holder>, Error> {
+        Ok(self.find_holders_with_stats(key, limit).await?.0)
+    }
+
+    /// [`Client::find_holders`], with what the DHT lookup cost.
+    pub async fn find_holders_with_stats(
+        &self,
+        key: ContentKey,
+        limit: usize,
+    ) -> Result<(Vec<Holder>, LookupStats), Error> {
         let limit = limit.min(MAX_HOLDERS);
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), LookupStats::default()));
         }
         let deadline = Instant::now() + FIND_PROVIDERS_TIMEOUT;
         let providers = self
@@ -334,6 +371,10 @@ impl Client {
                 FIND_PROVIDERS_TIMEOUT + REPLY_SLACK,
             )
             .await??;
+        let ProvidersFound {
+            holders: providers,
+            stats,
+        } = providers;
         let lookups = providers.into_iter().map(|(peer, rtt)| async move {
             match self.node_record(peer).await {
                 Ok(Some(info)) => Some(Holder {
@@ -354,7 +395,7 @@ impl Client {
         });
         let mut holders: Vec<Holder> = join_all(lookups).await.into_iter().flatten().collect();
         holders.sort_by_key(|h| h.rtt.unwrap_or(Duration::MAX));
-        Ok(holders)
+        Ok((holders, stats))
     }
 
     /// The verified NodeRecord of `peer` and its membership (from the cache, else the DHT);

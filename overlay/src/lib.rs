@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use client::{Client, Holder, Status};
+pub use client::{Client, Holder, LookupStats, Status};
 pub use config::{Config, LocalInfo};
 pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};

@@ -417,7 +417,7 @@ async fn table_complete(node: &NodeProcess, ids: &[String]) -> bool {
 }
 
 /// Every node's CPU time so far (user + system), in milliseconds.
-fn cpu_times(testnet: &Testnet) -> Result<Vec<u64>, Error> {
+pub(crate) fn cpu_times(testnet: &Testnet) -> Result<Vec<u64>, Error> {
     testnet.nodes.iter().map(|n| proc_cpu_ms(n.pid())).collect()
 }
 

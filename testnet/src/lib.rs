@@ -16,6 +16,11 @@
 //! - [`crowd`], an open-loop flash crowd of such clients that follow redirects;
 //! - [`bench`], the foundation measurements (join time, DHT lookup, peer fetch, origin
 //!   offload, idle memory) behind `reef-testnet bench`;
+//! - [`bench_cold`], a cold flash crowd (many clients on many nodes asking for the same new
+//!   objects at once) and how often the origin was asked per object, behind
+//!   `reef-testnet bench-cold`;
+//! - [`bench_dht`], provider lookup latency and peers asked, idle memory and CPU per node, at
+//!   several testnet sizes, behind `reef-testnet bench-dht`;
 //! - [`bench_load`], load gossip convergence and traffic at several testnet sizes, behind
 //!   `reef-testnet bench-load`;
 //! - [`bench_dns`], DNS answers per second and answer latency of one node, behind
@@ -24,7 +29,7 @@
 //!   `reef-testnet bench-peering`;
 //! - [`bench_metrics`], what a `/metrics` scrape every second costs the hit path, behind
 //!   `reef-testnet bench-metrics`;
-//! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-load`, `bench-discovery`,
+//! - the `reef-testnet` binary (`up`, `demo`, `bench`, `bench-cold`, `bench-dht`, `bench-load`, `bench-discovery`,
 //!   `bench-dns`, `bench-peering`, `bench-metrics`).
 //!
 //! What it must not do: reimplement node logic. Everything a node does (caching, the
@@ -38,6 +43,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bench;
+pub mod bench_cold;
+pub mod bench_dht;
 pub mod bench_discovery;
 pub mod bench_dns;
 pub mod bench_load;

@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
-    Announcements, NodeProcess, Options, Testnet, bench, bench_discovery, bench_dns, bench_load,
-    bench_metrics, bench_peering, flash, locate_reef_binary, origin,
+    Announcements, NodeProcess, Options, Testnet, bench, bench_cold, bench_dht, bench_discovery,
+    bench_dns, bench_load, bench_metrics, bench_peering, flash, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -54,6 +54,12 @@ enum Cmd {
     /// Measure join time, DHT lookups, peer fetches, origin offload and idle memory on
     /// loopback; print a markdown report.
     Bench(BenchArgs),
+    /// A cold flash crowd: many clients on every node ask for the same new objects at once;
+    /// origin requests per object, client latency and errors; print a markdown report.
+    BenchCold(BenchColdArgs),
+    /// Provider lookup latency and peers asked, idle memory and CPU per node, at several
+    /// testnet sizes; print a markdown table.
+    BenchDht(BenchDhtArgs),
     /// Measure load gossip on testnets of several sizes: time until every node's load table
     /// lists every node, gossip bytes per node and second; print a markdown report.
     BenchLoad(BenchLoadArgs),
@@ -134,6 +140,74 @@ struct FlashArgs {
     /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
     #[arg(long)]
     bin: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchColdArgs {
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    nodes: usize,
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    providers: usize,
+    /// Clients started at once, spread over the nodes.
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+    clients: usize,
+    /// New objects per run.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    objects: usize,
+    /// Objects each client fetches, one after another.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    per_client: usize,
+    /// Body bytes per object (each object is a few bytes larger than the last).
+    #[arg(long, default_value_t = 10_240)]
+    size: u64,
+    /// Milliseconds the origin waits before answering each request.
+    #[arg(long, default_value_t = 0)]
+    origin_delay_ms: u64,
+    /// Runs on the same testnet, each with new objects.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    runs: usize,
+    /// `--home-routing` of every node (false gives the figures without home nodes).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    home_routing: bool,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Keep node data and logs here [default: a temporary directory, removed afterwards].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchDhtArgs {
+    /// Testnet sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+    nodes: Vec<usize>,
+    /// Objects node 0 announces; every asker looks each up once.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    objects: usize,
+    /// Nodes that run lookups, spread over the testnet.
+    #[arg(long, default_value_t = 9, value_parser = at_least_one)]
+    askers: usize,
+    /// Seconds to wait after launch before reading idle memory.
+    #[arg(long, default_value_t = 15)]
+    settle: u64,
+    /// Seconds over which idle CPU is measured.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    window: usize,
+    /// Keep node data and logs here [default: a temporary directory, removed afterwards].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -397,6 +471,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Demo(args) => (args.common.options(5, 2)?, true),
         Cmd::Bench(args) => return run_bench(args, &mut sigterm).await,
+        Cmd::BenchCold(args) => return run_bench_cold(args, &mut sigterm).await,
+        Cmd::BenchDht(args) => return run_bench_dht(args, &mut sigterm).await,
         Cmd::BenchLoad(args) => return run_bench_load(args, &mut sigterm).await,
         Cmd::BenchDiscovery(args) => return run_bench_discovery(args, &mut sigterm).await,
         Cmd::BenchDns(args) => return run_bench_dns(args, &mut sigterm).await,
@@ -504,6 +580,91 @@ async fn run_bench(
     );
     // Dropping the benchmark mid-way (signal) drops its nodes, which kills them.
     let report = bench::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        temporary,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
+async fn run_bench_cold(
+    args: BenchColdArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let (dir, temporary) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("reef-bench-cold-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = bench_cold::ColdBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        nodes: args.nodes,
+        providers: args.providers,
+        clients: args.clients,
+        objects: args.objects,
+        per_client: args.per_client,
+        size: args.size,
+        origin_delay_ms: args.origin_delay_ms,
+        runs: args.runs,
+        home_routing: args.home_routing,
+        seed: args.seed,
+        dir: dir.clone(),
+        command: std::env::args()
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    opts.validate()?;
+    eprintln!(
+        "reef-testnet: cold flash crowd; node data and logs in {}",
+        dir.display()
+    );
+    let report = bench_cold::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        temporary,
+        args.out.as_deref(),
+        sigterm,
+    )
+    .await
+}
+
+async fn run_bench_dht(
+    args: BenchDhtArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let (dir, temporary) = match args.dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("reef-bench-dht-{}", std::process::id())),
+            true,
+        ),
+    };
+    let opts = bench_dht::DhtBenchOptions {
+        bin: locate_reef_binary(args.bin)?,
+        sizes: args.nodes,
+        objects: args.objects,
+        askers: args.askers,
+        settle: Duration::from_secs(args.settle),
+        window: Duration::from_secs(args.window as u64),
+        dir: dir.clone(),
+        command: std::env::args()
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    opts.validate()?;
+    eprintln!(
+        "reef-testnet: DHT at scale; node data and logs in {}",
+        dir.display()
+    );
+    let report = bench_dht::run(&opts);
     finish_bench(
         async { report.await.map(|r| r.markdown()) },
         &dir,

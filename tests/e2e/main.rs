@@ -4,6 +4,7 @@
 //! kernel) and waits on readiness, never on sleeps; everything it starts is killed on drop.
 
 mod cli;
+mod cold;
 mod crash;
 mod dashboard;
 mod dns;

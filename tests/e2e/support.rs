@@ -33,6 +33,26 @@ pub async fn launch_with_env(nodes: usize, extra_args: &[&str], env: &[(&str, &s
     launch_options(nodes, 1, extra_args, env, &[], false).await
 }
 
+/// Nodes of one provider with home routing on (the node's default): a cold miss goes to the
+/// key's home node. The other helpers turn it off, because which node is a key's home depends
+/// on the nodes' random peer ids, and their tests assert where each response came from.
+pub async fn launch_home(nodes: usize) -> Net {
+    launch_inner(nodes, 1, &[], &[], &[], false, true).await
+}
+
+/// Waits until every node's load table lists every node, so that they all agree on each
+/// key's home.
+pub async fn wait_tables_full(net: &Net) {
+    let n = net.testnet.nodes.len() as u64;
+    for node in &net.testnet.nodes {
+        node.wait_status("load table lists every node", JOIN_TIMEOUT, |s| {
+            s["load"]["nodes"].as_u64() == Some(n)
+        })
+        .await
+        .expect("load tables fill");
+    }
+}
+
 /// Nodes of `providers` providers (round-robin), each certified with its provider's key.
 pub async fn launch_providers(nodes: usize, providers: usize, extra_args: &[&str]) -> Net {
     launch_options(nodes, providers, extra_args, &[], &[], false).await
@@ -58,6 +78,22 @@ async fn launch_options(
     configs: &[&str],
     dns: bool,
 ) -> Net {
+    launch_inner(nodes, providers, extra_args, env, configs, dns, false).await
+}
+
+async fn launch_inner(
+    nodes: usize,
+    providers: usize,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+    configs: &[&str],
+    dns: bool,
+    home_routing: bool,
+) -> Net {
+    let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    if !home_routing {
+        extra_args.extend(["--home-routing".to_string(), "false".to_string()]);
+    }
     let dir = tempfile::Builder::new()
         .prefix("reef-e2e-")
         .tempdir()
@@ -67,7 +103,7 @@ async fn launch_options(
         nodes,
         providers,
         dir: dir.path().to_path_buf(),
-        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        extra_args,
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

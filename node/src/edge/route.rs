@@ -14,7 +14,7 @@ use super::respond::respond;
 use crate::body::{self, Body, BoxError};
 use crate::fetch::upstream::From;
 use crate::fetch::{
-    CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, Served, Source, Upstreams,
+    CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, RECORD_PATH, Served, Source, Upstreams,
     content_length, strip_hop_by_hop,
 };
 use crate::load::Meter;
@@ -150,6 +150,9 @@ impl Edge {
         let url = if req.uri().scheme().is_none() {
             if let Some(key) = req.uri().path().strip_prefix(OBJECT_PATH) {
                 return Ok(self.serve_object(key, req.headers()).await);
+            }
+            if let Some(key) = req.uri().path().strip_prefix(RECORD_PATH) {
+                return Ok(self.serve_record(key));
             }
             let asked = self.service_of(&req).await?;
             usage = self.authorise(&asked.service)?;
@@ -362,7 +365,26 @@ impl Edge {
         };
         match self.fetcher.serve_object(key, asked).await {
             Ok((head, body)) => Response::from_parts(head, body),
-            Err(why) => text_response(StatusCode::NOT_FOUND, why),
+            Err((status, why)) => text_response(status, &why),
+        }
+    }
+
+    /// The ContentRecord we sealed lately for a key, for a peer that streamed its body from
+    /// us before we had one; 404 otherwise (the DHT has older ones).
+    fn serve_record(&self, key_hex: &str) -> Response<Body> {
+        let Ok(key) = key_hex.parse::<ContentKey>() else {
+            return text_response(StatusCode::BAD_REQUEST, "a content key is 64 hex digits");
+        };
+        match self.fetcher.sealed_record(&key) {
+            Some(sealed) => {
+                let mut resp = Response::new(body::full(sealed));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                resp
+            }
+            None => text_response(StatusCode::NOT_FOUND, "no recent record for this key"),
         }
     }
 }

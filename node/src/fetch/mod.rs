@@ -7,6 +7,7 @@ mod error;
 mod freshness;
 mod headers;
 mod holders;
+pub mod home;
 mod serve;
 mod source;
 pub mod upstream;
@@ -41,7 +42,7 @@ pub use headers::strip_hop_by_hop;
 pub use serve::{CacheStatus, Payload, Served};
 pub use source::Source;
 use upstream::From;
-pub use upstream::{OBJECT_PATH, Upstreams};
+pub use upstream::{OBJECT_PATH, RECORD_PATH, Upstreams};
 
 use crate::body::{self, Body};
 
@@ -53,6 +54,29 @@ const HOLDER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request headers a peer needs to judge whether its copy is fresh enough for us.
 const FRESHNESS_REQUEST_HEADERS: [header::HeaderName; 2] = [header::CACHE_CONTROL, header::PRAGMA];
+/// On a peer's answer from `/_reef/object/`: `complete` (a stored copy, which a ContentRecord
+/// vouches for) or `in-progress` (a fill still arriving there; no record exists yet).
+pub const FILL_HEADER: &str = "x-reef-fill";
+/// On a request to `/_reef/object/`: we are sending our cold miss to the key's home node; the
+/// value is the URL, which the home fetches if it holds nothing. A request carrying it is
+/// never forwarded again, so a miss takes at most one hop.
+pub const HOME_HEADER: &str = "x-reef-home";
+/// On a peer's answer with a complete copy: the sealed ContentRecord it knows for the key (hex),
+/// so the asker need not look it up in the DHT. Taken only if signed by a node of the
+/// asker's own provider; otherwise the DHT's record decides.
+pub const RECORD_HEADER: &str = "x-reef-record";
+/// How long a home node may take to start its answer (it may be waiting on the origin). Past
+/// it we fetch on our own: one extra origin request instead of a client stuck behind a frozen
+/// node.
+const HOME_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A body streamed from a peer that stalls this long is given up: peers sit near us, and the
+/// client already waits on it.
+const PEER_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a streamed body ended, how long we wait for the ContentRecord that vouches for it
+/// (the holder publishes it as its fill commits, so it is normally there at once).
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+/// First pause between looks for that record; doubled each time.
+const RECORD_RETRY: Duration = Duration::from_millis(10);
 
 /// Who we are, for ranking holders (same provider, then same region, first).
 #[derive(Debug, Clone)]
@@ -89,6 +113,36 @@ struct Inner {
     /// Peers that served a body not matching its ContentRecord, per key.
     bad_holders: verify::BadHolders,
     verify_failures: AtomicU64,
+    /// Who fetches a cold miss for the whole provider.
+    homes: home::Homes,
+    /// Keys whose fill here waits on their home node: a home request for one of them is
+    /// refused rather than followed, so two nodes whose tables disagree cannot wait on each
+    /// other. Bounded by the fills in progress.
+    forwarding: Mutex<std::collections::HashSet<ContentKey>>,
+    home_counts: HomeCounts,
+}
+
+/// How cold misses went through home nodes, for `/api/status`.
+#[derive(Default)]
+struct HomeCounts {
+    /// Misses sent to their home node.
+    forwarded: AtomicU64,
+    /// Of those, answered by it (the body came from it).
+    served: AtomicU64,
+    /// Home requests that failed (refused, timed out, wrong answer): fetched on our own.
+    failed: AtomicU64,
+    /// Home requests from other nodes that we answered as the home.
+    received: AtomicU64,
+}
+
+/// [`HomeCounts`] at one moment.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HomeStats {
+    pub enabled: bool,
+    pub forwarded: u64,
+    pub served: u64,
+    pub failed: u64,
+    pub received: u64,
 }
 
 impl Fetcher {
@@ -98,6 +152,7 @@ impl Fetcher {
         upstreams: Upstreams,
         local: LocalInfo,
         announcer: Announcer,
+        homes: home::Homes,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -109,12 +164,49 @@ impl Fetcher {
                 fill_sources: Mutex::new(HashMap::new()),
                 bad_holders: verify::BadHolders::default(),
                 verify_failures: AtomicU64::new(0),
+                homes,
+                forwarding: Mutex::new(std::collections::HashSet::new()),
+                home_counts: HomeCounts::default(),
             }),
+        }
+    }
+
+    /// The home node of `url`'s key (ourselves included); None when home routing is off.
+    pub fn home_of(&self, key: &ContentKey) -> Option<reef_overlay::PeerId> {
+        self.inner.homes.of(key)
+    }
+
+    pub fn home_stats(&self) -> HomeStats {
+        let c = &self.inner.home_counts;
+        HomeStats {
+            enabled: self.inner.homes.enabled(),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            served: c.served.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
         }
     }
 
     /// Serves a GET or HEAD for `url`; `req` carries the client's headers.
     pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
+        self.get_routed(url, req, false).await
+    }
+
+    /// `get` for a peer that sent us its cold miss as the key's home: never forwarded again.
+    async fn get_for_peer(
+        &self,
+        url: CanonicalUrl,
+        req: &request::Parts,
+    ) -> Result<Served, FetchError> {
+        self.get_routed(url, req, true).await
+    }
+
+    async fn get_routed(
+        &self,
+        url: CanonicalUrl,
+        req: &request::Parts,
+        forwarded: bool,
+    ) -> Result<Served, FetchError> {
         let primary = ContentKey::for_url(&url);
         let request = policy_request(&url, req);
         // A follower comes back once when its leader stored nothing it can use: the URL turned
@@ -122,7 +214,10 @@ impl Fetcher {
         // surprise (the origin changing `Vary` under us) is not chased.
         for _ in 0..2 {
             let mut policy_req = request.clone();
-            match self.get_once(primary, &url, &mut policy_req).await {
+            match self
+                .get_once(primary, &url, &mut policy_req, forwarded)
+                .await
+            {
                 Step::Done(result) => return result,
                 Step::LookAgain => continue,
             }
@@ -135,8 +230,10 @@ impl Fetcher {
         primary: ContentKey,
         url: &CanonicalUrl,
         policy_req: &mut request::Parts,
+        forwarded: bool,
     ) -> Step {
-        let (target, local) = self.lookup(primary, policy_req).await;
+        let (mut target, local) = self.lookup(primary, policy_req).await;
+        target.forwarded = forwarded;
         let stale = match local {
             Local::Fresh(served) => return Step::Done(Ok(*served)),
             Local::Stale(hit) => Some(*hit),
@@ -273,6 +370,7 @@ impl Fetcher {
             primary,
             key,
             vary: Some(names),
+            forwarded: false,
         };
         (target, local)
     }
@@ -337,6 +435,7 @@ impl Fetcher {
             head,
             body: incoming,
             source: upstream.source,
+            announce: upstream.announce,
         };
         Step::Done(
             self.store_and_serve(guard, target, url, policy_req, received)
@@ -381,6 +480,7 @@ impl Fetcher {
             head,
             body: incoming,
             source,
+            announce,
         } = received;
         let mut policy_req = policy_req.clone();
         let (store_key, vary) = match vary::of(&head.headers) {
@@ -435,6 +535,17 @@ impl Fetcher {
                 "fill vanished before it could be read".into(),
             ));
         };
+        // A body from the origin is announced as it starts to arrive: peers may stream it from
+        // us (their copy is checked against our ContentRecord once we have committed it). A
+        // body from a peer is announced once it checked out and is stored.
+        let early = source == Source::Origin;
+        if early {
+            self.inner.announcer.announce_early(store_key);
+        }
+        let validators = (
+            meta_field(&head.headers, "etag"),
+            meta_field(&head.headers, "last-modified"),
+        );
         let fetcher = self.clone();
         let span = info_span!("fill", key = %store_key.short(), source = %source);
         // The fill runs on its own so that a client hanging up does not abort it for the others.
@@ -442,20 +553,54 @@ impl Fetcher {
             async move {
                 let result = pump(incoming, &mut writer).await;
                 fetcher.set_fill_source(store_key, None);
+                let announcer = &fetcher.inner.announcer;
+                // Only the node that fetched from the origin vouches for the bytes. Sealed
+                // before the commit ends the body for its readers, so that peers streaming it
+                // from us find the record the moment their stream ends.
+                let sealed = match (&result, early, writer.digest()) {
+                    (Ok(()), true, Some((body_hash, body_len))) => {
+                        let (etag, last_modified) = validators;
+                        announcer.seal(&ContentRecord {
+                            key: store_key,
+                            body_hash,
+                            body_len,
+                            etag,
+                            last_modified,
+                        })
+                    }
+                    _ => None,
+                };
                 match result {
                     Ok(()) => match writer.commit().await {
                         Ok(meta) => {
                             debug!(bytes = meta.body_len, "stored");
-                            // Only the node that fetched from the origin vouches for the bytes.
-                            let record = (source == Source::Origin)
-                                .then(|| content_record(store_key, &meta));
-                            fetcher.inner.announcer.announce(store_key, record);
+                            if let Some(sealed) = sealed {
+                                announcer.vouch(store_key, sealed);
+                            } else if early {
+                                announcer.withdraw(store_key);
+                            } else if announce {
+                                announcer.announce(store_key, None);
+                            }
                         }
                         // Served in full to everyone reading it; the cache logged why.
-                        Err(reef_cache::Error::OverQuota { .. } | reef_cache::Error::Purged) => {}
-                        Err(e) => warn!(error = %e, "commit failed"),
+                        Err(reef_cache::Error::OverQuota { .. } | reef_cache::Error::Purged) => {
+                            if early {
+                                announcer.withdraw(store_key);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "commit failed");
+                            if early {
+                                announcer.withdraw(store_key);
+                            }
+                        }
                     },
-                    Err(reason) => warn!(%reason, "upstream body failed; nothing stored"),
+                    Err(reason) => {
+                        warn!(%reason, "upstream body failed; nothing stored");
+                        if early {
+                            announcer.withdraw(store_key);
+                        }
+                    }
                 }
             }
             .instrument(span),
@@ -589,7 +734,8 @@ impl Fetcher {
         Ok(pass_through(head, body, Source::Origin))
     }
 
-    /// Phase: upstream. The nearest holder that has a fresh copy, else the origin.
+    /// Phase: upstream. The key's home node (for a cold miss), else the nearest holder that
+    /// has a fresh copy, else the origin.
     async fn fetch_upstream(
         &self,
         target: &Target,
@@ -598,6 +744,18 @@ impl Fetcher {
     ) -> Result<Upstream, FetchError> {
         let key = target.key;
         let asks = peer_request_headers(target, &policy_req.headers);
+        // Looked up only when there is a complete peer copy to check; None sends us to the
+        // origin, as a copy nobody vouches for could be anything.
+        let mut expected = None;
+        // Variants are not routed: the home would have to know our selecting headers.
+        if !target.forwarded
+            && target.vary.is_none()
+            && let Some(upstream) = self
+                .via_home(target, url, &asks, policy_req, &mut expected)
+                .await
+        {
+            return Ok(upstream);
+        }
         let lookup = self.inner.overlay.find_holders(key, MAX_HOLDERS);
         let holders = match tokio::time::timeout(HOLDER_LOOKUP_TIMEOUT, lookup).await {
             Ok(Ok(holders)) => holders,
@@ -615,57 +773,21 @@ impl Fetcher {
             .into_iter()
             .filter(|h| !self.inner.bad_holders.is_bad(&key, &h.peer))
             .collect();
-        // Looked up only when there is a peer copy to check; None sends us to the origin, as a
-        // copy nobody vouches for could be anything.
-        let mut expected = None;
         for holder in holders {
             let peer = holder.peer;
-            match self
-                .inner
-                .upstreams
-                .peer(&holder.record.http, key, &asks)
-                .await
-            {
-                // The URL varies; the peer tells us on what, so we can ask for our variant.
-                Ok(resp)
-                    if resp.status() == StatusCode::MULTIPLE_CHOICES && target.vary.is_none() =>
-                {
-                    debug!(%peer, key = %key.short(), "the URL varies");
-                    return Ok(self.upstream(resp, Source::Peer));
-                }
-                Ok(resp) if resp.status() == StatusCode::OK => {
-                    let (head, body) = resp.into_parts();
-                    if !self.fresh_for(policy_req, &head) {
-                        debug!(%peer, key = %key.short(), "peer copy not fresh enough; skipping");
-                        continue;
-                    }
-                    if expected.is_none() {
-                        expected = Some(self.expected_body(key).await);
-                    }
-                    let Some(Some(want)) = expected else {
-                        debug!(key = %key.short(), "no content record; not trusting peer copies");
-                        break;
-                    };
-                    let scratch = self.inner.store.scratch_dir();
-                    let body = self.inner.upstreams.received(body, From::Peer);
-                    match verify::download(body, want, &scratch).await {
-                        Ok(file) => {
-                            debug!(%peer, key = %key.short(), "fetched and verified from peer");
-                            return Ok(Upstream {
-                                head,
-                                body: body::from_file(file, want.len),
-                                source: Source::Peer,
-                            });
-                        }
-                        Err(e) if e.is_mismatch() => {
-                            warn!(%peer, key = %key.short(), error = %e, "peer served a wrong body; not asking it for this again");
-                            self.inner.bad_holders.mark(key, peer);
-                            self.inner.verify_failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => debug!(%peer, error = %e, "peer body failed; trying next"),
+            let ours = holder.membership.provider() == local.provider;
+            let http = &holder.record.http;
+            match self.inner.upstreams.peer(http, key, &asks).await {
+                Ok(resp) => {
+                    let copy = self
+                        .take_copy(peer, http, ours, resp, target, policy_req, &mut expected)
+                        .await;
+                    match copy {
+                        PeerCopy::Use(upstream) => return Ok(*upstream),
+                        PeerCopy::Skip => {}
+                        PeerCopy::Unvouched => break,
                     }
                 }
-                Ok(resp) => debug!(%peer, status = %resp.status(), "peer does not have it"),
                 Err(reason) => debug!(%peer, %reason, "peer fetch failed; trying next"),
             }
         }
@@ -673,8 +795,272 @@ impl Fetcher {
         Ok(self.upstream(response, Source::Origin))
     }
 
+    /// Sends our cold miss to the key's home node, which fetches it once for its whole
+    /// provider and streams it to us while it arrives. None (and on our own) when we are the
+    /// home, the home fails or answers something we cannot use.
+    async fn via_home(
+        &self,
+        target: &Target,
+        url: &CanonicalUrl,
+        asks: &HeaderMap,
+        policy_req: &request::Parts,
+        expected: &mut Option<Option<verify::Vouched>>,
+    ) -> Option<Upstream> {
+        let key = target.key;
+        let homes = &self.inner.homes;
+        let home = homes.of(&key)?;
+        if home == homes.me() {
+            return None;
+        }
+        let counts = &self.inner.home_counts;
+        let failed = |why: &dyn std::fmt::Display| {
+            debug!(%home, key = %key.short(), %why, "home node failed; fetching on our own");
+            homes.failed(home);
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        if self.inner.overlay.connection_broken(&home) {
+            return failed(&"its connection broke");
+        }
+        let info = match self.inner.overlay.node_record(home).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return failed(&"no node record"),
+            Err(e) => return failed(&e),
+        };
+        // The load table said so; the record's certificate must agree.
+        if info.membership.provider() != self.inner.local.provider {
+            return failed(&"not certified by our provider");
+        }
+        counts.forwarded.fetch_add(1, Ordering::Relaxed);
+        let mut asks = asks.clone();
+        let Ok(value) = HeaderValue::from_str(url.as_str()) else {
+            return None;
+        };
+        asks.insert(HOME_HEADER, value);
+        self.set_forwarding(key, true);
+        let answer = self
+            .inner
+            .upstreams
+            .peer_within(&info.record.http, key, &asks, HOME_HEADER_TIMEOUT)
+            .await;
+        self.set_forwarding(key, false);
+        let resp = match answer {
+            Ok(resp) => resp,
+            Err(reason) => return failed(&reason),
+        };
+        match resp.status() {
+            StatusCode::OK | StatusCode::MULTIPLE_CHOICES => {}
+            // It is itself waiting on another node for this key (tables disagree for a
+            // moment): not a failure of the node.
+            StatusCode::CONFLICT => {
+                debug!(%home, key = %key.short(), "home is forwarding too; fetching on our own");
+                return None;
+            }
+            status if status.is_server_error() => return failed(&format!("status {status}")),
+            status => {
+                debug!(%home, key = %key.short(), %status, "home cannot serve it; fetching on our own");
+                return None;
+            }
+        }
+        let http = info.record.http.clone();
+        match self
+            .take_copy(home, &http, true, resp, target, policy_req, expected)
+            .await
+        {
+            PeerCopy::Use(mut upstream) => {
+                counts.served.fetch_add(1, Ordering::Relaxed);
+                upstream.announce = false;
+                Some(*upstream)
+            }
+            PeerCopy::Skip | PeerCopy::Unvouched => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// What to make of a peer's answer to `/_reef/object/<key>`. `ours`: the peer is
+    /// certified by our own provider, so a copy still arriving there may be streamed to us
+    /// before it is checked (at its end; see `verify::streaming`). A complete copy, from
+    /// anyone, is downloaded and checked before we use it.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_copy(
+        &self,
+        peer: reef_overlay::PeerId,
+        http: &str,
+        ours: bool,
+        resp: hyper::Response<Incoming>,
+        target: &Target,
+        policy_req: &request::Parts,
+        expected: &mut Option<Option<verify::Vouched>>,
+    ) -> PeerCopy {
+        let key = target.key;
+        // The URL varies; the peer tells us on what, so we can ask for our variant.
+        if resp.status() == StatusCode::MULTIPLE_CHOICES && target.vary.is_none() {
+            debug!(%peer, key = %key.short(), "the URL varies");
+            return PeerCopy::Use(Box::new(self.upstream(resp, Source::Peer)));
+        }
+        if resp.status() != StatusCode::OK {
+            debug!(%peer, status = %resp.status(), "peer does not have it");
+            return PeerCopy::Skip;
+        }
+        let (mut head, body) = resp.into_parts();
+        let in_progress = head
+            .headers
+            .remove(FILL_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"in-progress");
+        if !self.fresh_for(policy_req, &head) {
+            debug!(%peer, key = %key.short(), "peer copy not fresh enough; skipping");
+            return PeerCopy::Skip;
+        }
+        if in_progress {
+            if !ours {
+                debug!(%peer, key = %key.short(), "another provider's fill in progress; not streaming unverified bytes from it");
+                return PeerCopy::Skip;
+            }
+            let body = self.inner.upstreams.received(body, From::Peer);
+            let (this, http) = (self.clone(), http.to_string());
+            let check = move |got| async move { this.check_streamed(key, peer, &http, got).await };
+            let max = self.inner.store.stats().max_bytes;
+            let body = verify::streaming(body, max, PEER_BODY_IDLE_TIMEOUT, check);
+            debug!(%peer, key = %key.short(), "streaming a fill in progress from a node of our provider");
+            return PeerCopy::Use(Box::new(Upstream {
+                head,
+                body,
+                source: Source::Peer,
+                announce: true,
+            }));
+        }
+        // The record the peer sends along, if a node of ours signed it; else the DHT's.
+        let offered = head.headers.remove(RECORD_HEADER);
+        let mut vouched = match offered.and_then(|v| verify::from_hex(v.as_bytes())) {
+            Some(sealed) => self.vouched_by_ours(key, sealed).await,
+            None => None,
+        };
+        if vouched.is_none() {
+            if expected.is_none() {
+                *expected = Some(self.expected_body(key).await);
+            }
+            vouched = expected.clone().flatten();
+        }
+        let Some(vouched) = vouched else {
+            debug!(key = %key.short(), "no content record; not trusting peer copies");
+            return PeerCopy::Unvouched;
+        };
+        let want = vouched.expected;
+        let scratch = self.inner.store.scratch_dir();
+        let body = self.inner.upstreams.received(body, From::Peer);
+        match verify::download(body, want, &scratch).await {
+            Ok(file) => {
+                debug!(%peer, key = %key.short(), "fetched and verified from peer");
+                self.inner.announcer.remember(key, vouched.sealed);
+                PeerCopy::Use(Box::new(Upstream {
+                    head,
+                    body: body::from_file(file, want.len),
+                    source: Source::Peer,
+                    announce: true,
+                }))
+            }
+            Err(e) if e.is_mismatch() => {
+                warn!(%peer, key = %key.short(), error = %e, "peer served a wrong body; not asking it for this again");
+                self.mark_bad(key, peer);
+                PeerCopy::Skip
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "peer body failed; trying next");
+                PeerCopy::Skip
+            }
+        }
+    }
+
+    fn mark_bad(&self, key: ContentKey, peer: reef_overlay::PeerId) {
+        self.inner.bad_holders.mark(key, peer);
+        self.inner.verify_failures.fetch_add(1, Ordering::Relaxed);
+        self.inner.homes.failed(peer);
+    }
+
+    /// The end of a body streamed from a node of our provider: it must match a ContentRecord
+    /// signed by a node of our provider. The node we streamed from sealed it before our stream
+    /// ended (if it fetched from the origin) and hands it out at `/_reef/record/`; we ask it,
+    /// again after short pauses, and meanwhile the DHT, for up to [`RECORD_WAIT`].
+    async fn check_streamed(
+        &self,
+        key: ContentKey,
+        peer: reef_overlay::PeerId,
+        http: &str,
+        got: verify::Expected,
+    ) -> Result<(), verify::VerifyError> {
+        let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+        let from_peer = async {
+            let mut pause = RECORD_RETRY;
+            loop {
+                if let Some(sealed) = self.inner.upstreams.peer_record(http, key).await
+                    && let Some(vouched) = self.vouched_by_ours(key, sealed).await
+                {
+                    return vouched;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECORD_WAIT / 4);
+            }
+        };
+        let from_dht = async {
+            // The holder's own answer is quicker when it has one; the DHT is the fallback.
+            tokio::time::sleep(RECORD_RETRY * 5).await;
+            match self.expected_body(key).await {
+                Some(found) => match self.vouched_by_ours(key, found.sealed).await {
+                    Some(vouched) => vouched,
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let found = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                vouched = from_peer => vouched,
+                vouched = from_dht => vouched,
+            }
+        })
+        .await;
+        let Ok(vouched) = found else {
+            debug!(%peer, key = %key.short(), "no content record from our provider arrived in time");
+            return Err(verify::VerifyError::NoRecord);
+        };
+        verify::matches(got, vouched.expected).inspect_err(|e| {
+            warn!(%peer, key = %key.short(), error = %e, "a streamed body does not match its content record; nothing stored");
+            self.mark_bad(key, peer);
+        })?;
+        self.inner.announcer.remember(key, vouched.sealed);
+        Ok(())
+    }
+
+    /// What a sealed ContentRecord for `key` promises, if it opens and its signer is a node
+    /// certified by our own provider.
+    async fn vouched_by_ours(&self, key: ContentKey, sealed: Vec<u8>) -> Option<verify::Vouched> {
+        let opened = open::<ContentRecord>(&sealed, crate::provider::unix_ms()).ok()?;
+        let record = opened.record();
+        if record.key != key {
+            return None;
+        }
+        let signer =
+            reef_overlay::PeerId::from_bytes(&reef_proto::records::peer_id_bytes(opened.signer()))
+                .ok()?;
+        let ours = if signer == self.inner.overlay.local_peer_id() {
+            true
+        } else {
+            match self.inner.overlay.node_record(signer).await {
+                Ok(Some(info)) => info.membership.provider() == self.inner.local.provider,
+                _ => false,
+            }
+        };
+        let expected = verify::Expected {
+            hash: record.body_hash,
+            len: record.body_len,
+        };
+        ours.then_some(verify::Vouched { expected, sealed })
+    }
+
     /// The body length and hash the DHT's ContentRecord for `key` promises, if any.
-    async fn expected_body(&self, key: ContentKey) -> Option<verify::Expected> {
+    async fn expected_body(&self, key: ContentKey) -> Option<verify::Vouched> {
         let value = match self
             .inner
             .overlay
@@ -691,10 +1077,20 @@ impl Fetcher {
         // The overlay validated it already; opening it again gives us its fields.
         let record = open::<ContentRecord>(&value, crate::provider::unix_ms()).ok()?;
         let record = record.record();
-        (record.key == key).then_some(verify::Expected {
+        let expected = verify::Expected {
             hash: record.body_hash,
             len: record.body_len,
+        };
+        (record.key == key).then_some(verify::Vouched {
+            expected,
+            sealed: value,
         })
+    }
+
+    /// The sealed ContentRecord we made for `key` lately (`/_reef/record/<key>`), for peers
+    /// that streamed the body from us while it arrived.
+    pub fn sealed_record(&self, key: &ContentKey) -> Option<Vec<u8>> {
+        self.inner.announcer.sealed(key)
     }
 
     /// Peer bodies that did not match their ContentRecord, since start.
@@ -740,6 +1136,28 @@ impl Fetcher {
         sources.get(key).copied().unwrap_or(Source::Origin)
     }
 
+    fn set_forwarding(&self, key: ContentKey, on: bool) {
+        let mut forwarding = self
+            .inner
+            .forwarding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if on {
+            forwarding.insert(key);
+        } else {
+            forwarding.remove(&key);
+        }
+    }
+
+    fn is_forwarding(&self, key: &ContentKey) -> bool {
+        let forwarding = self
+            .inner
+            .forwarding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        forwarding.contains(key)
+    }
+
     fn set_fill_source(&self, key: ContentKey, source: Option<Source>) {
         let mut sources = self
             .inner
@@ -773,15 +1191,24 @@ impl Fetcher {
         }
     }
 
-    /// The peer endpoint: our stored (or still arriving) copy of `key`, never fetched for the
-    /// asker, and only if it is fresh enough for the asker's `request` headers (its freshness
-    /// directives and, for a variant, the selecting headers).
+    /// The peer endpoint: our stored (or still arriving) copy of `key`, and only if it is
+    /// fresh enough for the asker's `request` headers (its freshness directives and, for a
+    /// variant, the selecting headers). Marked with [`FILL_HEADER`]: `complete` or
+    /// `in-progress`. We fetch nothing for the asker unless it names us as the key's home
+    /// ([`HOME_HEADER`] with the URL): then we serve the key as we would a client, from a
+    /// peer or the origin, once for everyone who asks.
     pub async fn serve_object(
         &self,
         key: ContentKey,
         request: &HeaderMap,
-    ) -> Result<(response::Parts, Body), &'static str> {
+    ) -> Result<(response::Parts, Body), (StatusCode, String)> {
         let now = SystemTime::now();
+        let stale = || {
+            (
+                StatusCode::NOT_FOUND,
+                "the copy here is not fresh enough for this request".to_string(),
+            )
+        };
         match self.inner.store.get(&key).await {
             Ok(Some(hit)) if hit.meta.is_vary_index() => {
                 // 300: the URL has several representations; `Vary` names what selects one.
@@ -796,20 +1223,126 @@ impl Fetcher {
             }
             Ok(Some(hit)) => {
                 if !fresh_enough(&hit.meta, &asked_request(&hit.meta, request), now) {
-                    return Err("the copy here is not fresh enough for this request");
+                    return Err(stale());
                 }
-                let head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
+                let mut head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
+                self.mark_complete(&key, &mut head.headers);
                 return Ok((head, body::from_file(hit.file, hit.meta.body_len)));
             }
             Ok(None) => {}
             Err(e) => warn!(key = %key.short(), error = %e, "cache read failed"),
         }
-        let tail = self.inner.store.tail(&key).ok_or("not held by this node")?;
-        if !fresh_enough(tail.meta(), &asked_request(tail.meta(), request), now) {
-            return Err("the copy here is not fresh enough for this request");
+        if let Some(tail) = self.inner.store.tail(&key) {
+            if !fresh_enough(tail.meta(), &asked_request(tail.meta(), request), now) {
+                return Err(stale());
+            }
+            let mut head = stored_head(tail.meta(), now, None);
+            head.headers
+                .insert(FILL_HEADER, HeaderValue::from_static("in-progress"));
+            return Ok((head, body::from_tail(tail)));
         }
-        let head = stored_head(tail.meta(), now, None);
-        Ok((head, body::from_tail(tail)))
+        match request.get(HOME_HEADER).map(|v| v.to_str()) {
+            None => Err((StatusCode::NOT_FOUND, "not held by this node".into())),
+            Some(Ok(url)) => self.serve_as_home(key, url, request).await,
+            Some(Err(_)) => Err((StatusCode::BAD_REQUEST, "the URL is not text".into())),
+        }
+    }
+
+    /// A peer sent us its cold miss for `key` as the key's home: fetch it (coalesced with
+    /// everyone else's) and stream it back while it arrives.
+    async fn serve_as_home(
+        &self,
+        key: ContentKey,
+        url: &str,
+        request: &HeaderMap,
+    ) -> Result<(response::Parts, Body), (StatusCode, String)> {
+        if !self.inner.homes.enabled() {
+            return Err((StatusCode::NOT_FOUND, "not held by this node".into()));
+        }
+        let url = CanonicalUrl::parse(url).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        if ContentKey::for_url(&url) != key {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "the URL does not have this content key".into(),
+            ));
+        }
+        // Our own fill of it waits on another node, which may be waiting on us.
+        if self.is_forwarding(&key) {
+            return Err((
+                StatusCode::CONFLICT,
+                "this node is waiting on another node for it".into(),
+            ));
+        }
+        self.inner
+            .home_counts
+            .received
+            .fetch_add(1, Ordering::Relaxed);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.uri = url.to_uri();
+        parts.headers = request.clone();
+        parts.headers.remove(HOME_HEADER);
+        let served = self
+            .get_for_peer(url, &parts)
+            .await
+            .map_err(|e| (e.status(), e.to_string()))?;
+        let Served {
+            mut head, payload, ..
+        } = served;
+        if head.status != StatusCode::OK {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("upstream answered {}", head.status),
+            ));
+        }
+        // The response varies: which variant we hold depends on headers the asker did not
+        // send. Tell it on what, as for a stored variant index; it asks for its own variant.
+        if let vary::Vary::On(names) = vary::of(&head.headers) {
+            head.status = StatusCode::MULTIPLE_CHOICES;
+            head.headers.remove(header::CONTENT_LENGTH);
+            if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+                head.headers.insert(header::VARY, v);
+            }
+            return Ok((head, body::empty()));
+        }
+        let stored = match payload {
+            Payload::File { .. } => true,
+            Payload::Stream(_) => self.stored_or_filling(&key).await,
+        };
+        let body = match payload {
+            Payload::File { file, len } => {
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                self.mark_complete(&key, &mut head.headers);
+                body::from_file(file, len)
+            }
+            // A fill of ours that the asker may stream (and check at its end); a response we
+            // do not store would never be vouched for, so the asker fetches it on its own.
+            Payload::Stream(stream) if stored => {
+                head.headers
+                    .insert(FILL_HEADER, HeaderValue::from_static("in-progress"));
+                stream
+            }
+            Payload::Stream(_) => {
+                return Err((StatusCode::NOT_FOUND, "not stored by this node".into()));
+            }
+        };
+        Ok((head, body))
+    }
+
+    /// Labels an answer with a complete copy, with the record that vouches for it if we know
+    /// one.
+    fn mark_complete(&self, key: &ContentKey, headers: &mut HeaderMap) {
+        headers.insert(FILL_HEADER, HeaderValue::from_static("complete"));
+        if let Some(sealed) = self.inner.announcer.sealed(key)
+            && let Ok(value) = HeaderValue::from_str(&verify::to_hex(&sealed))
+        {
+            headers.insert(RECORD_HEADER, value);
+        }
+    }
+
+    async fn stored_or_filling(&self, key: &ContentKey) -> bool {
+        self.inner.store.tail(key).is_some()
+            || matches!(self.inner.store.get(key).await, Ok(Some(_)))
     }
 }
 
@@ -821,6 +1354,8 @@ struct Target {
     key: ContentKey,
     /// The selecting headers, when `key` is a variant's.
     vary: Option<Vec<String>>,
+    /// A peer sent us this miss as the key's home: we must not send it on.
+    forwarded: bool,
 }
 
 impl Target {
@@ -829,8 +1364,18 @@ impl Target {
             primary,
             key: primary,
             vary: None,
+            forwarded: false,
         }
     }
+}
+
+/// What a peer's answer gave us.
+enum PeerCopy {
+    Use(Box<Upstream>),
+    /// Nothing usable from this peer; try the next.
+    Skip,
+    /// A complete copy, but no ContentRecord vouches for the key: no peer copy can be checked.
+    Unvouched,
 }
 
 /// How one pass through the fetch path ended.
@@ -870,6 +1415,9 @@ struct Upstream {
     head: response::Parts,
     body: Body,
     source: Source,
+    /// Announce the copy once stored. Not for one from our home node: the home announced
+    /// it, and every node of our provider asks the home anyway.
+    announce: bool,
 }
 
 impl Fetcher {
@@ -884,6 +1432,7 @@ impl Fetcher {
             head,
             body: self.inner.upstreams.received(body, from),
             source,
+            announce: true,
         }
     }
 }
@@ -893,6 +1442,7 @@ struct Received {
     head: response::Parts,
     body: Body,
     source: Source,
+    announce: bool,
 }
 
 /// `Content-Length`, if present and a number.
@@ -913,21 +1463,9 @@ fn upstream_failed(fetched: &Result<Served, FetchError>) -> bool {
     }
 }
 
-/// What a node that fetched `meta`'s body from the origin signs, so peers can verify copies.
-fn content_record(key: ContentKey, meta: &Meta) -> ContentRecord {
-    let field = |name: &str| {
-        meta.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-    };
-    ContentRecord {
-        key,
-        body_hash: meta.body_hash,
-        body_len: meta.body_len,
-        etag: field("etag"),
-        last_modified: field("last-modified"),
-    }
+/// A response header's value as text (for the validators a ContentRecord carries).
+fn meta_field(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
 /// Copies the upstream body into the store; any error or stall aborts the fill.

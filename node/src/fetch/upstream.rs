@@ -29,6 +29,12 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE_PER_HOST: usize = 32;
 /// Path prefix of the endpoint on which nodes hand cached objects to each other.
 pub const OBJECT_PATH: &str = "/_reef/object/";
+/// Path prefix of the endpoint on which a node hands out the ContentRecord it sealed lately.
+pub const RECORD_PATH: &str = "/_reef/record/";
+/// A peer's sealed ContentRecord comes from its memory: at once, or not at all.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(1);
+/// A sealed ContentRecord is a few hundred bytes; the envelope's own limit is far below this.
+const MAX_RECORD_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientInitError {
@@ -214,6 +220,18 @@ impl Upstreams {
         key: ContentKey,
         headers: &HeaderMap,
     ) -> Result<Response<Incoming>, String> {
+        self.peer_within(http_addr, key, headers, PEER_HEADER_TIMEOUT)
+            .await
+    }
+
+    /// [`Upstreams::peer`], waiting up to `wait` for the response headers.
+    pub async fn peer_within(
+        &self,
+        http_addr: &str,
+        key: ContentKey,
+        headers: &HeaderMap,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, String> {
         let uri = format!("http://{http_addr}{OBJECT_PATH}{key}");
         let mut req = Request::get(uri)
             .header(
@@ -223,11 +241,27 @@ impl Upstreams {
             .body(body::empty())
             .map_err(|e| e.to_string())?;
         req.headers_mut().extend(headers.clone());
-        match tokio::time::timeout(PEER_HEADER_TIMEOUT, self.peer.request(req)).await {
+        match tokio::time::timeout(wait, self.peer.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(error_chain(&e)),
-            Err(_) => Err(format!("no answer within {PEER_HEADER_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {wait:?}")),
         }
+    }
+
+    /// The sealed ContentRecord for `key` that the node at `http_addr` made lately, as it
+    /// sent it (the caller opens and checks it); None if it has none or does not answer.
+    pub async fn peer_record(&self, http_addr: &str, key: ContentKey) -> Option<Vec<u8>> {
+        let uri = format!("http://{http_addr}{RECORD_PATH}{key}");
+        let req = Request::get(uri).body(body::empty()).ok()?;
+        let fetch = async {
+            let resp = self.peer.request(req).await.ok()?;
+            if resp.status() != http::StatusCode::OK {
+                return None;
+            }
+            let limited = http_body_util::Limited::new(resp.into_body(), MAX_RECORD_BYTES);
+            limited.collect().await.ok().map(|b| b.to_bytes().to_vec())
+        };
+        tokio::time::timeout(RECORD_TIMEOUT, fetch).await.ok()?
     }
 }
 

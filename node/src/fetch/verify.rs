@@ -1,9 +1,19 @@
-//! Bodies fetched from peers are checked before anyone sees them: downloaded into an unnamed
-//! scratch file while being hashed, and handed on only if length and blake3 match what the
-//! origin-fetching node signed in its ContentRecord. A peer that sends anything else is
-//! remembered, so it is not asked for that content again.
+//! Bodies fetched from peers are checked against what the origin-fetching node signed in its
+//! ContentRecord (length and blake3). Two ways:
+//!
+//! - [`download`]: a complete copy (any provider's) is downloaded into an unnamed scratch
+//!   file while being hashed, and handed on only if it matches: nobody sees a byte before.
+//! - [`streaming`]: a copy still arriving at a node of our own provider (its fill is in
+//!   progress, so no ContentRecord exists yet) is passed on as it comes, one chunk behind;
+//!   the last chunk is released only once the whole body matches the record that appears
+//!   when that fill commits. A mismatch ends the stream with an error instead, so the fill
+//!   reading it is never committed or announced, and a client reading it sees a truncated
+//!   response, never a complete wrong one.
+//!
+//! A peer that sends wrong bytes is remembered, so it is not asked for that content again.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Mutex;
@@ -32,6 +42,8 @@ pub struct Expected {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("no content record to check the body against arrived in time")]
+    NoRecord,
     #[error("body is longer than the {0} bytes promised")]
     TooLong(u64),
     #[error("body has {got} bytes, {want} promised")]
@@ -104,6 +116,135 @@ pub async fn download(
     .await
     .map_err(|e| VerifyError::Body(e.to_string()))??;
     Ok(tokio::fs::File::from_std(file))
+}
+
+/// A ContentRecord we trust for a key: what the body must be, and the sealed record itself,
+/// to pass on to whoever takes our copy.
+#[derive(Debug, Clone)]
+pub struct Vouched {
+    pub expected: Expected,
+    pub sealed: Vec<u8>,
+}
+
+/// Lower-case hex, for carrying a sealed record in a header.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lower-case or upper-case hex; None if it is not hex.
+pub fn from_hex(text: &[u8]) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    text.chunks(2)
+        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+        .collect()
+}
+
+/// Whether a body received as `got` is the one `want` describes.
+pub fn matches(got: Expected, want: Expected) -> Result<(), VerifyError> {
+    if got.len != want.len {
+        return Err(VerifyError::Length {
+            got: got.len,
+            want: want.len,
+        });
+    }
+    if got.hash != want.hash {
+        return Err(VerifyError::Hash);
+    }
+    Ok(())
+}
+
+/// `body` passed on as it arrives, one chunk behind, and hashed on the way. At its end
+/// `check` gets the length and blake3 of what arrived; only if it says yes does the last
+/// chunk go out (then the end), otherwise the stream ends with its error. Bodies longer than
+/// `max_len`, or silent for `idle`, end with an error too.
+pub fn streaming<F, Fut>(body: Body, max_len: u64, idle: Duration, check: F) -> Body
+where
+    F: FnOnce(Expected) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), VerifyError>> + Send + 'static,
+{
+    let state = Streaming {
+        body,
+        hasher: Box::new(blake3::Hasher::new()),
+        len: 0,
+        held: None,
+        check: Some(check),
+        max_len,
+        idle,
+    };
+    let stream = futures::stream::unfold(Step::Running(state), |step| async move {
+        match step {
+            Step::Done => None,
+            Step::Running(s) => s.next().await,
+        }
+    });
+    crate::body::from_stream(futures::StreamExt::boxed(stream))
+}
+
+struct Streaming<F> {
+    body: Body,
+    hasher: Box<blake3::Hasher>,
+    len: u64,
+    /// The chunk not yet passed on: the last one must wait for the check.
+    held: Option<Bytes>,
+    check: Option<F>,
+    max_len: u64,
+    idle: Duration,
+}
+
+enum Step<F> {
+    Running(Streaming<F>),
+    Done,
+}
+
+type Item<F> = (Result<Bytes, VerifyError>, Step<F>);
+
+impl<F, Fut> Streaming<F>
+where
+    F: FnOnce(Expected) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), VerifyError>> + Send + 'static,
+{
+    async fn next(mut self) -> Option<Item<F>> {
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Some((Err(VerifyError::Stalled), Step::Done)),
+                Ok(Some(Err(e))) => {
+                    return Some((Err(VerifyError::Body(e.to_string())), Step::Done));
+                }
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => return self.end().await,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let data: Bytes = data;
+            if data.is_empty() {
+                continue;
+            }
+            self.len += data.len() as u64;
+            if self.len > self.max_len {
+                return Some((Err(VerifyError::TooLong(self.max_len)), Step::Done));
+            }
+            self.hasher.update(&data);
+            if let Some(previous) = self.held.replace(data) {
+                return Some((Ok(previous), Step::Running(self)));
+            }
+        }
+    }
+
+    async fn end(mut self) -> Option<Item<F>> {
+        let got = Expected {
+            hash: *self.hasher.finalize().as_bytes(),
+            len: self.len,
+        };
+        let check = self.check.take()?;
+        match check(got).await {
+            Ok(()) => self.held.take().map(|last| (Ok(last), Step::Done)),
+            Err(e) => Some((Err(e), Step::Done)),
+        }
+    }
 }
 
 /// Peers that served a wrong body, per content key, for a while.
@@ -180,6 +321,88 @@ mod tests {
                 .unwrap_err();
             assert!(err.is_mismatch(), "{err}");
         }
+    }
+
+    fn chunked(data: &[u8], size: usize) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        crate::body::from_stream(futures::stream::iter(chunks))
+    }
+
+    async fn read_all(body: Body) -> (Vec<u8>, Option<String>) {
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        out.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn streaming_passes_a_matching_body_through_whole() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let want = expected(&data);
+        let body = streaming(
+            chunked(&data, 7000),
+            1 << 20,
+            IDLE_TIMEOUT,
+            move |got| async move { matches(got, want) },
+        );
+        let (out, err) = read_all(body).await;
+        assert_eq!(err, None);
+        assert_eq!(out, data);
+    }
+
+    #[tokio::test]
+    async fn streaming_withholds_the_last_chunk_of_a_wrong_body() {
+        let data = vec![3u8; 50_000];
+        let want = expected(&data);
+        let mut bad = data.clone();
+        bad[49_999] ^= 1;
+        let body = streaming(
+            chunked(&bad, 10_000),
+            1 << 20,
+            IDLE_TIMEOUT,
+            move |got| async move { matches(got, want) },
+        );
+        let (out, err) = read_all(body).await;
+        assert_eq!(out.len(), 40_000, "everything but the last chunk went out");
+        assert!(err.is_some_and(|e| e.contains("blake3")));
+    }
+
+    #[tokio::test]
+    async fn streaming_ends_with_an_error_when_no_record_comes_or_the_body_is_too_long() {
+        let data = vec![1u8; 3000];
+        let body = streaming(chunked(&data, 1000), 1 << 20, IDLE_TIMEOUT, |_| async {
+            Err(VerifyError::NoRecord)
+        });
+        let (out, err) = read_all(body).await;
+        assert_eq!(out.len(), 2000);
+        assert!(err.is_some());
+        let body = streaming(chunked(&data, 1000), 2500, IDLE_TIMEOUT, |_| async {
+            Ok(())
+        });
+        let (out, err) = read_all(body).await;
+        assert_eq!(out.len(), 1000);
+        assert!(err.is_some_and(|e| e.contains("longer")));
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        let bytes = [0u8, 1, 0xab, 0xff, 0x10];
+        assert_eq!(to_hex(&bytes), "0001abff10");
+        assert_eq!(from_hex(b"0001ABff10"), Some(bytes.to_vec()));
+        assert_eq!(from_hex(b"0g"), None);
+        assert_eq!(from_hex(b"abc"), None);
     }
 
     #[test]

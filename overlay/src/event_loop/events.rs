@@ -154,8 +154,11 @@ impl EventLoop {
     pub(super) fn on_kad_event(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => self.on_query_progress(id, result, step),
+                id,
+                result,
+                step,
+                stats,
+            } => self.on_query_progress(id, result, step, stats),
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {

@@ -60,6 +60,8 @@ struct ProvidersQuery {
     deadline: Instant,
     /// When the lookup started, for `reef_dht_lookup_duration_seconds`.
     started: Instant,
+    /// Kademlia's counts of the peers asked so far, from its last progress report.
+    stats: Option<crate::client::LookupStats>,
     reply: ProvidersReply,
 }
 
@@ -321,6 +323,7 @@ impl EventLoop {
                     limit,
                     deadline,
                     started: Instant::now(),
+                    stats: None,
                     reply,
                 };
                 self.pending_providers.insert(id, query);

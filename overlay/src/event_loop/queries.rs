@@ -10,6 +10,7 @@ use tracing::debug;
 
 use super::EventLoop;
 use crate::Error;
+use crate::client::{LookupStats, ProvidersFound};
 use crate::metrics::PROVIDERS_LOOKUP;
 
 impl EventLoop {
@@ -18,6 +19,7 @@ impl EventLoop {
         id: QueryId,
         result: QueryResult,
         step: kad::ProgressStep,
+        stats: kad::QueryStats,
     ) {
         match result {
             QueryResult::Bootstrap(result) => {
@@ -39,7 +41,12 @@ impl EventLoop {
             QueryResult::RepublishProvider(Err(error)) => {
                 debug!(%error, "provider republish failed")
             }
-            QueryResult::GetProviders(result) => self.on_providers(id, result, step.last),
+            QueryResult::GetProviders(result) => {
+                if let Some(query) = self.pending_providers.get_mut(&id) {
+                    query.stats = Some(LookupStats::of(&stats));
+                }
+                self.on_providers(id, result, step.last)
+            }
             QueryResult::GetRecord(result) => self.on_get_record(id, result, step.last),
             QueryResult::PutRecord(result) if self.record_put_query == Some(id) => {
                 self.on_own_record_put(&result);
@@ -89,6 +96,15 @@ impl EventLoop {
         let Some(query) = self.pending_providers.remove(&id) else {
             return;
         };
+        // A lookup ended by its deadline has reported no progress with stats yet.
+        let stats = query.stats.unwrap_or_else(|| {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .query(&id)
+                .map(|q| LookupStats::of(q.stats()))
+                .unwrap_or_default()
+        });
         self.stop_query(id);
         self.metrics
             .lookup_took(PROVIDERS_LOOKUP, query.started.elapsed());
@@ -98,7 +114,7 @@ impl EventLoop {
             .take(query.limit)
             .map(|p| (p, self.rtt.get(&p).copied()))
             .collect();
-        debug!(key = %query.key.short(), holders = holders.len(), "provider lookup done");
-        let _ = query.reply.send(Ok(holders));
+        debug!(key = %query.key.short(), holders = holders.len(), requests = stats.requests, "provider lookup done");
+        let _ = query.reply.send(Ok(ProvidersFound { holders, stats }));
     }
 }
