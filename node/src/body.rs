@@ -1,9 +1,15 @@
 //! The one response body type of the edge, and ways to make it from bytes, files and streams.
 
+use std::io::{Read, Seek, SeekFrom};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use http_body::SizeHint;
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
+use tokio::task::JoinHandle;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 // Unsync: streams built from futures are Send but rarely Sync, and hyper needs only Send.
@@ -50,6 +56,112 @@ pub fn from_file(file: tokio::fs::File, len: u64) -> Body {
         file.take(len),
         CHUNK,
     ))
+}
+
+/// Bytes read from a stored body's file at a time: a few large reads (each one trip to the
+/// blocking pool, one copy into a buffer hyper then writes without copying) rather than many
+/// small ones. A response holds at most two chunks: the one being written, the next being read.
+pub const FILE_CHUNK: usize = 256 * 1024;
+
+/// Streams `len` bytes of a stored body's `file` from `offset`, reading one chunk ahead on
+/// the blocking pool while the connection writes the previous one. Fails if the file ends
+/// early (the store checked its length when it opened it; nothing writes blobs in place).
+pub fn from_stored_file(file: std::fs::File, offset: u64, len: u64) -> Body {
+    StoredFile {
+        file: Some(file),
+        seek_to: offset,
+        requested: 0,
+        sent: 0,
+        len,
+        reading: None,
+    }
+    .boxed_unsync()
+}
+
+type ChunkRead = JoinHandle<(std::fs::File, std::io::Result<Bytes>)>;
+
+struct StoredFile {
+    /// Here between reads; with the blocking task during one.
+    file: Option<std::fs::File>,
+    /// Where the first read starts (a range's first byte); 0 once done.
+    seek_to: u64,
+    /// Bytes asked of reads so far, and handed to the connection so far.
+    requested: u64,
+    sent: u64,
+    len: u64,
+    reading: Option<ChunkRead>,
+}
+
+impl StoredFile {
+    /// Starts reading the next chunk, if any bytes are left to ask for and no read runs.
+    fn read_ahead(&mut self) {
+        if self.reading.is_some() || self.requested >= self.len {
+            return;
+        }
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let want = (self.len - self.requested).min(FILE_CHUNK as u64);
+        self.requested += want;
+        let seek_to = std::mem::take(&mut self.seek_to);
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            let read = (|| {
+                if seek_to > 0 {
+                    file.seek(SeekFrom::Start(seek_to))?;
+                }
+                let mut buf = Vec::with_capacity(want as usize);
+                (&mut file).take(want).read_to_end(&mut buf)?;
+                Ok(Bytes::from(buf))
+            })();
+            (file, read)
+        }));
+    }
+}
+
+impl http_body::Body for StoredFile {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        this.read_ahead();
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let done = ready!(Pin::new(reading).poll(cx));
+        this.reading = None;
+        let chunk = match done {
+            Ok((file, Ok(chunk))) => {
+                this.file = Some(file);
+                chunk
+            }
+            Ok((_, Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+        };
+        let expected = (this.len - this.sent).min(FILE_CHUNK as u64);
+        if chunk.len() as u64 != expected {
+            return Poll::Ready(Some(Err(format!(
+                "stored body ended early: read {} of {expected} bytes at offset {}",
+                chunk.len(),
+                this.sent
+            )
+            .into())));
+        }
+        this.sent += expected;
+        this.read_ahead();
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.len
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len - self.sent)
+    }
 }
 
 /// Streams a cache tail (an object still being written) until it ends or fails.

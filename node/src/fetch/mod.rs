@@ -33,7 +33,7 @@ use freshness::{
     policy_view, refresh_headers, stale_if_error_allows, stale_while_revalidate_allows,
     with_validators, without_directive,
 };
-use serve::{pass_through, serve_hit, serve_tail, stored_head};
+use serve::{pass_through, serve_hit, serve_tail, stored_body, stored_head};
 
 pub use announce::{AnnounceStats, Announcer};
 pub use error::FetchError;
@@ -116,18 +116,18 @@ impl Fetcher {
     /// Serves a GET or HEAD for `url`; `req` carries the client's headers.
     pub async fn get(&self, url: CanonicalUrl, req: &request::Parts) -> Result<Served, FetchError> {
         let primary = ContentKey::for_url(&url);
-        let request = policy_request(&url, req);
         // A follower comes back once when its leader stored nothing it can use: the URL turned
         // out to vary, or the copy the leader kept is too stale for this request. A second
-        // surprise (the origin changing `Vary` under us) is not chased.
+        // surprise (the origin changing `Vary` under us) is not chased. Each pass starts from
+        // a fresh copy of the request (a lookup normalises its selecting headers).
         for _ in 0..2 {
-            let mut policy_req = request.clone();
+            let mut policy_req = policy_request(&url, req);
             match self.get_once(primary, &url, &mut policy_req).await {
                 Step::Done(result) => return result,
                 Step::LookAgain => continue,
             }
         }
-        self.fetch_uncached(&url, &request).await
+        self.fetch_uncached(&url, &policy_request(&url, req)).await
     }
 
     async fn get_once(
@@ -184,7 +184,7 @@ impl Fetcher {
                     return;
                 };
                 match fetcher
-                    .lead_fill(guard, &target, url, &policy_req, Some(&stale.meta))
+                    .lead_fill(guard, &target, url, &policy_req, Some(&*stale.meta))
                     .await
                 {
                     // The fill streams into the store on its own; nobody reads this copy.
@@ -219,7 +219,7 @@ impl Fetcher {
                     let (this, target, url) = (self.clone(), target.clone(), url.clone());
                     let (policy_req, stale) = (policy_req.clone(), stale.map(|h| h.meta.clone()));
                     async move {
-                        this.lead_fill(guard, &target, url, &policy_req, stale.as_ref())
+                        this.lead_fill(guard, &target, url, &policy_req, stale.as_deref())
                             .await
                     }
                     .in_current_span()
@@ -279,7 +279,7 @@ impl Fetcher {
 
     /// Phase: local cache. Only a copy fresh enough for this request is served.
     async fn lookup_local(&self, key: ContentKey, policy_req: &request::Parts) -> Local {
-        let mut hit = match self.inner.store.get(&key).await {
+        let hit = match self.inner.store.get(&key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => return Local::Miss,
             Err(e) => {
@@ -287,8 +287,8 @@ impl Fetcher {
                 return Local::Miss;
             }
         };
-        if let Some(names) = hit.meta.vary.take() {
-            return Local::Index(names);
+        if let Some(names) = &hit.meta.vary {
+            return Local::Index(names.clone());
         }
         let now = SystemTime::now();
         if !fresh_enough(&hit.meta, policy_req, now) {
@@ -787,7 +787,7 @@ impl Fetcher {
                 // 300: the URL has several representations; `Vary` names what selects one.
                 let mut head = stored_head(&hit.meta, now, Some(0));
                 head.status = StatusCode::MULTIPLE_CHOICES;
-                let names = hit.meta.vary.unwrap_or_default().join(", ");
+                let names = hit.meta.vary.as_deref().unwrap_or_default().join(", ");
                 head.headers.remove(header::VARY);
                 if let Ok(v) = HeaderValue::from_str(&names) {
                     head.headers.insert(header::VARY, v);
@@ -799,7 +799,7 @@ impl Fetcher {
                     return Err("the copy here is not fresh enough for this request");
                 }
                 let head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
-                return Ok((head, body::from_file(hit.file, hit.meta.body_len)));
+                return Ok((head, stored_body(hit.body, hit.meta.body_len)));
             }
             Ok(None) => {}
             Err(e) => warn!(key = %key.short(), error = %e, "cache read failed"),
