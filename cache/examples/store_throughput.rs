@@ -7,7 +7,8 @@
 //!
 //! A put is a full durable fill: `fill` → `start` → `write` (64 KiB chunks) → `commit`, which
 //! fsyncs the temp file, renames it into `blobs/`, fsyncs the directory and commits the index.
-//! A get is `get` (index lookup, open, length check) plus reading the whole body. Every body is
+//! A get is `get` (index lookup, open, length check; for a small object read before, its copy
+//! in memory) plus reading the whole body. Every body is
 //! distinct, so no put is deduplicated. The store lives in a fresh temp dir (on the file system
 //! of `$TMPDIR`, default `/tmp`); run with `TMPDIR=...` to measure another disk.
 
@@ -16,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_cache_semantics::CachePolicy;
-use reef_cache::{Config, Fill, Meta, Store};
+use reef_cache::{Config, Fill, HitBody, Meta, Store};
 use reef_proto::ContentKey;
-use tokio::io::AsyncReadExt;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -97,11 +97,16 @@ async fn put(store: &Store, key: ContentKey, url: &str, body: &[u8]) -> Result<(
 }
 
 async fn get(store: &Store, key: &ContentKey, size: usize, buf: &mut Vec<u8>) -> Result<()> {
-    let Some(mut hit) = store.get(key).await? else {
+    let Some(hit) = store.get(key).await? else {
         return Err("a stored object is missing".into());
     };
     buf.clear();
-    hit.file.read_to_end(buf).await?;
+    match hit.body {
+        HitBody::Memory(bytes) => buf.extend_from_slice(&bytes),
+        HitBody::File(mut file) => {
+            std::io::Read::read_to_end(&mut file, buf)?;
+        }
+    }
     if buf.len() != size || hit.meta.body_len != size as u64 {
         return Err(format!("read {} bytes, expected {size}", buf.len()).into());
     }

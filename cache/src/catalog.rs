@@ -10,6 +10,7 @@ use reef_proto::ContentKey;
 
 use crate::blobs::BlobId;
 use crate::family::Families;
+use crate::hot::{Hot, HotEntry};
 use crate::lru::Lru;
 use crate::policy::Policy;
 use crate::quota::{Ledger, QuotaStats, Refused};
@@ -19,6 +20,18 @@ struct Entry {
     blob: BlobId,
     /// Set only when the entry's tenant has a quota: the label shared with the ledger.
     tenant: Option<Arc<str>>,
+    /// New whenever the entry's index row is written, so a copy read from an older row (a hot
+    /// entry, or one a reader is still decoding) can be told apart.
+    generation: u64,
+}
+
+/// What `Catalog::touch_hot` finds for a key.
+#[derive(Debug)]
+pub(crate) struct Touched {
+    pub blob: BlobId,
+    pub generation: u64,
+    /// The entry's metadata (and small body) if it was read recently.
+    pub hot: Option<HotEntry>,
 }
 
 #[derive(Debug)]
@@ -48,6 +61,9 @@ pub(crate) struct Catalog {
     families: Families,
     /// Kept in step with `entries` by every insert and remove below.
     ledger: Ledger,
+    /// Recently read entries; every entry taken out or rewritten leaves it too.
+    hot: Hot,
+    next_generation: u64,
 }
 
 impl Default for Catalog {
@@ -65,10 +81,51 @@ impl Catalog {
             bytes: 0,
             families: Families::default(),
             ledger,
+            hot: Hot::default(),
+            next_generation: 0,
         }
     }
 
+    /// Like `touch`, with the entry's generation and its hot copy, if any.
+    pub fn touch_hot(&mut self, key: &ContentKey) -> Option<Touched> {
+        let e = self.entries.get(key)?;
+        self.policy.touch(key);
+        Some(Touched {
+            blob: e.blob,
+            generation: e.generation,
+            hot: self.hot.get(key, e.generation).cloned(),
+        })
+    }
+
+    /// Keeps `entry` (read from disk for generation `entry.generation`) hot, unless the entry
+    /// has been rewritten or removed since.
+    pub fn remember(&mut self, key: ContentKey, entry: HotEntry) {
+        if self
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.generation == entry.generation)
+        {
+            self.hot.insert(key, entry);
+        }
+    }
+
+    /// The entry's index row was rewritten in place (same blob): copies of the old row are
+    /// no longer current.
+    pub fn rewritten(&mut self, key: &ContentKey) {
+        let generation = self.new_generation();
+        if let Some(e) = self.entries.get_mut(key) {
+            e.generation = generation;
+        }
+        self.hot.forget(key);
+    }
+
+    fn new_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
     /// Tells the policy `key` was read and says which blob holds it.
+    #[cfg(test)]
     pub fn touch(&mut self, key: &ContentKey) -> Option<BlobId> {
         let e = self.entries.get(key)?;
         self.policy.touch(key);
@@ -169,12 +226,22 @@ impl Catalog {
         if let Some(t) = &tenant {
             self.ledger.add_stored(t, self.len_of(&blob));
         }
-        self.entries.insert(key, Entry { blob, tenant });
+        let generation = self.new_generation();
+        self.hot.forget(&key);
+        self.entries.insert(
+            key,
+            Entry {
+                blob,
+                tenant,
+                generation,
+            },
+        );
     }
 
     /// Takes an entry out of `entries` and credits its tenant; the blob stays pinned.
     fn take_entry(&mut self, key: &ContentKey) -> Option<Entry> {
         let e = self.entries.remove(key)?;
+        self.hot.forget(key);
         if let Some(t) = &e.tenant {
             self.ledger.sub_stored(t, self.len_of(&e.blob));
         }

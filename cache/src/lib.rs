@@ -13,6 +13,9 @@
 //! Must not: touch the network, or decide HTTP semantics (the caller says what is cacheable and
 //! checks freshness with the stored policy).
 //!
+//! Recently read entries stay in memory (decoded metadata, and whole bodies up to
+//! `MAX_HOT_BODY`), so a hit on a hot object touches neither the index nor the disk.
+//!
 //! A fill becomes durable in this order: temp file → fsync → rename into `blobs/` → fsync the
 //! directory → index commit. `Store::open` removes whatever a crash left between those steps,
 //! and `Store::get` checks the body's length before serving it, so a truncated or half-written
@@ -25,6 +28,7 @@ mod catalog;
 mod error;
 mod family;
 mod fill;
+mod hot;
 mod index;
 mod lru;
 mod meta;
@@ -35,11 +39,12 @@ mod store;
 
 pub use error::Error;
 pub use fill::{Fill, FillGuard, FillWait, Outcome, TAIL_CHUNK, Tail, Writer};
+pub use hot::{HOT_BODY_BYTES, MAX_HOT_BODY, MAX_HOT_ENTRIES};
 pub use lru::Lru;
 pub use meta::{MAX_META_LEN, Meta};
 pub use policy::{Policy, S3Fifo};
 pub use quota::QuotaStats;
-pub use store::{Config, Hit, MAX_FILLS, MAX_OBJECTS, Stats, Store};
+pub use store::{Config, Hit, HitBody, MAX_FILLS, MAX_OBJECTS, Stats, Store};
 
 #[cfg(test)]
 mod tests;

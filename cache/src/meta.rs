@@ -73,6 +73,21 @@ impl Meta {
         self.vary.is_some()
     }
 
+    /// The stored response header fields as a `HeaderMap`, in order, repeats kept. A field
+    /// that is not valid HTTP (Reef never stores one, but the row is data) is left out.
+    pub fn header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                http::header::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
+
     /// Charges the body to `tenant`'s quota, if it has one.
     pub fn with_tenant(mut self, tenant: impl Into<String>) -> Meta {
         self.tenant = Some(tenant.into());

@@ -4,18 +4,20 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use reef_proto::ContentKey;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::blobs::{BlobId, Layout, remove_file_quiet, sync_dir};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Touched};
 use crate::fill::{self, Fill, FillGuard, Slot, Tail};
+use crate::hot::{HotEntry, MAX_HOT_BODY};
 use crate::index::Index;
 use crate::meta::Meta;
 use crate::policy::{Policy, S3Fifo};
@@ -54,8 +56,29 @@ pub struct Stats {
 /// A committed object, ready to serve.
 #[derive(Debug)]
 pub struct Hit {
-    pub meta: Meta,
-    pub file: tokio::fs::File,
+    /// Shared with the store's memory of hot entries: cloning it costs a reference count.
+    pub meta: Arc<Meta>,
+    /// The stored response header fields (`Meta::header_map`), shared the same way.
+    pub headers: Arc<http::HeaderMap>,
+    pub body: HitBody,
+}
+
+/// Where a hit's bytes are.
+pub enum HitBody {
+    /// The whole body, held in memory (an object up to `MAX_HOT_BODY`).
+    Memory(Bytes),
+    /// The body's file, open, its length checked against `Meta::body_len`. Blobs are never
+    /// written in place, so positional reads (`FileExt::read_at`) of it are stable.
+    File(File),
+}
+
+impl fmt::Debug for HitBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HitBody::Memory(b) => write!(f, "Memory({} bytes)", b.len()),
+            HitBody::File(file) => f.debug_tuple("File").field(file).finish(),
+        }
+    }
 }
 
 /// Handle to the cache; cheap to clone.
@@ -170,22 +193,31 @@ impl Store {
         Ok(store)
     }
 
-    /// A committed object with its body file open, marked most recently used. `None` if absent;
-    /// also `None` (and the entry removed) if the body is missing or its length differs from
-    /// the index, so a truncated body is never served.
+    /// A committed object, marked as read: from memory if it was read recently (no blocking
+    /// work at all for a small one), else from the index and its body file, checking the
+    /// body's length. `None` if absent; also `None` (and the entry removed) if the body is
+    /// missing or its length differs from the index, so a truncated body is never served.
     pub async fn get(&self, key: &ContentKey) -> Result<Option<Hit>, Error> {
-        let Some(seen) = lock(&self.inner.catalog).touch(key) else {
+        let Some(touched) = lock(&self.inner.catalog).touch_hot(key) else {
             return Ok(None);
         };
+        if let Some(HotEntry {
+            meta,
+            headers,
+            body: Some(body),
+            ..
+        }) = touched.hot
+        {
+            return Ok(Some(Hit {
+                meta,
+                headers,
+                body: HitBody::Memory(body),
+            }));
+        }
         let inner = self.inner.clone();
         let key = *key;
-        let found = blocking(move || inner.lookup(key, seen)).await?;
-        Ok(found.map(|(meta, file)| Hit {
-            meta,
-            file: tokio::fs::File::from_std(file),
-        }))
+        blocking(move || inner.lookup(key, touched)).await
     }
-
     /// Coalesces fills: the first caller for a key leads, the others follow until the leader
     /// commits, skips or drops.
     pub fn fill(&self, key: ContentKey) -> Fill {
@@ -220,6 +252,7 @@ impl Store {
                 return Ok(false);
             }
             inner.index.put(&key, &encoded)?;
+            lock(&inner.catalog).rewritten(&key);
             Ok(true)
         })
         .await
@@ -269,16 +302,26 @@ impl fmt::Debug for Store {
 
 // Everything below blocks on disk and runs on a blocking thread (or in `open`).
 impl Inner {
-    fn lookup(&self, key: ContentKey, seen: BlobId) -> Result<Option<(Meta, File)>, Error> {
-        let meta = match self.index.get(&key) {
-            Ok(Some(meta)) => meta,
-            // Also what a concurrent removal looks like; `drop_damaged` then finds nothing to do.
-            Ok(None) => return self.drop_damaged(key, seen, "no index entry"),
-            Err(Error::Corrupt(why)) => return self.drop_damaged(key, seen, &why),
-            Err(e) => return Err(e),
+    /// Reads what the catalog entry `touched` describes: the hot metadata if it has some,
+    /// else the index row; then the body file, whose length must match. A small body is read
+    /// whole and, with the metadata, kept hot for the next reader.
+    fn lookup(&self, key: ContentKey, touched: Touched) -> Result<Option<Hit>, Error> {
+        let (meta, headers, hot) = match touched.hot {
+            Some(hot) => (hot.meta, hot.headers, true),
+            None => match self.index.get(&key) {
+                Ok(Some(meta)) => {
+                    let headers = Arc::new(meta.header_map());
+                    (Arc::new(meta), headers, false)
+                }
+                // Also what a concurrent removal looks like; `drop_damaged` then finds nothing
+                // to do.
+                Ok(None) => return self.drop_damaged(key, touched.blob, "no index entry"),
+                Err(Error::Corrupt(why)) => return self.drop_damaged(key, touched.blob, &why),
+                Err(e) => return Err(e),
+            },
         };
         let blob = BlobId::from_bytes(meta.body_hash);
-        let file = match File::open(self.layout.blob_path(&blob)) {
+        let mut file = match File::open(self.layout.blob_path(&blob)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return self.drop_damaged(key, blob, "body file missing");
@@ -290,7 +333,49 @@ impl Inner {
             let why = format!("body file has {len} bytes, index says {}", meta.body_len);
             return self.drop_damaged(key, blob, &why);
         }
-        Ok(Some((meta, file)))
+        if hot || len > MAX_HOT_BODY {
+            if !hot {
+                self.remember(key, touched.generation, &meta, &headers, None);
+            }
+            return Ok(Some(Hit {
+                meta,
+                headers,
+                body: HitBody::File(file),
+            }));
+        }
+        let mut body = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        // One byte more than expected, to notice a body that grew under us.
+        (&mut file).take(len + 1).read_to_end(&mut body)?;
+        if body.len() as u64 != len {
+            let why = format!("body file has {} bytes, index says {len}", body.len());
+            return self.drop_damaged(key, blob, &why);
+        }
+        let body = Bytes::from(body);
+        self.remember(key, touched.generation, &meta, &headers, Some(body.clone()));
+        Ok(Some(Hit {
+            meta,
+            headers,
+            body: HitBody::Memory(body),
+        }))
+    }
+
+    fn remember(
+        &self,
+        key: ContentKey,
+        generation: u64,
+        meta: &Arc<Meta>,
+        headers: &Arc<http::HeaderMap>,
+        body: Option<Bytes>,
+    ) {
+        lock(&self.catalog).remember(
+            key,
+            HotEntry {
+                generation,
+                meta: meta.clone(),
+                headers: headers.clone(),
+                body,
+            },
+        );
     }
 
     fn drop_damaged<T>(

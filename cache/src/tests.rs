@@ -9,10 +9,9 @@ use std::time::SystemTime;
 
 use http_cache_semantics::CachePolicy;
 use reef_proto::ContentKey;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::{Config, Error, Fill, Meta, Outcome, Store, Tail, Writer};
+use crate::{Config, Error, Fill, Hit, HitBody, MAX_HOT_BODY, Meta, Outcome, Store, Tail, Writer};
 
 fn key(n: u8) -> ContentKey {
     ContentKey::from_bytes([n; 32])
@@ -84,11 +83,23 @@ async fn put(store: &Store, k: ContentKey, data: &[u8]) -> Meta {
 }
 
 async fn read(store: &Store, k: ContentKey) -> Option<Vec<u8>> {
-    let mut hit = store.get(&k).await.unwrap()?;
-    let mut out = Vec::new();
-    hit.file.read_to_end(&mut out).await.unwrap();
-    assert_eq!(out.len() as u64, hit.meta.body_len);
+    let hit = store.get(&k).await.unwrap()?;
+    let len = hit.meta.body_len;
+    let out = body_of(hit);
+    assert_eq!(out.len() as u64, len);
     Some(out)
+}
+
+/// The whole body of a hit, from memory or from its file.
+fn body_of(hit: Hit) -> Vec<u8> {
+    match hit.body {
+        HitBody::Memory(bytes) => bytes.to_vec(),
+        HitBody::File(mut file) => {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut out).unwrap();
+            out
+        }
+    }
 }
 
 async fn drain(tail: &mut Tail) -> Result<Vec<u8>, Error> {
@@ -268,12 +279,10 @@ async fn evicting_an_object_being_read_keeps_the_reader_working() {
     let store = open_lru(dir.path(), 100);
     let data = body(1, 100);
     put(&store, key(1), &data).await;
-    let mut hit = store.get(&key(1)).await.unwrap().unwrap();
+    let hit = store.get(&key(1)).await.unwrap().unwrap();
     put(&store, key(2), &body(2, 100)).await;
     assert!(store.get(&key(1)).await.unwrap().is_none());
-    let mut out = Vec::new();
-    hit.file.read_to_end(&mut out).await.unwrap();
-    assert_eq!(out, data);
+    assert_eq!(body_of(hit), data);
 }
 
 #[tokio::test]
@@ -1112,4 +1121,76 @@ async fn purge_url_stops_a_fill_of_that_key_only() {
     kept.commit().await.unwrap();
     assert!(store.get(&key(1)).await.unwrap().is_none());
     assert_eq!(read(&store, key(2)).await.unwrap(), b"b");
+}
+
+#[tokio::test]
+async fn hot_entries_follow_every_change_of_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000_000);
+    let a = body(1, 1000);
+    put(&store, key(1), &a).await;
+    // Read from disk first, then from memory; the same bytes either way.
+    for _ in 0..2 {
+        let hit = store.get(&key(1)).await.unwrap().unwrap();
+        assert!(matches!(hit.body, HitBody::Memory(_)));
+        assert_eq!(body_of(hit), a);
+    }
+    // Replaced: the new body at once.
+    let b = body(2, 2000);
+    put(&store, key(1), &b).await;
+    assert_eq!(read(&store, key(1)).await.unwrap(), b);
+    assert_eq!(read(&store, key(1)).await.unwrap(), b);
+    // Refreshed (a revalidation's new headers): the new metadata at once.
+    let mut refreshed = store
+        .get(&key(1))
+        .await
+        .unwrap()
+        .unwrap()
+        .meta
+        .as_ref()
+        .clone();
+    refreshed
+        .headers
+        .push(("x-refreshed".into(), b"1".to_vec()));
+    assert!(store.refresh(&key(1), refreshed).await.unwrap());
+    let hit = store.get(&key(1)).await.unwrap().unwrap();
+    assert!(hit.meta.headers.iter().any(|(n, _)| n == "x-refreshed"));
+    assert_eq!(body_of(hit), b);
+    // Removed, or purged: gone at once.
+    assert!(store.remove(&key(1)).await.unwrap());
+    assert!(store.get(&key(1)).await.unwrap().is_none());
+    put(&store, key(2), &a).await;
+    assert_eq!(read(&store, key(2)).await.unwrap(), a);
+    store.purge_url(&key(2), "http://x/").await.unwrap();
+    assert!(store.get(&key(2)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_hot_small_object_is_served_without_touching_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000_000);
+    let data = body(4, 5000);
+    let m = put(&store, key(1), &data).await;
+    assert_eq!(read(&store, key(1)).await.unwrap(), data);
+    // The file changes behind the store's back; the copy read (and length-checked) stays.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(blob_path(dir.path(), &m))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    assert_eq!(read(&store, key(1)).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn large_bodies_are_read_from_their_file_on_every_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000_000);
+    let data = body(3, MAX_HOT_BODY as usize + 1);
+    put(&store, key(1), &data).await;
+    for _ in 0..2 {
+        let hit = store.get(&key(1)).await.unwrap().unwrap();
+        assert!(matches!(hit.body, HitBody::File(_)));
+        assert_eq!(body_of(hit), data);
+    }
 }

@@ -49,6 +49,7 @@ pub mod bench_discovery;
 pub mod bench_dns;
 pub mod bench_load;
 pub mod bench_metrics;
+pub mod bench_nginx;
 pub mod bench_peering;
 pub mod client;
 pub mod crowd;
@@ -62,8 +63,8 @@ mod testnet;
 
 pub use error::Error;
 pub use node::{
-    Announcements, NodeProcess, NodeSpec, READY_TIMEOUT, Runtime, STATUS_TIMEOUT, STOP_TIMEOUT,
-    locate_reef_binary, read_runtime,
+    Announcements, ChildProcess, NodeProcess, NodeSpec, READY_TIMEOUT, Runtime, STATUS_TIMEOUT,
+    STOP_TIMEOUT, locate_reef_binary, read_runtime,
 };
 pub use origin::Origin;
 pub use testnet::{

@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
     Announcements, NodeProcess, Options, Testnet, bench, bench_cold, bench_dht, bench_discovery,
-    bench_dns, bench_load, bench_metrics, bench_peering, flash, locate_reef_binary, origin,
+    bench_dns, bench_load, bench_metrics, bench_nginx, bench_peering, flash, locate_reef_binary,
+    origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -79,6 +80,10 @@ enum Cmd {
     /// fresh testnets whose nodes and origin sit behind links of limited bandwidth; writes
     /// per-second CSV, plots and a markdown summary.
     Flash(FlashArgs),
+    /// Measure one node's hit path beside nginx with `proxy_cache` in front of the same
+    /// origin, with wrk (installed from Debian if missing): req/s, latency and MB/s as ratios
+    /// Reef / nginx; print a markdown report.
+    BenchNginx(BenchNginxArgs),
 }
 
 #[derive(Args)]
@@ -202,6 +207,48 @@ struct BenchDhtArgs {
     /// Keep node data and logs here [default: a temporary directory, removed afterwards].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchNginxArgs {
+    /// wrk connections (`-c`), each with one request in flight.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    connections: usize,
+    /// wrk threads (`-t`).
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    threads: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    seconds: usize,
+    /// Rounds per object; each runs Reef, nginx, nginx, Reef.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    rounds: usize,
+    /// Object sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = bench_nginx::DEFAULT_SIZES)]
+    sizes: Vec<u64>,
+    /// nginx `worker_processes` [default: the number of CPUs, as many as the node's worker
+    /// threads].
+    #[arg(long, value_parser = at_least_one)]
+    nginx_workers: Option<usize>,
+    /// The nginx binary [default: `nginx` on PATH or in /usr/sbin].
+    #[arg(long)]
+    nginx: Option<PathBuf>,
+    /// The wrk binary [default: `wrk` on PATH].
+    #[arg(long)]
+    wrk: Option<PathBuf>,
+    /// Do not install nginx and wrk with apt-get when they are missing.
+    #[arg(long)]
+    no_install: bool,
+    /// Niceness for the node, nginx and wrk alike (below 0 needs root): on a machine others
+    /// use, e.g. -10 gives the measured processes the CPU first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    nice: i32,
     /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -479,6 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchPeering(args) => return run_bench_peering(args, &mut sigterm).await,
         Cmd::BenchMetrics(args) => return run_bench_metrics(args, &mut sigterm).await,
         Cmd::Flash(args) => return run_flash(args, &mut sigterm).await,
+        Cmd::BenchNginx(args) => return run_bench_nginx(args, &mut sigterm).await,
     };
     println!(
         "launching {} nodes of {} providers in {}",
@@ -859,6 +907,51 @@ async fn run_flash(
         &dir,
         true,
         None,
+        sigterm,
+    )
+    .await
+}
+
+async fn run_bench_nginx(
+    args: BenchNginxArgs,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("reef-bench-nginx-{}", std::process::id()));
+    let command = std::env::args()
+        .map(|a| shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let bin = locate_reef_binary(args.bin)?;
+    let tools = match (args.nginx, args.wrk) {
+        (Some(nginx), Some(wrk)) => bench_nginx::Tools { nginx, wrk },
+        (nginx, wrk) => {
+            let found = bench_nginx::ensure_tools(!args.no_install).await?;
+            bench_nginx::Tools {
+                nginx: nginx.unwrap_or(found.nginx),
+                wrk: wrk.unwrap_or(found.wrk),
+            }
+        }
+    };
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let opts = bench_nginx::NginxBenchOptions {
+        bin,
+        tools,
+        sizes: args.sizes,
+        connections: args.connections,
+        threads: args.threads,
+        duration: Duration::from_secs(args.seconds as u64),
+        rounds: args.rounds,
+        nginx_workers: args.nginx_workers.unwrap_or(nproc),
+        nice: args.nice,
+        dir: dir.clone(),
+        command,
+    };
+    let report = bench_nginx::run(&opts);
+    finish_bench(
+        async { report.await.map(|r| r.markdown()) },
+        &dir,
+        true,
+        args.out.as_deref(),
         sigterm,
     )
     .await

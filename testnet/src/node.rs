@@ -310,6 +310,58 @@ fn set_parent_death_signal(cmd: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn set_parent_death_signal(_cmd: &mut Command) {}
 
+/// Another program a benchmark runs beside the nodes (a load generator, a peer server),
+/// started like a node: forked by the spawner thread with `PR_SET_PDEATHSIG`, SIGKILLed and
+/// reaped when dropped.
+pub struct ChildProcess {
+    proc: Proc,
+}
+
+impl std::fmt::Debug for ChildProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildProcess")
+            .field("pid", &self.proc.pid())
+            .finish()
+    }
+}
+
+impl ChildProcess {
+    /// Starts `cmd` (its stdio as the caller set it).
+    pub async fn spawn(cmd: Command) -> Result<ChildProcess, Error> {
+        Ok(ChildProcess {
+            proc: spawn_child(cmd).await?,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The exit status if it has exited (reaping it), `None` while it runs.
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        self.proc.try_exited()
+    }
+
+    /// Waits until it exits or `timeout` passes; its status if it exited.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_exit(timeout).await
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) if it still runs.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        self.proc.signal(signal);
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL; reaped either way.
+    pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.proc.signal(libc::SIGTERM);
+        match self.proc.wait_exit(grace).await {
+            Some(status) => Some(status),
+            None => self.proc.kill_and_reap(),
+        }
+    }
+}
+
 /// A running (or stopped) `reef` node. Dropping it SIGKILLs and reaps the process.
 pub struct NodeProcess {
     spec: NodeSpec,

@@ -3,7 +3,6 @@
 //! and the labels saying where the response came from.
 
 use http::{HeaderValue, Method, Response, StatusCode, header, request};
-use tokio::io::AsyncSeekExt;
 
 use super::conditional::{not_modified, strip_for_304};
 use super::range::{self, Range};
@@ -33,8 +32,13 @@ async fn answer(served: Served, req: &request::Parts) -> Response<Body> {
         strip_for_304(&mut head.headers);
         return Response::from_parts(head, body::empty());
     }
-    let body = match payload {
-        Payload::File { file, len } if head.status == StatusCode::OK => {
+    let len = match &payload {
+        Payload::Memory(bytes) => Some(bytes.len() as u64),
+        Payload::File { len, .. } => Some(*len),
+        Payload::Stream(_) => None,
+    };
+    let body = match (payload, len) {
+        (payload, Some(len)) if head.status == StatusCode::OK => {
             head.headers
                 .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             let wanted = if req.method == Method::GET {
@@ -43,7 +47,7 @@ async fn answer(served: Served, req: &request::Parts) -> Response<Body> {
                 Range::Full
             };
             match wanted {
-                Range::Full => body::from_file(file, len),
+                Range::Full => stored(payload, 0, len),
                 Range::Partial { start, end } => {
                     head.status = StatusCode::PARTIAL_CONTENT;
                     let part = end - start + 1;
@@ -53,16 +57,7 @@ async fn answer(served: Served, req: &request::Parts) -> Response<Body> {
                         header::CONTENT_RANGE,
                         content_range(&format!("{start}-{end}/{len}")),
                     );
-                    let mut file = file;
-                    match file.seek(std::io::SeekFrom::Start(start)).await {
-                        Ok(_) => body::from_file(file, part),
-                        Err(e) => {
-                            return super::route::text_response(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                &format!("reading the stored object failed: {e}"),
-                            );
-                        }
-                    }
+                    stored(payload, start, part)
                 }
                 Range::Unsatisfiable => {
                     let mut resp = super::route::text_response(
@@ -75,13 +70,29 @@ async fn answer(served: Served, req: &request::Parts) -> Response<Body> {
                 }
             }
         }
-        Payload::File { file, len } => body::from_file(file, len),
-        Payload::Stream(body) => body,
+        (payload, len) => stored(payload, 0, len.unwrap_or(0)),
     };
     if req.method == Method::HEAD {
         return Response::from_parts(head, body::empty());
     }
     Response::from_parts(head, body)
+}
+
+/// `len` bytes of a payload from `start` (a stream is passed on whole).
+fn stored(payload: Payload, start: u64, len: u64) -> Body {
+    match payload {
+        Payload::Memory(bytes) => {
+            let start = usize::try_from(start)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = usize::try_from(len)
+                .map_or(bytes.len(), |len| start.saturating_add(len))
+                .min(bytes.len());
+            body::full(bytes.slice(start..end))
+        }
+        Payload::File { file, .. } => body::from_stored_file(file, start, len),
+        Payload::Stream(body) => body,
+    }
 }
 
 fn content_range(spec: &str) -> HeaderValue {

@@ -7,7 +7,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::Edge;
 
@@ -70,7 +70,7 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::
                 }
                 drop(permit);
             }
-            .instrument(info_span!("conn", %client)),
+            .instrument(debug_span!("conn", %client)),
         );
     }
     info!("edge stops accepting; letting in-flight requests finish");

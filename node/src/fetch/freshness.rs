@@ -42,6 +42,20 @@ pub(super) fn fresh_enough(meta: &Meta, policy_req: &request::Parts, now: System
     if stored_has_directive(meta, "no-cache") {
         return false;
     }
+    // The common case, answered without `before_request` (which also builds a whole cached
+    // response to hand back, costing more than the rest of a hit): a GET that says nothing
+    // about freshness (no `Cache-Control`, no `Pragma`) for a response that does not vary.
+    // Then the crate has nothing to weigh but the copy's age: the URL and `Host` match by
+    // construction (the key is the URL's, and `Host` is always the URL's authority) and both
+    // requests are GETs. `a_plain_request_gets_the_crates_answer` checks the two agree.
+    if says_nothing_of_freshness(policy_req) && !stored_varies(meta) {
+        return !meta.policy.is_stale(now);
+    }
+    fresh_enough_by_crate(meta, policy_req, now)
+}
+
+/// `fresh_enough` past its `no-cache` check, asking the crate in every case.
+fn fresh_enough_by_crate(meta: &Meta, policy_req: &request::Parts, now: SystemTime) -> bool {
     let fresh = |req: &request::Parts| {
         matches!(
             meta.policy.before_request(req, now),
@@ -60,6 +74,21 @@ pub(super) fn fresh_enough(meta: &Meta, policy_req: &request::Parts, now: System
     }
     let reload = without_directive(policy_req, "max-age");
     fresh(&reload)
+}
+
+/// A GET without `Cache-Control` or `Pragma`.
+fn says_nothing_of_freshness(req: &request::Parts) -> bool {
+    req.method == Method::GET
+        && !req.headers.contains_key(header::CACHE_CONTROL)
+        && !req.headers.contains_key(header::PRAGMA)
+}
+
+/// Whether the stored response has a `Vary` field (its variants are matched on request
+/// headers, which only the crate's full check compares).
+fn stored_varies(meta: &Meta) -> bool {
+    meta.headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("vary"))
 }
 
 /// `request` without the `Cache-Control` directive `name`.
@@ -301,4 +330,94 @@ pub(super) fn directive_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
         .1?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stored(headers: &[(&str, String)], status: u16, now: SystemTime) -> (Meta, request::Parts) {
+        let url = CanonicalUrl::parse("http://origin.example/a?b=1").unwrap();
+        let (mut client, ()) = http::Request::get("/a?b=1")
+            .header(header::HOST, "Origin.Example")
+            .header(header::ACCEPT, "*/*")
+            .header(header::IF_NONE_MATCH, "\"x\"")
+            .body(())
+            .unwrap()
+            .into_parts();
+        client.method = Method::GET;
+        let req = policy_request(&url, &client);
+        let mut res = http::Response::builder().status(status);
+        for (n, v) in headers {
+            res = res.header(*n, v.as_str());
+        }
+        let (head, ()) = res.body(()).unwrap().into_parts();
+        let policy = new_policy(&req, &head, now);
+        let kept = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        (Meta::new(url.to_string(), policy, status, kept), req)
+    }
+
+    #[test]
+    fn a_plain_request_gets_the_crates_answer() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let date = |offset: i64| {
+            let at = if offset >= 0 {
+                t + Duration::from_secs(offset as u64)
+            } else {
+                t - Duration::from_secs(offset.unsigned_abs())
+            };
+            httpdate::fmt_http_date(at)
+        };
+        let cc = |v: &str| ("cache-control", v.to_string());
+        let cases: Vec<(u16, Vec<(&str, String)>)> = vec![
+            (200, vec![cc("public, max-age=3600")]),
+            (200, vec![cc("max-age=0")]),
+            (200, vec![cc("s-maxage=10, max-age=1000")]),
+            (200, vec![("expires", date(60)), ("date", date(0))]),
+            (200, vec![("expires", date(60)), ("date", date(-120))]),
+            (
+                200,
+                vec![("last-modified", date(-864_000)), ("date", date(0))],
+            ),
+            (200, vec![("age", "100".into()), cc("max-age=150")]),
+            (200, vec![cc("must-revalidate, max-age=5")]),
+            (200, vec![cc("immutable, max-age=100")]),
+            (200, vec![cc("proxy-revalidate, max-age=100")]),
+            (200, vec![cc("max-age=100"), ("set-cookie", "a=b".into())]),
+            (
+                200,
+                vec![cc("public, max-age=100"), ("set-cookie", "a=b".into())],
+            ),
+            (200, vec![cc("private, max-age=100")]),
+            (200, vec![cc("no-store")]),
+            (200, vec![]),
+            (404, vec![cc("max-age=100")]),
+            (404, vec![]),
+            (302, vec![("last-modified", date(-864_000))]),
+            (200, vec![("date", date(-50)), cc("max-age=60")]),
+        ];
+        let offsets: [i64; 12] = [-10, 0, 1, 4, 5, 59, 61, 99, 101, 3599, 3601, 1_000_000];
+        for (status, headers) in &cases {
+            let (meta, req) = stored(headers, *status, t);
+            for offset in offsets {
+                let now = if offset >= 0 {
+                    t + Duration::from_secs(offset as u64)
+                } else {
+                    t - Duration::from_secs(offset.unsigned_abs())
+                };
+                let by_crate = !stored_has_directive(&meta, "no-cache")
+                    && fresh_enough_by_crate(&meta, &req, now);
+                assert_eq!(
+                    fresh_enough(&meta, &req, now),
+                    by_crate,
+                    "{status} {headers:?} at +{offset}s"
+                );
+            }
+        }
+    }
 }

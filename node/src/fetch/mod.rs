@@ -34,7 +34,7 @@ use freshness::{
     policy_view, refresh_headers, stale_if_error_allows, stale_while_revalidate_allows,
     with_validators, without_directive,
 };
-use serve::{pass_through, serve_hit, serve_tail, stored_head};
+use serve::{pass_through, serve_hit, serve_tail, stored_body, stored_head};
 
 pub use announce::{AnnounceStats, Announcer};
 pub use error::FetchError;
@@ -208,12 +208,12 @@ impl Fetcher {
         forwarded: bool,
     ) -> Result<Served, FetchError> {
         let primary = ContentKey::for_url(&url);
-        let request = policy_request(&url, req);
         // A follower comes back once when its leader stored nothing it can use: the URL turned
         // out to vary, or the copy the leader kept is too stale for this request. A second
-        // surprise (the origin changing `Vary` under us) is not chased.
+        // surprise (the origin changing `Vary` under us) is not chased. Each pass starts from
+        // a fresh copy of the request (a lookup normalises its selecting headers).
         for _ in 0..2 {
-            let mut policy_req = request.clone();
+            let mut policy_req = policy_request(&url, req);
             match self
                 .get_once(primary, &url, &mut policy_req, forwarded)
                 .await
@@ -222,7 +222,7 @@ impl Fetcher {
                 Step::LookAgain => continue,
             }
         }
-        self.fetch_uncached(&url, &request).await
+        self.fetch_uncached(&url, &policy_request(&url, req)).await
     }
 
     async fn get_once(
@@ -281,7 +281,7 @@ impl Fetcher {
                     return;
                 };
                 match fetcher
-                    .lead_fill(guard, &target, url, &policy_req, Some(&stale.meta))
+                    .lead_fill(guard, &target, url, &policy_req, Some(&*stale.meta))
                     .await
                 {
                     // The fill streams into the store on its own; nobody reads this copy.
@@ -316,7 +316,7 @@ impl Fetcher {
                     let (this, target, url) = (self.clone(), target.clone(), url.clone());
                     let (policy_req, stale) = (policy_req.clone(), stale.map(|h| h.meta.clone()));
                     async move {
-                        this.lead_fill(guard, &target, url, &policy_req, stale.as_ref())
+                        this.lead_fill(guard, &target, url, &policy_req, stale.as_deref())
                             .await
                     }
                     .in_current_span()
@@ -377,7 +377,7 @@ impl Fetcher {
 
     /// Phase: local cache. Only a copy fresh enough for this request is served.
     async fn lookup_local(&self, key: ContentKey, policy_req: &request::Parts) -> Local {
-        let mut hit = match self.inner.store.get(&key).await {
+        let hit = match self.inner.store.get(&key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => return Local::Miss,
             Err(e) => {
@@ -385,8 +385,8 @@ impl Fetcher {
                 return Local::Miss;
             }
         };
-        if let Some(names) = hit.meta.vary.take() {
-            return Local::Index(names);
+        if let Some(names) = &hit.meta.vary {
+            return Local::Index(names.clone());
         }
         let now = SystemTime::now();
         if !fresh_enough(&hit.meta, policy_req, now) {
@@ -1214,7 +1214,7 @@ impl Fetcher {
                 // 300: the URL has several representations; `Vary` names what selects one.
                 let mut head = stored_head(&hit.meta, now, Some(0));
                 head.status = StatusCode::MULTIPLE_CHOICES;
-                let names = hit.meta.vary.unwrap_or_default().join(", ");
+                let names = hit.meta.vary.as_deref().unwrap_or_default().join(", ");
                 head.headers.remove(header::VARY);
                 if let Ok(v) = HeaderValue::from_str(&names) {
                     head.headers.insert(header::VARY, v);
@@ -1227,7 +1227,7 @@ impl Fetcher {
                 }
                 let mut head = stored_head(&hit.meta, now, Some(hit.meta.body_len));
                 self.mark_complete(&key, &mut head.headers);
-                return Ok((head, body::from_file(hit.file, hit.meta.body_len)));
+                return Ok((head, stored_body(hit.body, hit.meta.body_len)));
             }
             Ok(None) => {}
             Err(e) => warn!(key = %key.short(), error = %e, "cache read failed"),
@@ -1305,15 +1305,22 @@ impl Fetcher {
             return Ok((head, body::empty()));
         }
         let stored = match payload {
-            Payload::File { .. } => true,
+            Payload::Memory(_) | Payload::File { .. } => true,
             Payload::Stream(_) => self.stored_or_filling(&key).await,
         };
+        let complete = |head: &mut response::Parts, len: u64| {
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            self.mark_complete(&key, &mut head.headers);
+        };
         let body = match payload {
+            Payload::Memory(bytes) => {
+                complete(&mut head, bytes.len() as u64);
+                body::full(bytes)
+            }
             Payload::File { file, len } => {
-                head.headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                self.mark_complete(&key, &mut head.headers);
-                body::from_file(file, len)
+                complete(&mut head, len);
+                body::from_stored_file(file, 0, len)
             }
             // A fill of ours that the asker may stream (and check at its end); a response we
             // do not store would never be vouched for, so the asker fetches it on its own.

@@ -3,8 +3,8 @@
 
 use std::time::SystemTime;
 
-use http::{HeaderValue, StatusCode, header, response};
-use reef_cache::Meta;
+use http::{HeaderMap, HeaderValue, StatusCode, header, response};
+use reef_cache::{HitBody, Meta};
 
 use super::Source;
 use crate::body::{self, Body};
@@ -17,9 +17,11 @@ pub struct Served {
     pub cache: CacheStatus,
 }
 
-/// The body of a served response: a stored file can be sliced for ranges, a stream cannot.
+/// The body of a served response: a stored body (in memory or in its file) can be sliced for
+/// ranges, a stream cannot.
 pub enum Payload {
-    File { file: tokio::fs::File, len: u64 },
+    Memory(bytes::Bytes),
+    File { file: std::fs::File, len: u64 },
     Stream(Body),
 }
 
@@ -53,16 +55,19 @@ pub(super) fn stored_head(
     now: SystemTime,
     committed_len: Option<u64>,
 ) -> response::Parts {
+    stored_head_with(meta.header_map(), meta, now, committed_len)
+}
+
+/// `stored_head` with the stored header fields already made (`Meta::header_map`).
+fn stored_head_with(
+    headers: HeaderMap,
+    meta: &Meta,
+    now: SystemTime,
+    committed_len: Option<u64>,
+) -> response::Parts {
     let (mut head, ()) = http::Response::new(()).into_parts();
     head.status = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
-    for (name, value) in &meta.headers {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            head.headers.append(n, v);
-        }
-    }
+    head.headers = headers;
     head.headers.insert(
         header::AGE,
         HeaderValue::from(meta.policy.age(now).as_secs()),
@@ -78,13 +83,21 @@ pub(super) fn stored_head(
 pub(super) fn serve_hit(hit: reef_cache::Hit, now: SystemTime, cache: CacheStatus) -> Served {
     let len = hit.meta.body_len;
     Served {
-        head: stored_head(&hit.meta, now, Some(len)),
-        payload: Payload::File {
-            file: hit.file,
-            len,
+        head: stored_head_with((*hit.headers).clone(), &hit.meta, now, Some(len)),
+        payload: match hit.body {
+            HitBody::Memory(bytes) => Payload::Memory(bytes),
+            HitBody::File(file) => Payload::File { file, len },
         },
         source: Source::Local,
         cache,
+    }
+}
+
+/// A stored body as a response body, whole.
+pub(super) fn stored_body(body: HitBody, len: u64) -> Body {
+    match body {
+        HitBody::Memory(bytes) => body::full(bytes),
+        HitBody::File(file) => body::from_stored_file(file, 0, len),
     }
 }
 
