@@ -288,6 +288,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         local,
         announcer.clone(),
         homes,
+        Some(load.clone()),
     );
     let requests = crate::metrics::Requests::register(&mut registry);
     let ingress = upstreams.ingress();

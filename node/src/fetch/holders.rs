@@ -2,16 +2,29 @@
 
 use std::time::Duration;
 
-use reef_overlay::Holder;
+use reef_overlay::{Holder, PeerId};
 use reef_proto::records::ProviderId;
 
 /// Orders holders: our own provider first (by verified membership: a holder counts as ours
 /// only with a certificate from our provider's key), then our region, then lowest measured
 /// RTT; holders whose RTT we have not measured go after those we have.
-pub fn rank(mut holders: Vec<Holder>, provider: ProviderId, region: &str) -> Vec<Holder> {
+///
+/// A holder that is `swamped` (its load report says more arrives than it can serve) goes
+/// after every other one of ours, and is left out altogether when it belongs to another
+/// provider: that provider is shedding load (perhaps to us), and a body pulled through its
+/// saturated links would make our answer as slow as its own. The origin, or one of our own
+/// nodes, serves instead.
+pub fn rank(
+    mut holders: Vec<Holder>,
+    provider: ProviderId,
+    region: &str,
+    swamped: impl Fn(&PeerId) -> bool,
+) -> Vec<Holder> {
+    holders.retain(|h| h.membership.provider() == provider || !swamped(&h.peer));
     holders.sort_by_key(|h| {
         (
             h.membership.provider() != provider,
+            swamped(&h.peer),
             h.record.region != region,
             h.rtt.unwrap_or(Duration::MAX),
         )
@@ -22,7 +35,7 @@ pub fn rank(mut holders: Vec<Holder>, provider: ProviderId, region: &str) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reef_overlay::{Keypair, PeerId};
+    use reef_overlay::Keypair;
     use reef_proto::records::{Capacity, Membership, NodeRecord};
 
     fn acme() -> ProviderId {
@@ -74,6 +87,7 @@ mod tests {
             ],
             acme(),
             "eu",
+            |_| false,
         );
         let order: Vec<_> = ranked.iter().map(|h| h.record.http.as_str()).collect();
         assert_eq!(
@@ -106,7 +120,31 @@ mod tests {
             ],
             acme(),
             "eu",
+            |_| false,
         );
         assert_eq!(ranked[0].record.http, "acme-us-Some(50)");
+    }
+
+    #[test]
+    fn swamped_holders_go_last_when_ours_and_are_left_out_when_not() {
+        let swamped_ours = holder(certified(acme(), "acme"), "eu", Some(1));
+        let swamped_theirs = holder(certified(other(), "other"), "eu", Some(1));
+        let swamped = [swamped_ours.peer, swamped_theirs.peer];
+        let ranked = rank(
+            vec![
+                swamped_theirs,
+                swamped_ours,
+                holder(certified(other(), "other"), "us", Some(90)),
+                holder(certified(acme(), "acme"), "us", Some(50)),
+            ],
+            acme(),
+            "eu",
+            |peer| swamped.contains(peer),
+        );
+        let order: Vec<_> = ranked.iter().map(|h| h.record.http.as_str()).collect();
+        assert_eq!(
+            order,
+            ["acme-us-Some(50)", "acme-eu-Some(1)", "other-us-Some(90)"]
+        );
     }
 }

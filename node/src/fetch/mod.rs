@@ -120,6 +120,8 @@ struct Inner {
     /// other. Bounded by the fills in progress.
     forwarding: Mutex<std::collections::HashSet<ContentKey>>,
     home_counts: HomeCounts,
+    /// Which holders are swamped (None: we know nothing of anyone's load).
+    load: Option<crate::load::Load>,
 }
 
 /// How cold misses went through home nodes, for `/api/status`.
@@ -153,6 +155,7 @@ impl Fetcher {
         local: LocalInfo,
         announcer: Announcer,
         homes: home::Homes,
+        load: Option<crate::load::Load>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -167,6 +170,7 @@ impl Fetcher {
                 homes,
                 forwarding: Mutex::new(std::collections::HashSet::new()),
                 home_counts: HomeCounts::default(),
+                load,
             }),
         }
     }
@@ -769,10 +773,18 @@ impl Fetcher {
             }
         };
         let local = &self.inner.local;
-        let holders: Vec<_> = holders::rank(holders, local.provider, &local.region)
-            .into_iter()
-            .filter(|h| !self.inner.bad_holders.is_bad(&key, &h.peer))
-            .collect();
+        let swamped = self
+            .inner
+            .load
+            .as_ref()
+            .map(|load| load.swamped())
+            .unwrap_or_default();
+        let holders: Vec<_> = holders::rank(holders, local.provider, &local.region, |peer| {
+            swamped.contains(peer)
+        })
+        .into_iter()
+        .filter(|h| !self.inner.bad_holders.is_bad(&key, &h.peer))
+        .collect();
         for holder in holders {
             let peer = holder.peer;
             let ours = holder.membership.provider() == local.provider;

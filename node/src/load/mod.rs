@@ -59,6 +59,9 @@ pub struct Config {
     pub cert: Option<Vec<u8>>,
 }
 
+/// Demand at which a node is swamped: requests arrive at its full capacity or beyond.
+pub const SWAMPED_DEMAND_PERMILLE: u16 = 1000;
+
 /// This node's own latest figures. Utilisation and demand are not capped here (reports cap
 /// them).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -273,6 +276,15 @@ impl Load {
             .collect();
         nodes.sort_by_key(|n| (n.utilisation_permille, n.peer));
         nodes
+    }
+
+    /// The listed nodes whose reports say more requests arrive than they can serve.
+    pub fn swamped(&self) -> std::collections::HashSet<PeerId> {
+        self.listed()
+            .into_iter()
+            .filter(|n| n.demand_permille >= SWAMPED_DEMAND_PERMILLE)
+            .map(|n| n.peer)
+            .collect()
     }
 
     /// Every node listed now.
