@@ -85,7 +85,7 @@ pub async fn fetch(
 ) -> Result<Fetched, Error> {
     let work = async {
         let start = Instant::now();
-        let resp = send(via, method, url).await?;
+        let (resp, _conn) = send_held(via, method, url).await?;
         read_into_memory(url, resp, start).await
     };
     with_timeout(url, timeout, work).await
@@ -106,7 +106,7 @@ pub async fn fetch_service(
             .parse::<Uri>()
             .map_err(|e| Error::http(&what, format!("bad path: {e}")))?;
         let host = HeaderValue::from_str(host).map_err(|e| Error::http(&what, e))?;
-        let resp = exchange(&what, &node.to_string(), Method::GET, target, host).await?;
+        let (resp, _conn) = exchange(&what, &node.to_string(), Method::GET, target, host).await?;
         read_into_memory(&what, resp, start).await
     };
     with_timeout(&what, timeout, work).await
@@ -194,6 +194,37 @@ pub async fn send(
     method: Method,
     url: &str,
 ) -> Result<Response<Incoming>, Error> {
+    let (resp, conn) = send_held(via, method, url).await?;
+    conn.detach();
+    Ok(resp)
+}
+
+/// The task driving one client connection. Dropping it closes the connection at once, as a
+/// client that gives up does: on a saturated link, a late answer nobody waits for any more
+/// would otherwise still take its share of the bandwidth.
+struct Connection(Option<tokio::task::JoinHandle<()>>);
+
+impl Connection {
+    /// Lets the connection run until its response is read or dropped.
+    fn detach(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// [`send`], with the connection closed when the returned [`Connection`] is dropped.
+async fn send_held(
+    via: Option<SocketAddr>,
+    method: Method,
+    url: &str,
+) -> Result<(Response<Incoming>, Connection), Error> {
     let uri: Uri = url
         .parse()
         .map_err(|e| Error::http(url, format!("bad URL: {e}")))?;
@@ -230,7 +261,7 @@ async fn exchange(
     method: Method,
     target: Uri,
     host: HeaderValue,
-) -> Result<Response<Incoming>, Error> {
+) -> Result<(Response<Incoming>, Connection), Error> {
     let stream = TcpStream::connect(connect_to)
         .await
         .map_err(|e| Error::http(url, format!("connecting to {connect_to}: {e}")))?;
@@ -238,11 +269,11 @@ async fn exchange(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Error::http(url, format!("HTTP handshake: {e}")))?;
-    tokio::spawn(async move {
+    let conn = Connection(Some(tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "client connection ended with an error");
         }
-    });
+    })));
     let req = Request::builder()
         .method(method)
         .uri(target)
@@ -250,8 +281,9 @@ async fn exchange(
         .header(header::USER_AGENT, "reef-testnet")
         .body(Empty::<Bytes>::new())
         .map_err(|e| Error::http(url, e))?;
-    sender
+    let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| Error::http(url, format!("sending the request: {e}")))
+        .map_err(|e| Error::http(url, format!("sending the request: {e}")))?;
+    Ok((resp, conn))
 }

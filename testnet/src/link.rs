@@ -1,7 +1,7 @@
 //! A network link of limited bandwidth in front of one server: a TCP relay on its own
-//! address whose two directions each pass about `bytes_per_s`, shared fairly by the
-//! connections sending (like TCP flows through a host's access link), counting what crosses
-//! it.
+//! address whose two directions each pass at most `bytes_per_s`, shared by the connections
+//! sending in turns of one small chunk each (like TCP flows through a host's access link),
+//! counting what crosses it.
 //!
 //! The flash-crowd experiment puts one in front of every node (advertised with
 //! `--public-http`, so clients, redirects and peers all cross it) and one in front of the
@@ -9,8 +9,8 @@
 //! load report.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,26 +18,24 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::Error;
 
 /// Connections a link carries at once; more wait for one to close.
 const MAX_CONNECTIONS: usize = 4096;
-/// Bytes moved per read: small enough to share the link between connections finely.
-const CHUNK: usize = 16 * 1024;
+/// Bytes moved per turn: small, so that a short answer (a redirect) waits for one chunk of
+/// each other sender, not for whole bodies.
+const CHUNK: usize = 4 * 1024;
 /// A connection with nothing to move either way for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
 /// How long a connection waits for the server behind the link to be known.
 const TARGET_WAIT: Duration = Duration::from_secs(30);
 
-/// One direction's capacity, shared fairly by the transfers under way: each chunk a
-/// connection sends waits `len × active ÷ rate`, where `active` is how many of the link's
-/// connections are sending at that moment. So, as TCP flows through one bottleneck do, every
-/// flow gets its share: a 200-byte redirect is not queued behind megabytes of other bodies, and
-/// the link as a whole passes about `rate`.
-fn pace(len: usize, active: usize, rate: u64) -> Duration {
-    Duration::from_secs_f64(len as f64 * active.max(1) as f64 / rate.max(1) as f64)
+/// How long `len` bytes occupy a link of `rate` bytes a second.
+fn transmission(len: usize, rate: u64) -> Duration {
+    Duration::from_secs_f64(len as f64 / rate.max(1) as f64)
 }
 
 /// Bytes that crossed a link each way since it started.
@@ -51,8 +49,11 @@ pub struct Crossed {
 
 struct Direction {
     rate: u64,
-    /// Connections sending this way right now.
-    active: AtomicUsize,
+    /// When the link has sent every chunk handed to it so far. Each chunk takes the next
+    /// turn after it (first come, first served); as every connection hands over one chunk
+    /// at a time, the connections sending take turns, and the link as a whole never passes
+    /// more than `rate`, nor idles while someone waits.
+    busy_until: Mutex<Instant>,
     bytes: AtomicU64,
 }
 
@@ -60,19 +61,28 @@ impl Direction {
     fn new(rate: u64) -> Direction {
         Direction {
             rate,
-            active: AtomicUsize::new(0),
+            busy_until: Mutex::new(Instant::now()),
             bytes: AtomicU64::new(0),
         }
     }
 
-    /// Sends `chunk` to `to` at this connection's share of the link.
+    /// The instant `len` bytes handed over now have crossed the link.
+    fn take_turn(&self, len: usize) -> Instant {
+        let mut busy_until = self
+            .busy_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let done = (*busy_until).max(Instant::now()) + transmission(len, self.rate);
+        *busy_until = done;
+        done
+    }
+
+    /// Sends `chunk` to `to` once it has crossed the link.
     async fn send(&self, chunk: &[u8], to: &mut OwnedWriteHalf) -> std::io::Result<()> {
-        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
-        tokio::time::sleep(pace(chunk.len(), active, self.rate)).await;
-        let sent = to.write_all(chunk).await;
-        self.active.fetch_sub(1, Ordering::Relaxed);
+        tokio::time::sleep_until(self.take_turn(chunk.len())).await;
+        to.write_all(chunk).await?;
         self.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        sent
+        Ok(())
     }
 }
 
@@ -195,11 +205,12 @@ async fn relay(
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    tokio::try_join!(
-        pipe(client_read, server_write, up),
-        pipe(server_read, client_write, down),
-    )?;
-    Ok(())
+    // A client that closes its side has gone (ours never half-close): whatever the server
+    // still sends would only take others' turns, so the connection ends both ways.
+    tokio::select! {
+        sent = pipe(client_read, server_write, up) => sent,
+        received = pipe(server_read, client_write, down) => received,
+    }
 }
 
 async fn pipe(
@@ -226,13 +237,20 @@ async fn pipe(
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_sender_gets_its_share() {
-        // Alone: 100 kB at 100 kB/s takes a second; with three others sending, four.
-        assert_eq!(pace(100_000, 1, 100_000), Duration::from_secs(1));
-        assert_eq!(pace(100_000, 4, 100_000), Duration::from_secs(4));
-        // A redirect among 100 busy transfers on a 500 kB/s link: well under a second.
-        assert!(pace(200, 100, 500_000) < Duration::from_millis(50));
+    #[tokio::test]
+    async fn senders_take_turns_and_an_idle_link_sends_at_once() {
+        let link = Direction::new(100_000);
+        let before = Instant::now();
+        // 100 kB at 100 kB/s: a second; a chunk handed over meanwhile waits its turn.
+        let first = link.take_turn(100_000);
+        assert!(first >= before + Duration::from_secs(1));
+        assert_eq!(link.take_turn(200), first + Duration::from_millis(2));
+        // Idle time is not saved up for a burst.
+        let link = Direction::new(1_000_000);
+        link.take_turn(1000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = Instant::now();
+        assert!(link.take_turn(1000) >= now + Duration::from_millis(1));
     }
 
     #[tokio::test]

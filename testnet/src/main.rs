@@ -98,7 +98,7 @@ struct FlashArgs {
     #[arg(long, default_value_t = 4.0)]
     primary_mbit: f64,
     /// Bandwidth of each other provider's nodes' links, Mbit/s.
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 100.0)]
     peer_mbit: f64,
     /// Bandwidth of the origin's link, Mbit/s.
     #[arg(long, default_value_t = 80.0)]
@@ -130,6 +130,13 @@ struct FlashArgs {
     /// Seconds of baseline after the surge.
     #[arg(long, default_value_t = 30)]
     calm: u64,
+    /// p0's high watermark: share of its capacity above which it looks for relief. Below 1,
+    /// so that what it keeps serving, plus the redirects, leaves its links room to drain.
+    #[arg(long, default_value_t = 0.6)]
+    high_watermark: f64,
+    /// p0's low watermark: relief aims between the two, and ends below this.
+    #[arg(long, default_value_t = 0.3)]
+    low_watermark: f64,
     /// p0's trigger window, seconds.
     #[arg(long, default_value_t = 3.0)]
     trigger_window: f64,
@@ -142,6 +149,9 @@ struct FlashArgs {
     /// Where the CSV, plots and summary go.
     #[arg(long, default_value = "flash-results")]
     out: PathBuf,
+    /// Keep node data and logs here [default: a temporary directory, removed afterwards].
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// The `reef` binary [default: $REEF_BIN, else `reef` next to this executable].
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -867,7 +877,13 @@ async fn run_flash(
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
     let bytes = |mbit: f64| (mbit * 1e6 / 8.0).max(1.0) as u64;
-    let dir = std::env::temp_dir().join(format!("reef-flash-{}", std::process::id()));
+    let (dir, temporary) = match args.dir {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("reef-flash-{}", std::process::id())),
+            true,
+        ),
+    };
     let opts = flash::FlashOptions {
         bin: locate_reef_binary(args.bin)?,
         dir: dir.clone(),
@@ -888,6 +904,8 @@ async fn run_flash(
             hold: Duration::from_secs(args.hold),
             calm: Duration::from_secs(args.calm),
         },
+        high_watermark: args.high_watermark,
+        low_watermark: args.low_watermark,
         trigger_window_s: args.trigger_window,
         cooldown_s: args.cooldown,
         seed: args.seed,
@@ -905,7 +923,7 @@ async fn run_flash(
                 .map(|summary| format!("{summary}\nWritten to {}\n", out.display()))
         },
         &dir,
-        true,
+        temporary,
         None,
         sigterm,
     )

@@ -29,6 +29,8 @@ async fn a_small_flash_crowd_writes_its_series_plots_and_summary() {
             hold: Duration::from_secs(4),
             calm: Duration::from_secs(6),
         },
+        high_watermark: 0.6,
+        low_watermark: 0.3,
         trigger_window_s: 1.0,
         cooldown_s: 2.0,
         seed: 7,

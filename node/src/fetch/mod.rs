@@ -773,12 +773,7 @@ impl Fetcher {
             }
         };
         let local = &self.inner.local;
-        let swamped = self
-            .inner
-            .load
-            .as_ref()
-            .map(|load| load.swamped())
-            .unwrap_or_default();
+        let swamped = self.swamped();
         let holders: Vec<_> = holders::rank(holders, local.provider, &local.region, |peer| {
             swamped.contains(peer)
         })
@@ -807,6 +802,12 @@ impl Fetcher {
         Ok(self.upstream(response, Source::Origin))
     }
 
+    /// The nodes whose load reports say more arrives than they can serve.
+    fn swamped(&self) -> std::collections::HashSet<reef_overlay::PeerId> {
+        let load = self.inner.load.as_ref();
+        load.map(|load| load.swamped()).unwrap_or_default()
+    }
+
     /// Sends our cold miss to the key's home node, which fetches it once for its whole
     /// provider and streams it to us while it arrives. None (and on our own) when we are the
     /// home, the home fails or answers something we cannot use.
@@ -822,6 +823,12 @@ impl Fetcher {
         let homes = &self.inner.homes;
         let home = homes.of(&key)?;
         if home == homes.me() {
+            return None;
+        }
+        // Its links are saturated: our miss would wait behind its crowd (the holders we try
+        // instead skip or demote it too).
+        if self.swamped().contains(&home) {
+            debug!(%home, key = %key.short(), "home node swamped; fetching on our own");
             return None;
         }
         let counts = &self.inner.home_counts;

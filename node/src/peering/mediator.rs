@@ -11,7 +11,9 @@
 //!   (services, region, extra capacity, duration, price ceiling, SLA) and asks the agent for
 //!   an arrangement;
 //! - while one is active, it re-arranges with the next candidate when the peer breaches the
-//!   SLA (as this node's probes measure it) or its nodes are gone;
+//!   SLA (as this node's probes measure it) or its nodes are gone, and arranges a larger one
+//!   (then ends the old one as `replaced`) when the surge outgrew it: arranged at the first
+//!   sign of a surge, it is sized for the demand of that moment;
 //! - under the low watermark for the cool-down, it disbands it.
 
 use std::collections::BTreeSet;
@@ -44,6 +46,12 @@ const TICK: Duration = Duration::from_millis(250);
 /// A peer none of whose nodes has reported for this long is gone: the load table already
 /// drops a node 5 s after its last report, so this adds the same again for a slow start.
 const PEER_GONE_AFTER: Duration = Duration::from_secs(5);
+/// An arrangement is outgrown when the provider needs this much more than it lends (in
+/// permille of what it lends): a margin, so that small swings do not renegotiate.
+const OUTGROWN_PERMILLE: u64 = 1250;
+/// After a larger arrangement was sought, the next attempt waits this long (the new one's
+/// relief shows in the load reports first).
+const GROW_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Mediator {
     pub agent: Arc<Agent>,
@@ -63,6 +71,8 @@ struct Watch {
     over_since: Option<Instant>,
     under_since: Option<Instant>,
     not_before: Option<Instant>,
+    /// Since when the active arrangement lends less than the provider needs.
+    outgrown_since: Option<Instant>,
     /// The active arrangement and when its peer last had a node in our load table (from
     /// when we started watching it, so a fresh start, with an empty table, is no death).
     peer_seen: Option<(ArrangementId, Instant)>,
@@ -89,6 +99,11 @@ pub fn extra_capacity(nodes: &[Listed], target: u32) -> u32 {
         })
         .sum();
     u32::try_from(wanted).unwrap_or(u32::MAX).max(1)
+}
+
+/// Whether an arrangement lending `lent` req/s is well short of the `needed` req/s.
+fn outgrown(needed: u32, lent: u32) -> bool {
+    u64::from(needed) * 1000 >= u64::from(lent.max(1)) * OUTGROWN_PERMILLE
 }
 
 impl Mediator {
@@ -123,6 +138,9 @@ impl Mediator {
                     .replaced_a_failing_peer(watch, &active, &nodes, now)
                     .await
                 {
+                    return;
+                }
+                if self.grew(watch, &active, &nodes, now).await {
                     return;
                 }
                 if demand >= u64::from(self.policy.low_watermark_permille) {
@@ -195,6 +213,44 @@ impl Mediator {
         true
     }
 
+    /// Arranges a larger arrangement and ends `active` as replaced, once the provider has
+    /// needed well over what `active` lends for the trigger window; whether it did.
+    async fn grew(
+        &self,
+        watch: &mut Watch,
+        active: &Arrangement,
+        nodes: &[Listed],
+        now: Instant,
+    ) -> bool {
+        let needed = extra_capacity(nodes, relief_target(&self.policy));
+        let lent = active.req_per_s;
+        if !outgrown(needed, lent) {
+            watch.outgrown_since = None;
+            return false;
+        }
+        let since = *watch.outgrown_since.get_or_insert(now);
+        if now - since < self.policy.trigger_window || watch.not_before.is_some_and(|t| now < t) {
+            return false;
+        }
+        watch.outgrown_since = None;
+        watch.not_before = Some(now + GROW_EVERY);
+        info!(arrangement = %active.id, lent, needed, "the surge outgrew the arrangement; arranging a larger one");
+        let Some(needs) = self.requirements(nodes) else {
+            return false;
+        };
+        match self.agent.arrange(&needs, &BTreeSet::new()).await {
+            Ok(id) => {
+                info!(arrangement = %id, replaces = %active.id, req_per_s = needs.req_per_s, "arranged");
+                self.agent.disband(active.id, EndReason::Replaced).await;
+                true
+            }
+            Err(why) => {
+                warn!(%why, "no larger arrangement; keeping the one we have");
+                false
+            }
+        }
+    }
+
     /// The service requirements for our load now.
     fn requirements(&self, nodes: &[Listed]) -> Option<Requirements> {
         Some(Requirements {
@@ -240,6 +296,14 @@ mod tests {
             req_per_s,
             until: Instant::now(),
         }
+    }
+
+    #[test]
+    fn an_arrangement_is_outgrown_only_well_past_what_it_lends() {
+        assert!(!outgrown(100, 100));
+        assert!(!outgrown(124, 100));
+        assert!(outgrown(125, 100));
+        assert!(outgrown(1, 0));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct FlashOptions {
     pub baseline: f64,
     pub surge: f64,
     pub schedule: Durations,
+    /// p0's high and low watermarks (fractions of its capacity).
+    pub high_watermark: f64,
+    pub low_watermark: f64,
     pub trigger_window_s: f64,
     pub cooldown_s: f64,
     pub seed: u64,
@@ -100,8 +103,8 @@ impl FlashOptions {
         let capacity_rps = (self.primary_link / self.object_size.max(1)).max(1);
         let buying = if peering {
             format!(
-                "max_price_per_gb = 0.05\nshare = 1.0\ntrigger_window_s = {}\ncooldown_s = {}\n",
-                self.trigger_window_s, self.cooldown_s
+                "max_price_per_gb = 0.05\nshare = 1.0\nhigh_watermark = {}\nlow_watermark = {}\ntrigger_window_s = {}\ncooldown_s = {}\n",
+                self.high_watermark, self.low_watermark, self.trigger_window_s, self.cooldown_s
             )
         } else {
             String::new()

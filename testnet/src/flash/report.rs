@@ -272,8 +272,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- With peering p0 may buy capacity (trigger window {} s, cool-down {} s, share 1.0); without, it may not.\n",
-            o.trigger_window_s, o.cooldown_s
+            "- With peering p0 may buy capacity (watermarks {} / {}, trigger window {} s, cool-down {} s, share 1.0); without, it may not.\n",
+            o.high_watermark, o.low_watermark, o.trigger_window_s, o.cooldown_s
         );
         out.push_str("| during the surge's hold | ");
         out.push_str(
