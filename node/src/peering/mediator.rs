@@ -303,7 +303,7 @@ mod tests {
         assert!(!outgrown(100, 100));
         assert!(!outgrown(124, 100));
         assert!(outgrown(125, 100));
-        assert!(outgrown(1, 0));
+        assert!(outgrown(2, 0));
     }
 
     #[test]
