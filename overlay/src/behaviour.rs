@@ -84,11 +84,15 @@ const GOSSIP_MESH_N_HIGH: usize = 8;
 /// Mesh peers that must be ones we dialled (an eclipse defence); at most D/2.
 const GOSSIP_MESH_OUTBOUND_MIN: usize = 2;
 /// Ping interval; each ping refreshes the RTT we rank holders by, and a peer that stops
-/// answering (hung, or its path is) is found out within interval + timeout.
+/// answering (hung, or its path is) is found out within
+/// `PING_FAILURES_TO_DROP` × (interval + timeout).
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// A peer that takes longer than this to answer a ping is taken for hung: on loopback or a
 /// continent's width an answer takes milliseconds.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pings in a row a peer must fail before it is dropped from the routing table and
+/// disconnected.
+pub(crate) const PING_FAILURES_TO_DROP: u8 = 3;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {

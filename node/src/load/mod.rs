@@ -42,6 +42,13 @@ use table::{Now, Table};
 /// Reports are published this often (the figure); tables drop a node after five
 /// missed ones.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// A quiet node (demand under `QUIET_PERMILLE`, as in its last report) reports only this
+/// often: every node checks every report's signatures, so on a testnet of a hundred nodes
+/// sharing two cores, idle reports were most of the idle CPU. Still well inside the tables'
+/// five-second expiry; the first busy second is reported at once.
+pub const QUIET_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+/// Demand (permille of capacity) under which a node is quiet.
+const QUIET_PERMILLE: u32 = 100;
 /// Received reports waiting to be judged: every node sends one a second, so this absorbs a
 /// burst from a thousand nodes; beyond it the overlay drops (and counts) them.
 pub const REPORT_QUEUE: usize = 1024;
@@ -147,6 +154,18 @@ struct State {
     ignored: BTreeMap<&'static str, u64>,
 }
 
+fn own_load(rates: &Rates, busy: Busy) -> OwnLoad {
+    OwnLoad {
+        req_per_s: rates.req_per_s,
+        egress_bytes_per_s: rates.egress_bytes_per_s,
+        utilisation_permille: busy.utilisation_permille,
+        demand_permille: busy.demand_permille,
+        hit_ratio_permille: rates.hit_ratio_permille,
+        redirected_per_s: rates.redirected_per_s,
+        proxied_per_s: rates.proxied_per_s,
+    }
+}
+
 impl Load {
     pub fn new(config: Config, overlay: reef_overlay::Client) -> Load {
         Load {
@@ -178,9 +197,12 @@ impl Load {
         let mut window = RateWindow::default();
         let mut tick = tokio::time::interval(REPORT_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut quiet_since_report: Option<Instant> = None;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.publish(&mut reporter, &mut window).await,
+                _ = tick.tick() => {
+                    self.publish(&mut reporter, &mut window, &mut quiet_since_report).await
+                }
                 message = inbound.recv() => match message {
                     Some(message) => self.on_message(message).await,
                     None => break,
@@ -190,12 +212,28 @@ impl Load {
         debug!("load gossip stopped");
     }
 
-    /// Measures, seals, takes our own report into the table, and publishes it.
-    async fn publish(&self, reporter: &mut Reporter, window: &mut RateWindow) {
+    /// Measures, seals, takes our own report into the table, and publishes it; a quiet node
+    /// whose last report (at `quiet_report`) was quiet too skips it until
+    /// `QUIET_REPORT_INTERVAL` has passed.
+    async fn publish(
+        &self,
+        reporter: &mut Reporter,
+        window: &mut RateWindow,
+        quiet_report: &mut Option<Instant>,
+    ) {
         let now = Now::current();
         let config = &self.inner.config;
         let rates = window.update(self.inner.meter.totals(), now.mono);
         let busy = Busy::of(&rates, config.capacity_rps, config.capacity_mbps);
+        if busy.demand_permille < QUIET_PERMILLE {
+            if quiet_report.is_some_and(|at| now.mono - at < QUIET_REPORT_INTERVAL) {
+                self.state().own = own_load(&rates, busy);
+                return;
+            }
+            *quiet_report = Some(now.mono);
+        } else {
+            *quiet_report = None;
+        }
         let sealed = match reporter.seal(rates, busy, now.unix_ms) {
             Ok(sealed) => sealed,
             Err(error) => {
@@ -206,15 +244,7 @@ impl Load {
         };
         {
             let mut state = self.state();
-            state.own = OwnLoad {
-                req_per_s: rates.req_per_s,
-                egress_bytes_per_s: rates.egress_bytes_per_s,
-                utilisation_permille: busy.utilisation_permille,
-                demand_permille: busy.demand_permille,
-                hit_ratio_permille: rates.hit_ratio_permille,
-                redirected_per_s: rates.redirected_per_s,
-                proxied_per_s: rates.proxied_per_s,
-            };
+            state.own = own_load(&rates, busy);
             state.table.sweep(now);
             match open::<LoadReport>(&sealed, now.unix_ms) {
                 Ok(own) => {

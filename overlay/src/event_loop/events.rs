@@ -62,6 +62,7 @@ impl EventLoop {
                     .set_connected_peers(self.swarm.connected_peers().count());
                 if num_established == 0 {
                     self.rtt.remove(&peer);
+                    self.ping_failures.remove(&peer);
                     self.via_loopback.remove(&peer);
                     self.recent.seen(peer, [], std::time::Instant::now());
                     if matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_))) {
@@ -119,13 +120,24 @@ impl EventLoop {
             // Only connected peers: the table stays bounded by the connection count.
             Ok(rtt) if self.swarm.is_connected(&event.peer) => {
                 self.rtt.insert(event.peer, rtt);
+                self.ping_failures.remove(&event.peer);
             }
             Ok(_) => {}
             Err(ping::Failure::Unsupported) => {}
             Err(error) => {
                 debug!(peer = %event.peer, %error, "ping failed");
-                self.drop_broken(event.peer, "ping failed");
-                let _ = self.swarm.disconnect_peer_id(event.peer);
+                if !self.swarm.is_connected(&event.peer) {
+                    return;
+                }
+                let failed = self.ping_failures.entry(event.peer).or_default();
+                *failed = failed.saturating_add(1);
+                // One late answer is a busy machine (a hundred nodes starting on two cores
+                // miss a few); several in a row is a hung peer.
+                if *failed >= crate::behaviour::PING_FAILURES_TO_DROP {
+                    self.ping_failures.remove(&event.peer);
+                    self.drop_broken(event.peer, "pings failed");
+                    let _ = self.swarm.disconnect_peer_id(event.peer);
+                }
             }
         }
     }

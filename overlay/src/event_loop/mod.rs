@@ -84,6 +84,9 @@ pub(crate) struct EventLoop {
 
     /// Last ping RTT per connected peer (entries leave when the peer disconnects).
     rtt: HashMap<PeerId, Duration>,
+    /// Pings in a row a connected peer failed to answer (entries leave when it answers or
+    /// disconnects).
+    ping_failures: HashMap<PeerId, u8>,
     /// Whether a connected peer is reached over loopback (decides whether its loopback listen
     /// addresses are usable to us).
     via_loopback: HashMap<PeerId, bool>,
@@ -154,6 +157,7 @@ impl EventLoop {
             recent: RecentPeers::default(),
             save_task: None,
             rtt: HashMap::new(),
+            ping_failures: HashMap::new(),
             via_loopback: HashMap::new(),
             records: RecordCache::new(RECORD_CACHE_CAPACITY, RECORD_CACHE_TTL),
             joined: false,
