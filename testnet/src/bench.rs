@@ -253,6 +253,17 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The "- Machine:" and "- Kernel:" lines every report starts with.
+    pub fn markdown_lines(&self) -> String {
+        let mem = self.mem_total_kib.map_or("unknown memory".into(), |k| {
+            format!("{:.1} GiB RAM", k as f64 / 1024.0 / 1024.0)
+        });
+        format!(
+            "- Machine: {} CPUs (nproc), {}, {mem}\n- Kernel: `{}`\n",
+            self.nproc, self.cpu_model, self.kernel
+        )
+    }
+
     pub fn describe(bin: &Path) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
@@ -1123,15 +1134,7 @@ impl Report {
         let _ = writeln!(out, "## Reef foundation benchmark\n");
         let _ = writeln!(out, "```sh\n{}\n```\n", self.command);
         let _ = writeln!(out, "- Date: {}", self.date);
-        let mem = m.mem_total_kib.map_or("unknown memory".into(), |k| {
-            format!("{:.1} GiB RAM", k as f64 / 1024.0 / 1024.0)
-        });
-        let _ = writeln!(
-            out,
-            "- Machine: {} CPUs (nproc), {}, {mem}",
-            m.nproc, m.cpu_model
-        );
-        let _ = writeln!(out, "- Kernel: `{}`", m.kernel);
+        out.push_str(&m.markdown_lines());
         let build = match m.build {
             "release" => "release build",
             "debug" => "**debug build** (figures are not representative)",

@@ -282,15 +282,7 @@ impl Report {
         let _ = writeln!(out, "## Reef DHT at scale\n");
         let _ = writeln!(out, "```sh\n{}\n```\n", o.command);
         let _ = writeln!(out, "- Date: {}", self.date);
-        let mem = m.mem_total_kib.map_or("unknown memory".into(), |k| {
-            format!("{:.1} GiB RAM", k as f64 / 1024.0 / 1024.0)
-        });
-        let _ = writeln!(
-            out,
-            "- Machine: {} CPUs (nproc), {}, {mem}",
-            m.nproc, m.cpu_model
-        );
-        let _ = writeln!(out, "- Kernel: `{}`", m.kernel);
+        out.push_str(&m.markdown_lines());
         let _ = writeln!(
             out,
             "- `reef` binary: `{}` ({} build)",

@@ -112,8 +112,9 @@ struct FlashArgs {
     /// Zipf exponent of the objects' popularity.
     #[arg(long, default_value_t = 0.9)]
     zipf: f64,
-    /// Clients a second before and after the surge, in multiples of p0's capacity.
-    #[arg(long, default_value_t = 0.5)]
+    /// Clients a second before and after the surge, in multiples of p0's capacity (under
+    /// the high watermark, so that the surge is what triggers peering).
+    #[arg(long, default_value_t = 0.3)]
     baseline: f64,
     /// Clients a second at the surge, in multiples of p0's capacity.
     #[arg(long, default_value_t = 10.0)]

@@ -49,9 +49,11 @@ const PEER_GONE_AFTER: Duration = Duration::from_secs(5);
 /// An arrangement is outgrown when the provider needs this much more than it lends (in
 /// permille of what it lends): a margin, so that small swings do not renegotiate.
 const OUTGROWN_PERMILLE: u64 = 1250;
-/// After a larger arrangement was sought, the next attempt waits this long (the new one's
-/// relief shows in the load reports first).
-const GROW_EVERY: Duration = Duration::from_secs(10);
+/// An arrangement must fall short this long without a break (or the trigger window, if
+/// longer) before a larger one is sought: one burst second of a bumpy crowd is no surge.
+/// After an attempt, the next waits as long again (the new one's relief shows in the load
+/// reports first).
+const GROW_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Mediator {
     pub agent: Arc<Agent>,
@@ -80,11 +82,16 @@ struct Watch {
 
 /// The provider's mean demand over `nodes`, in permille of capacity.
 fn mean_demand(nodes: &[Listed]) -> u64 {
-    nodes
-        .iter()
-        .map(|n| u64::from(n.demand_permille))
-        .sum::<u64>()
-        / nodes.len().max(1) as u64
+    mean(nodes, |n| n.demand_permille)
+}
+
+/// The provider's mean utilisation (what its nodes serve themselves) over `nodes`.
+fn mean_utilisation(nodes: &[Listed]) -> u64 {
+    mean(nodes, |n| n.utilisation_permille)
+}
+
+fn mean(nodes: &[Listed], of: impl Fn(&Listed) -> u16) -> u64 {
+    nodes.iter().map(|n| u64::from(of(n))).sum::<u64>() / nodes.len().max(1) as u64
 }
 
 /// Extra capacity the provider needs, req/s: what its nodes would send away to serve only
@@ -214,7 +221,10 @@ impl Mediator {
     }
 
     /// Arranges a larger arrangement and ends `active` as replaced, once the provider has
-    /// needed well over what `active` lends for the trigger window; whether it did.
+    /// needed well over what `active` lends, or still served beyond its full capacity, for
+    /// the trigger window; whether it did. A node swamped despite the arrangement measures
+    /// less demand than there is (its clients queue, and a crowd's latecomers give up before
+    /// they arrive), so it then asks for at least twice what it has.
     async fn grew(
         &self,
         watch: &mut Watch,
@@ -224,20 +234,36 @@ impl Mediator {
     ) -> bool {
         let needed = extra_capacity(nodes, relief_target(&self.policy));
         let lent = active.req_per_s;
-        if !outgrown(needed, lent) {
+        // Beyond full capacity, not merely over the watermark: relief that only just falls
+        // short is the redirector's rounding, not a surge outgrowing the arrangement.
+        let still_over = mean_utilisation(nodes) >= u64::from(crate::load::SWAMPED_DEMAND_PERMILLE);
+        // A peer that lately failed probes is judged by the SLA, not grown: its nodes get no
+        // requests meanwhile, which also leaves ours over the watermark.
+        let failing = active.sla.is_some_and(|sla| {
+            let health = self.health.sla(&active.id, &sla, now);
+            health
+                .availability_permille
+                .is_some_and(|a| a < sla.min_availability_permille)
+        });
+        if failing || (!outgrown(needed, lent) && !still_over) {
             watch.outgrown_since = None;
             return false;
         }
         let since = *watch.outgrown_since.get_or_insert(now);
-        if now - since < self.policy.trigger_window || watch.not_before.is_some_and(|t| now < t) {
+        if now - since < self.policy.trigger_window.max(GROW_AFTER)
+            || watch.not_before.is_some_and(|t| now < t)
+        {
             return false;
         }
         watch.outgrown_since = None;
-        watch.not_before = Some(now + GROW_EVERY);
+        watch.not_before = Some(now + GROW_AFTER);
         info!(arrangement = %active.id, lent, needed, "the surge outgrew the arrangement; arranging a larger one");
-        let Some(needs) = self.requirements(nodes) else {
+        let Some(mut needs) = self.requirements(nodes) else {
             return false;
         };
+        if still_over {
+            needs.req_per_s = needs.req_per_s.max(lent.saturating_mul(2));
+        }
         match self.agent.arrange(&needs, &BTreeSet::new()).await {
             Ok(id) => {
                 info!(arrangement = %id, replaces = %active.id, req_per_s = needs.req_per_s, "arranged");

@@ -34,6 +34,8 @@ pub use schedule::Schedule;
 
 /// The service the crowd asks for.
 const SERVICE: &str = "video.example";
+/// The provider the crowd is after.
+const PRIMARY: &str = "p0";
 const WAIT: Duration = Duration::from_secs(60);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -267,7 +269,11 @@ async fn ready(testnet: &Testnet, opts: &FlashOptions, peering: bool) -> Result<
 }
 
 async fn admin(testnet: &Testnet, path: &str) -> serde_json::Value {
-    let url = format!("http://{}{path}", testnet.nodes[0].runtime().admin);
+    admin_of(&testnet.nodes[0], path).await
+}
+
+async fn admin_of(node: &crate::NodeProcess, path: &str) -> serde_json::Value {
+    let url = format!("http://{}{path}", node.runtime().admin);
     match client::fetch(None, Method::GET, &url, ADMIN_TIMEOUT).await {
         Ok(got) => serde_json::from_slice(&got.body).unwrap_or_default(),
         Err(_) => serde_json::Value::Null,
@@ -275,20 +281,41 @@ async fn admin(testnet: &Testnet, path: &str) -> serde_json::Value {
 }
 
 /// The primary's settlements once every arrangement it made has ended and been agreed (or
-/// after [`WAIT`]), with the peer's name.
+/// after [`WAIT`]), with the peer's name. Each settlement is in the ledger of the node that
+/// was the mediator when its arrangement ended, so every node of the primary is asked.
 async fn settled(testnet: &Testnet, names: &BTreeMap<String, String>) -> Vec<report::Settled> {
     let started = Instant::now();
+    let primary: Vec<_> = testnet
+        .nodes
+        .iter()
+        .filter(|n| n.runtime().provider == PRIMARY)
+        .collect();
     loop {
-        let arrangements = admin(testnet, "/api/arrangements").await;
-        let ledger = admin(testnet, "/api/ledger").await;
-        let made: Vec<&serde_json::Value> = arrangements["arrangements"]
-            .as_array()
-            .map(|l| l.iter().filter(|a| a["basis"] == "short_term").collect())
-            .unwrap_or_default();
-        let agreed: Vec<&serde_json::Value> = ledger["settlements"]
-            .as_array()
-            .map(|l| l.iter().filter(|s| s["agreed"] == true).collect())
-            .unwrap_or_default();
+        let (mut views, mut ledgers) = (Vec::new(), Vec::new());
+        for node in &primary {
+            views.push(admin_of(node, "/api/arrangements").await);
+            ledgers.push(admin_of(node, "/api/ledger").await);
+        }
+        // Each node lists what it negotiated or learnt; the mediator's view may be ahead.
+        let mut made: Vec<&serde_json::Value> = Vec::new();
+        for a in views
+            .iter()
+            .filter_map(|v| v["arrangements"].as_array())
+            .flatten()
+            .filter(|a| a["basis"] == "short_term")
+        {
+            match made.iter_mut().find(|m| m["id"] == a["id"]) {
+                Some(m) if m["status"] != "ended" => *m = a,
+                Some(_) => {}
+                None => made.push(a),
+            }
+        }
+        let agreed: Vec<&serde_json::Value> = ledgers
+            .iter()
+            .filter_map(|ledger| ledger["settlements"].as_array())
+            .flatten()
+            .filter(|s| s["agreed"] == true)
+            .collect();
         let done = made
             .iter()
             .all(|a| a["status"] == "ended" && agreed.iter().any(|s| s["id"] == a["id"]));
@@ -342,7 +369,7 @@ async fn show_progress(
             let s = samples.lock().unwrap_or_else(PoisonError::into_inner);
             let util = s
                 .last()
-                .and_then(|s| s.utilisation.get("p0").copied())
+                .and_then(|s| s.utilisation.get(PRIMARY).copied())
                 .unwrap_or(0);
             let event = s
                 .iter()
