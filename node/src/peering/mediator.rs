@@ -54,6 +54,10 @@ const OUTGROWN_PERMILLE: u64 = 1250;
 /// After an attempt, the next waits as long again (the new one's relief shows in the load
 /// reports first).
 const GROW_AFTER: Duration = Duration::from_secs(5);
+/// Capacity asked for, in multiples of what the provider needs now: a surge that triggers
+/// peering is usually still rising, and lent capacity left unused costs nothing (the peer is
+/// paid per byte served).
+const HEADROOM: u32 = 2;
 
 pub struct Mediator {
     pub agent: Arc<Agent>,
@@ -282,7 +286,7 @@ impl Mediator {
         Some(Requirements {
             services: self.services.clone(),
             region: self.region.clone(),
-            req_per_s: extra_capacity(nodes, relief_target(&self.policy)),
+            req_per_s: extra_capacity(nodes, relief_target(&self.policy)).saturating_mul(HEADROOM),
             duration: self.policy.duration,
             max_price_micros_per_gb: self.policy.max_price_micros_per_gb?,
             share_permille: self.policy.share_permille,
