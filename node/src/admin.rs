@@ -240,15 +240,9 @@ pub async fn serve(
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
-    let overlay = match state.overlay.status().await {
+    let overlay = match overlay_status(&state).await {
         Ok(s) => s,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("overlay unavailable: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(unavailable) => return unavailable,
     };
     let (bytes_in, bytes_out) = overlay.traffic.gossip_bytes();
     let gossip = GossipBody {
@@ -299,14 +293,9 @@ struct PeerBody {
 
 /// The peers connected now, with what the load table and gossipsub know of each.
 async fn peers(State(state): State<Arc<AdminState>>) -> Response {
-    let overlay = match state.overlay.status().await {
+    let overlay = match overlay_status(&state).await {
         Ok(s) => s,
-        Err(e) => {
-            return one_line(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("overlay unavailable: {e}"),
-            );
-        }
+        Err(unavailable) => return unavailable,
     };
     let mut listed: BTreeMap<String, crate::load::view::NodeLoad> = state
         .load
@@ -382,14 +371,9 @@ struct DashboardBody {
 }
 
 async fn dashboard(State(state): State<Arc<AdminState>>) -> Response {
-    let overlay = match state.overlay.status().await {
+    let overlay = match overlay_status(&state).await {
         Ok(s) => s,
-        Err(e) => {
-            return one_line(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("overlay unavailable: {e}"),
-            );
-        }
+        Err(unavailable) => return unavailable,
     };
     let load = state.load.view();
     let mut names: BTreeMap<String, String> = load
@@ -761,6 +745,16 @@ async fn purge(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
 }
 
 /// A text answer on one line, whatever the message holds.
+/// The overlay's status, or the 503 every endpoint that needs it answers without it.
+async fn overlay_status(state: &AdminState) -> Result<reef_overlay::Status, Response> {
+    state.overlay.status().await.map_err(|e| {
+        one_line(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("overlay unavailable: {e}"),
+        )
+    })
+}
+
 fn one_line(status: StatusCode, why: &str) -> Response {
     let line: String = why
         .chars()

@@ -170,6 +170,12 @@ pub fn median(sorted: &[f64]) -> Option<f64> {
     }
 }
 
+/// Median of `values` in any order; 0 for none.
+pub fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    median(&values).unwrap_or(0.0)
+}
+
 /// The overlay's own join time: `elapsed_ms` of the first `reef::join` line in a node log
 /// (text format, with or without ANSI colours, or JSON).
 pub fn join_elapsed_ms(log: &str) -> Option<u64> {

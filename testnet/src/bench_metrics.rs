@@ -86,18 +86,9 @@ pub struct MetricsBenchReport {
     pub runs: Vec<Run>,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 impl MetricsBenchReport {
     fn median_of(&self, scraping: bool, figure: fn(&Run) -> f64) -> f64 {
-        median(
+        crate::bench::median_of(
             self.runs
                 .iter()
                 .filter(|r| r.scraping == scraping)

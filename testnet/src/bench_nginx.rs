@@ -835,15 +835,6 @@ fn version_of(program: &Path, flag: &str) -> String {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 fn size_name(size: u64) -> String {
     match size {
         s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
@@ -871,7 +862,7 @@ fn ms(d: f64) -> String {
 
 impl NginxBenchReport {
     fn median_of(&self, server: Server, size: u64, figure: fn(&WrkResult) -> f64) -> f64 {
-        median(
+        crate::bench::median_of(
             self.runs
                 .iter()
                 .filter(|r| r.server == server && r.size == size)
@@ -984,7 +975,7 @@ impl NginxBenchReport {
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for &size in &o.sizes {
             let per = |server| {
-                median(
+                crate::bench::median_of(
                     self.runs
                         .iter()
                         .filter(|r| r.server == server && r.size == size)

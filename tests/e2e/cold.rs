@@ -2,14 +2,12 @@
 //! node fetches it from the origin once and streams it to the others while it arrives; a dead
 //! or lying home costs a fallback, never a wrong or failed answer.
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-
 use reef_testnet::origin::expected_body;
 
 use crate::support::{
     JOIN_TIMEOUT, Net, REQUEST_TIMEOUT, get_via, launch_home, wait_stored, wait_tables_full,
 };
+use crate::verify::{blobs, corrupt};
 
 /// `GET /api/holders?url=` on `node`: the key's home as that node sees it.
 async fn home_of(net: &Net, node: usize, url: &str) -> String {
@@ -134,33 +132,6 @@ async fn a_dead_home_node_costs_a_fallback_not_an_error() {
         failed += status_u64(&status, "home", "failed");
     }
     assert!(failed >= 1, "nobody noticed the dead home");
-}
-
-/// Every blob file under a node's cache.
-fn blobs(data_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for fanout in std::fs::read_dir(data_dir.join("cache").join("blobs")).expect("blobs/") {
-        for blob in std::fs::read_dir(fanout.expect("entry").path()).expect("fan-out dir") {
-            out.push(blob.expect("entry").path());
-        }
-    }
-    out
-}
-
-/// Flips one byte in the middle of `path`, keeping its length (only a hash can tell).
-fn corrupt(path: &Path) {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open blob");
-    let middle = file.metadata().expect("metadata").len() / 2;
-    let mut byte = [0u8];
-    file.seek(SeekFrom::Start(middle)).expect("seek");
-    file.read_exact(&mut byte).expect("read");
-    byte[0] ^= 0xff;
-    file.seek(SeekFrom::Start(middle)).expect("seek");
-    file.write_all(&byte).expect("write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,17 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::peering::long_term::LONG_TERM;
 use crate::services::{VIDEO, get_service, wait_published};
 use crate::support::{launch_configured, reef_bin};
-
-const LONG_TERM: &str = r#"
-[[peering.long_term]]
-primary = "{provider:0}"
-peer = "{provider:1}"
-services = ["video.example"]
-share = 0.3
-price_per_gb = 0.01
-"#;
 
 /// One browser run (start, load, a few seconds of the page's own time, exit).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);

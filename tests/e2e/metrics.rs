@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::peering::long_term::LONG_TERM;
+use crate::services::VIDEO;
 use crate::support::{
     REQUEST_TIMEOUT, get_via, launch, launch_configured, launch_dns, reef_bin, try_request,
     wait_stored,
@@ -82,37 +84,12 @@ async fn metrics_count_a_fetch_from_the_origin_then_from_the_cache() {
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
-/// p0's config for the gossip, DNS and arrangement series.
-const ZONE: &str = r#"
-[services."video.example"]
-origin = "{origin}"
-
-[dns]
-zone = "cdn.example"
-
-[[peering.long_term]]
-primary = "{provider:0}"
-peer = "{provider:1}"
-services = ["video.example"]
-share = 0.3
-price_per_gb = 0.01
-"#;
-
-const PEER: &str = r#"
-[dns]
-zone = "p1.cdn.example"
-
-[[peering.long_term]]
-primary = "{provider:0}"
-peer = "{provider:1}"
-services = ["video.example"]
-share = 0.3
-price_per_gb = 0.01
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_peers_gossip_dns_answers_and_arrangements() {
-    let net = launch_dns(2, 2, &[ZONE, PEER]).await;
+    // p0 with its zone and service, p1 with its zone; a long-term arrangement between them.
+    let zone = format!("{VIDEO}[dns]\nzone = \"cdn.example\"\n{LONG_TERM}");
+    let peer = format!("[dns]\nzone = \"p1.cdn.example\"\n{LONG_TERM}");
+    let net = launch_dns(2, 2, &[&zone, &peer]).await;
     let node = &net.testnet.nodes[0];
     // Load reports arrive every second from the other node and are accepted.
     node.wait_status("load.accepted", Duration::from_secs(30), |s| {

@@ -11,7 +11,7 @@ use reef_testnet::origin::expected_body;
 use crate::support::{launch, request_via, wait_announced, wait_stored};
 
 /// Every blob file under a node's cache.
-fn blobs(data_dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn blobs(data_dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let root = data_dir.join("cache").join("blobs");
     for fanout in std::fs::read_dir(root).expect("blobs/") {
@@ -24,7 +24,7 @@ fn blobs(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Flips one byte in the middle of `path`, keeping its length (so only a hash can tell).
-fn corrupt(path: &Path) {
+pub(crate) fn corrupt(path: &Path) {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -9,7 +9,8 @@ use super::{arrangements, surge, wait_arrangement, wait_settled};
 use crate::services::{VIDEO, get_service, wait_published};
 use crate::support::{launch_configured, request_via};
 
-const LONG_TERM: &str = r#"
+/// p1 serves 30 % of p0's `video.example` from start, at 0.01 a GB (both sides' config).
+pub(crate) const LONG_TERM: &str = r#"
 [[peering.long_term]]
 primary = "{provider:0}"
 peer = "{provider:1}"

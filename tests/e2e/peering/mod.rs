@@ -1,7 +1,7 @@
 //! Peering arrangements between providers: long-term ones from policy, short-term ones
 //! negotiated under a surge, offloading to the peer, SLA watch and accounting.
 
-mod long_term;
+pub(crate) mod long_term;
 mod short_term;
 
 use std::net::SocketAddr;
