@@ -171,6 +171,9 @@ struct StatusBody {
     gossip_dropped: u64,
     /// DHT records refused, by `"<kind>/<reason>"` (see `/metrics`).
     records_rejected: BTreeMap<String, u64>,
+    /// Peers refused now for sending too many invalid records, and bans since start.
+    banned_peers: Vec<String>,
+    peers_banned: u64,
     /// Load gossip: our own figures, the table's size, and what was received and rejected.
     load: crate::load::LoadStats,
     /// The DNS server's address, zone and counters by answer type; `null` without `--dns`.
@@ -274,6 +277,8 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         peering: overlay.peering,
         gossip_dropped: overlay.gossip_dropped,
         records_rejected: overlay.records_rejected,
+        banned_peers: overlay.banned_peers,
+        peers_banned: overlay.peers_banned,
         load: state.load.stats(),
         dns: state.dns.as_ref().map(crate::dns::Handle::status),
         gossip,

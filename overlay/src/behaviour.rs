@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use libp2p::{
-    StreamProtocol, Swarm, gossipsub, identify,
+    StreamProtocol, Swarm, allow_block_list, gossipsub, identify,
     identity::Keypair,
     kad, mdns,
     metrics::Registry,
@@ -96,6 +96,9 @@ pub(crate) const PING_FAILURES_TO_DROP: u8 = 3;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Peers banned for sending invalid records (`offenders.rs`): their connections are
+    /// closed and new ones refused, both ways.
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) identify: identify::Behaviour,
@@ -242,6 +245,7 @@ fn build_behaviour(
     );
 
     Ok(Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
         kad,
         gossipsub,
         identify,

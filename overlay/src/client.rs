@@ -176,6 +176,10 @@ pub struct Status {
     /// DHT records refused since start, by `"<kind>/<reason>"` (the labels of
     /// `reef_records_rejected_total`); only those that happened.
     pub records_rejected: BTreeMap<String, u64>,
+    /// Peers refused now for sending too many invalid records (see `offenders.rs`).
+    pub banned_peers: Vec<String>,
+    /// Bans since start.
+    pub peers_banned: u64,
     /// Gossipsub score of each connected peer that has one (see [`crate::GRAYLIST_THRESHOLD`]).
     pub gossip_scores: BTreeMap<String, f64>,
     /// Gossip and stream bytes since start.

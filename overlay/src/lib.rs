@@ -30,6 +30,7 @@ mod event_loop;
 mod gossip;
 mod metrics;
 mod node_records;
+mod offenders;
 mod peering;
 mod peers_file;
 mod scoring;

@@ -9,7 +9,8 @@
 //!   network took, from the command to the answer (`providers`, or the record kind);
 //! - `reef_connected_peers`: peers with at least one open connection;
 //! - `reef_gossip_messages_total{topic,verdict}`: gossip messages received on a subscribed
-//!   topic, by the verdict that decided whether they travel on (`accept`, `reject`, `ignore`).
+//!   topic, by the verdict that decided whether they travel on (`accept`, `reject`, `ignore`);
+//! - `reef_peers_banned_total`: peers disconnected and refused for sending invalid records.
 
 use std::time::Duration;
 
@@ -86,6 +87,7 @@ pub struct Metrics {
     lookups: LookupFamily,
     connected_peers: Gauge,
     gossip: Family<GossipLabels, Counter>,
+    peers_banned: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +97,7 @@ impl Default for Metrics {
             lookups: Family::new_with_constructor(lookup_histogram as fn() -> Histogram),
             connected_peers: Gauge::default(),
             gossip: Family::default(),
+            peers_banned: Counter::default(),
         }
     }
 }
@@ -137,7 +140,16 @@ impl Metrics {
             "Gossip messages received on subscribed topics, by the verdict on forwarding them",
             metrics.gossip.clone(),
         );
+        registry.register(
+            "reef_peers_banned",
+            "Peers disconnected and refused for a while for sending too many invalid records",
+            metrics.peers_banned.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn peer_banned(&self) {
+        self.peers_banned.inc();
     }
 
     pub(crate) fn record_rejected(&self, kind: &'static str, reason: &'static str) {
@@ -222,6 +234,7 @@ mod tests {
             "# UNIT reef_dht_lookup_duration_seconds seconds",
             "reef_dht_lookup_duration_seconds_count{lookup=\"providers\"} 1",
             "reef_connected_peers 4",
+            "reef_peers_banned_total 0",
             "reef_gossip_messages_total{topic=\"reef/load/1\",verdict=\"accept\"} 2",
             "reef_gossip_messages_total{topic=\"reef/load/1\",verdict=\"reject\"} 1",
         ] {

@@ -157,6 +157,11 @@ impl RecentPeers {
         entry.addrs.truncate(MAX_ADDRS_PER_PEER);
     }
 
+    /// Forgets `peer` (banned): it is neither redialled nor saved.
+    pub(crate) fn forget(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+    }
+
     /// Up to `n` most recently seen peers that have addresses, most recent first.
     pub(crate) fn best(&self, n: usize) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut peers: Vec<(&PeerId, &Recent)> = self

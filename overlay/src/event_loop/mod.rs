@@ -29,6 +29,7 @@ use crate::client::{Command, ProvidersReply, Status};
 use crate::config::LocalInfo;
 use crate::gossip::GossipMessage;
 use crate::node_records::{RECORD_CACHE_CAPACITY, RECORD_CACHE_TTL, RecordCache};
+use crate::offenders::Offenders;
 use crate::peers_file::RecentPeers;
 use join::JOIN_RETRY_MIN;
 use records::{GetQuery, PutQuery};
@@ -74,6 +75,8 @@ pub(crate) struct EventLoop {
     metrics: Metrics,
     /// Rejected records by `"<kind>/<reason>"`, for the status (at most kinds × reasons).
     rejected: BTreeMap<String, u64>,
+    /// Peers sending invalid records, and the banned ones.
+    offenders: Offenders,
     commands: mpsc::Receiver<Command>,
     joined_tx: watch::Sender<bool>,
     started: Instant,
@@ -149,6 +152,7 @@ impl EventLoop {
             local_info: parts.local_info,
             metrics: parts.metrics,
             rejected: BTreeMap::new(),
+            offenders: Offenders::default(),
             commands: parts.commands,
             joined_tx: parts.joined_tx,
             started: parts.started,
@@ -389,6 +393,8 @@ impl EventLoop {
             joined: self.joined,
             gossip_dropped: self.gossip_dropped,
             records_rejected: self.rejected.clone(),
+            banned_peers: self.offenders.banned(),
+            peers_banned: self.offenders.bans,
             gossip_scores: self.gossip_scores(),
             // Filled in by the client, outside the loop.
             traffic: Default::default(),
@@ -428,6 +434,10 @@ impl EventLoop {
         self.flush_withdrawals();
         self.sweep_peering();
         let now = Instant::now();
+        for peer in self.offenders.lift_expired(now.into_std()) {
+            info!(%peer, "ban over; the peer may connect again");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
         let expired: Vec<QueryId> = self
             .pending_providers
             .iter()

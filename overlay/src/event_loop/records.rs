@@ -18,13 +18,14 @@ use libp2p::{
 use reef_proto::records::{Kind, RecordError, kind_of_key, node_record_key};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::EventLoop;
 use super::MAX_PENDING_QUERIES;
 use crate::Error;
 use crate::metrics::UNKNOWN_KIND;
 use crate::node_records::NodeInfo;
+use crate::offenders;
 use crate::validate::{self, Checked, Rejected, Versus};
 
 /// Valid answers after which a generic lookup stops: replicas can lag behind a republish,
@@ -108,6 +109,28 @@ impl EventLoop {
             .entry(format!("{}/{reason}", rejected.kind))
             .or_default() += 1;
         debug!(from = ?from, kind = rejected.kind, %reason, error = %rejected.error, "record rejected");
+        if let Some(peer) = from
+            && offenders::is_strike(rejected)
+            && self.offenders.strike(peer, std::time::Instant::now())
+        {
+            self.ban(peer);
+        }
+    }
+
+    /// Disconnects `peer` and refuses it for [`offenders::BAN_FOR`]; it leaves the routing
+    /// table and the remembered peers, so no lookup or redial goes its way meanwhile.
+    fn ban(&mut self, peer: PeerId) {
+        warn!(
+            %peer,
+            strikes = offenders::STRIKES_TO_BAN,
+            ban_s = offenders::BAN_FOR.as_secs(),
+            "peer keeps sending invalid records: disconnected and refused"
+        );
+        self.metrics.peer_banned();
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.blocked.block_peer(peer);
+        behaviour.kad.remove_peer(&peer);
+        self.recent.forget(&peer);
     }
 
     /// Validates what `key` holds in our store now; `None` if nothing, or nothing valid any

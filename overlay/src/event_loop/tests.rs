@@ -308,3 +308,64 @@ async fn subscribed_topics_are_scored_and_their_bytes_counted() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_forged_records_is_disconnected_and_refused() {
+    use crate::offenders::STRIKES_TO_BAN;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let a = crate::spawn(test_config("a", vec![])).await.unwrap();
+    let a_addr: Multiaddr = a.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let b = crate::spawn(test_config("b", vec![a_addr.clone()]))
+        .await
+        .unwrap();
+    a.wait_joined(TIMEOUT).await.unwrap();
+    b.wait_joined(TIMEOUT).await.unwrap();
+    let (a_peer, b_peer) = (a.local_peer_id(), b.local_peer_id());
+
+    // B puts records signed by the wrong key into A's store, straight at A.
+    let victim_peer = Keypair::generate_ed25519().public().to_peer_id();
+    for _ in 0..STRIKES_TO_BAN {
+        let forger = Keypair::generate_ed25519();
+        let forged = kad::Record::new(key_of(&victim_peer), signed(&forger, unix_ms()));
+        b.inspect(move |el| {
+            el.swarm.behaviour_mut().kad.put_record_to(
+                forged,
+                std::iter::once(a_peer),
+                kad::Quorum::One,
+            );
+        })
+        .await
+        .unwrap();
+    }
+
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = a.status().await.unwrap();
+        let b_id = b_peer.to_string();
+        if status.banned_peers.contains(&b_id) && !status.connected_peers.contains(&b_id) {
+            assert_eq!(status.peers_banned, 1);
+            assert!(
+                status.records_rejected["node_record/wrong_signer"] >= u64::from(STRIKES_TO_BAN)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "B was never banned: {status:?}");
+        // Poll interval, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B cannot come back while banned: its dial is refused by A.
+    b.inspect(move |el| {
+        let _ = el.swarm.dial(a_addr);
+    })
+    .await
+    .unwrap();
+    let refused_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < refused_until {
+        let connected = a.status().await.unwrap().connected_peers;
+        assert!(!connected.contains(&b_peer.to_string()), "{connected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
