@@ -3,8 +3,8 @@
 //! under in `/api/status`.
 //!
 //! Reject only what no honest relay could have sent, since a rejection costs the relay its
-//! gossip score. An honest node forwards a report only while it is under [`ENTRY_TTL`] old (a
-//! report's lifetime is twice that), so a report that arrives expired, or too old to list,
+//! gossip score. An honest node forwards a report only while it is listable (under its
+//! [`listing_ttl`](super::table::listing_ttl); a report's lifetime is twice that), so a report that arrives expired, or too old to list,
 //! has taken a slow path: a node lagging under load, our own backlog, IWANT repair. Those are
 //! ignored as `late`, and only reports that expired longer than [`LATE_GRACE_MS`] ago are
 //! rejected as `expired`, since no honest path holds a report that long.
@@ -12,7 +12,7 @@
 use reef_overlay::{Acceptance, PeerId};
 use reef_proto::records::{LoadReport, Opened, RecordError, open, peer_id_bytes};
 
-use super::table::{ENTRY_TTL, NotNewer, Now, Table};
+use super::table::{NotNewer, Now, Table, listing_ttl};
 
 /// How long after it expired a report can still have been forwarded honestly: well above
 /// what a loaded node's queues and gossipsub's repair add (a few seconds), so that honest
@@ -73,7 +73,7 @@ pub fn verify(source: PeerId, data: &[u8], now_ms: u64) -> Result<Opened<LoadRep
         let error = RecordError::WrongSigner("report signed by another node than its publisher");
         return Err(Verdict::Reject(error.reason()));
     }
-    if now_ms.saturating_sub(report.issued_at()) >= ENTRY_TTL.as_millis() as u64 {
+    if u128::from(now_ms.saturating_sub(report.issued_at())) >= listing_ttl(&report).as_millis() {
         return Err(Verdict::Ignore(LATE));
     }
     Ok(report)

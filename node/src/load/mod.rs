@@ -42,11 +42,33 @@ use table::{Now, Table};
 /// Reports are published this often (the figure); tables drop a node after five
 /// missed ones.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// A quiet node (demand under `QUIET_PERMILLE`, as in its last report) reports only this
-/// often: every node checks every report's signatures, so on a testnet of a hundred nodes
-/// sharing two cores, idle reports were most of the idle CPU. Still well inside the tables'
-/// five-second expiry; the first busy second is reported at once.
+/// A quiet node (demand under `QUIET_PERMILLE`, as in its last report) reports at most this
+/// often: every node receives, checks and relays every report, so idle reports are most of an
+/// idle overlay's CPU. Still well inside the tables' five-second expiry; the first busy second
+/// is reported at once.
 pub const QUIET_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+/// Quiet reports per second the whole overlay may send. Each costs every node a few
+/// receptions, signature checks and relays (about 1 ms of CPU all told, measured on a
+/// 30-node loopback testnet), so with every quiet node reporting every 2 s the idle cost per
+/// node grew with the overlay's size, and 100 nodes overran two cores. Beyond 20 nodes a
+/// quiet node stretches its interval (RTCP does the same for its receiver reports, RFC 3550
+/// §6.2), and asks to be listed for 2.5 intervals; busy nodes still report every second.
+const QUIET_REPORTS_PER_S: f64 = 10.0;
+/// The longest quiet interval: a silent quiet node leaves the tables within 30 s at most
+/// (`table::MAX_ENTRY_TTL`), at 120 nodes and beyond.
+const MAX_QUIET_REPORT_INTERVAL: Duration = Duration::from_secs(12);
+
+/// How often a quiet node reports when `listed` nodes are in its table.
+fn quiet_interval(listed: usize) -> Duration {
+    Duration::from_secs_f64(listed as f64 / QUIET_REPORTS_PER_S)
+        .clamp(QUIET_REPORT_INTERVAL, MAX_QUIET_REPORT_INTERVAL)
+}
+
+/// How long a report sent every `interval` asks to be listed: two lost reports and a half
+/// before a silent node is dropped, never less than [`table::ENTRY_TTL`].
+fn listing_for(interval: Duration) -> Duration {
+    (interval * 5 / 2).max(table::ENTRY_TTL)
+}
 /// Demand (permille of capacity) under which a node is quiet.
 const QUIET_PERMILLE: u32 = 100;
 /// Received reports waiting to be judged: every node sends one a second, so this absorbs a
@@ -213,8 +235,8 @@ impl Load {
     }
 
     /// Measures, seals, takes our own report into the table, and publishes it; a quiet node
-    /// whose last report (at `quiet_report`) was quiet too skips it until
-    /// `QUIET_REPORT_INTERVAL` has passed.
+    /// whose last report (at `quiet_report`) was quiet too skips it until its
+    /// [`quiet_interval`] has passed.
     async fn publish(
         &self,
         reporter: &mut Reporter,
@@ -225,16 +247,19 @@ impl Load {
         let config = &self.inner.config;
         let rates = window.update(self.inner.meter.totals(), now.mono);
         let busy = Busy::of(&rates, config.capacity_rps, config.capacity_mbps);
-        if busy.demand_permille < QUIET_PERMILLE {
-            if quiet_report.is_some_and(|at| now.mono - at < QUIET_REPORT_INTERVAL) {
+        let listing = if busy.demand_permille < QUIET_PERMILLE {
+            let interval = quiet_interval(self.state().table.live(now.mono).count());
+            if quiet_report.is_some_and(|at| now.mono - at < interval) {
                 self.state().own = own_load(&rates, busy);
                 return;
             }
             *quiet_report = Some(now.mono);
+            listing_for(interval)
         } else {
             *quiet_report = None;
-        }
-        let sealed = match reporter.seal(rates, busy, now.unix_ms) {
+            table::ENTRY_TTL
+        };
+        let sealed = match reporter.seal(rates, busy, now.unix_ms, listing) {
             Ok(sealed) => sealed,
             Err(error) => {
                 warn!(%error, "cannot seal our load report");
@@ -320,7 +345,6 @@ impl Load {
     /// Every node listed now.
     pub fn listed(&self) -> Vec<Listed> {
         let state = self.state();
-        let ttl = state.table.ttl();
         state
             .table
             .live(Instant::now())
@@ -332,7 +356,7 @@ impl Load {
                     utilisation_permille: report.utilisation_permille,
                     demand_permille: report.demand_permille.max(report.utilisation_permille),
                     req_per_s: report.req_per_s,
-                    until: e.issued + ttl,
+                    until: e.listed_until(),
                 }
             })
             .collect()

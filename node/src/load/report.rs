@@ -1,15 +1,11 @@
 //! Sealing this node's own load report.
 
-use reef_proto::records::{LoadReport, Record, RecordError, SigningKey, peer_id_bytes, seal};
+use reef_proto::records::{LoadReport, RecordError, SigningKey, peer_id_bytes, seal};
 use tracing::warn;
 
 use super::meter::{Busy, Rates};
 
-/// Lifetime of a report: the most the record type allows (10 s). Tables drop a silent node
-/// after 5 s anyway; the longer lifetime only lets a copy that took a slow gossip path (the
-/// IHAVE/IWANT repair takes a few heartbeats) still be accepted, and covers small clock
-/// differences between nodes.
-pub const REPORT_LIFETIME_MS: u64 = LoadReport::MAX_LIFETIME_MS;
+use std::time::Duration;
 
 /// Makes this node's reports: signed with the node key, `seq` always growing.
 pub struct Reporter {
@@ -34,12 +30,22 @@ impl Reporter {
         }
     }
 
-    /// The next report, issued at `now_ms`. `seq` is at least `now_ms`, so that it keeps growing
+    /// The next report, issued at `now_ms`, asking to be listed for `listing` (see
+    /// `table::listing_ttl`). Its lifetime is twice that: tables drop a silent node after the
+    /// listing anyway, and the longer lifetime only lets a copy that took a slow gossip path
+    /// (the IHAVE/IWANT repair takes a few heartbeats) still be accepted, and covers small
+    /// clock differences between nodes. `seq` is at least `now_ms`, so that it keeps growing
     /// across restarts and a restarted node is not taken for a replay of its former self.
     ///
     /// A certificate that no longer opens (expired, say) is left out, with a warning: the node
     /// keeps reporting, as its own provider, rather than going silent.
-    pub fn seal(&mut self, rates: Rates, busy: Busy, now_ms: u64) -> Result<Vec<u8>, RecordError> {
+    pub fn seal(
+        &mut self,
+        rates: Rates,
+        busy: Busy,
+        now_ms: u64,
+        listing: Duration,
+    ) -> Result<Vec<u8>, RecordError> {
         let (utilisation_permille, demand_permille) = busy.capped();
         self.seq = self.seq.saturating_add(1).max(now_ms);
         let mut report = LoadReport {
@@ -52,7 +58,8 @@ impl Reporter {
             hit_ratio_permille: rates.hit_ratio_permille,
             demand_permille,
         };
-        let expires = now_ms.saturating_add(REPORT_LIFETIME_MS);
+        let lifetime = u64::try_from(listing.as_millis().saturating_mul(2)).unwrap_or(u64::MAX);
+        let expires = now_ms.saturating_add(lifetime);
         match seal(&self.key, &report, now_ms, expires) {
             Err(RecordError::Cert(why)) => {
                 if !self.cert_refused {
@@ -75,6 +82,7 @@ mod tests {
     use reef_proto::records::open;
 
     use super::*;
+    use crate::load::table::ENTRY_TTL;
 
     #[test]
     fn reports_are_valid_and_seq_keeps_growing() {
@@ -92,9 +100,12 @@ mod tests {
             utilisation_permille: 10,
             demand_permille: 20_000,
         };
-        let first = open::<LoadReport>(&r.seal(rates, busy, now).unwrap(), now).unwrap();
+        let first = open::<LoadReport>(&r.seal(rates, busy, now, ENTRY_TTL).unwrap(), now).unwrap();
         assert_eq!(first.signer(), &signer);
-        assert_eq!(first.expires_at() - first.issued_at(), REPORT_LIFETIME_MS);
+        assert_eq!(
+            first.expires_at() - first.issued_at(),
+            2 * ENTRY_TTL.as_millis() as u64
+        );
         let record = first.record();
         assert_eq!(record.seq, now);
         assert_eq!(
@@ -109,14 +120,17 @@ mod tests {
         // Capped as reports must be.
         assert_eq!(record.demand_permille, 10_000);
         // Within the same millisecond, or with the clock stepping back, seq still grows.
-        let second = open::<LoadReport>(&r.seal(rates, busy, now).unwrap(), now).unwrap();
+        let second =
+            open::<LoadReport>(&r.seal(rates, busy, now, ENTRY_TTL).unwrap(), now).unwrap();
         assert_eq!(second.record().seq, now + 1);
-        let third = open::<LoadReport>(&r.seal(rates, busy, now - 500).unwrap(), now).unwrap();
+        let third =
+            open::<LoadReport>(&r.seal(rates, busy, now - 500, ENTRY_TTL).unwrap(), now).unwrap();
         assert_eq!(third.record().seq, now + 2);
         // A restarted reporter starts from the clock, above anything it sent before.
         let mut again = Reporter::new(SigningKey::from_bytes(&[3; 32]), None);
         let later = now + 3000;
-        let fourth = open::<LoadReport>(&again.seal(rates, busy, later).unwrap(), later).unwrap();
+        let fourth =
+            open::<LoadReport>(&again.seal(rates, busy, later, ENTRY_TTL).unwrap(), later).unwrap();
         assert!(fourth.record().seq > third.record().seq);
     }
 
@@ -127,7 +141,9 @@ mod tests {
             Some(b"not a cert".to_vec()),
         );
         let now = 1_700_000_000_000;
-        let sealed = r.seal(Rates::default(), Busy::default(), now).unwrap();
+        let sealed = r
+            .seal(Rates::default(), Busy::default(), now, ENTRY_TTL)
+            .unwrap();
         let opened = open::<LoadReport>(&sealed, now).unwrap();
         assert_eq!(opened.record().cert, None);
         assert!(!opened.membership(now).is_certified());

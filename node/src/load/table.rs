@@ -1,7 +1,9 @@
 //! The load table: the latest verified report of every node heard from recently.
 //!
 //! Bounded ([`MAX_NODES`]; when full, dead entries, then the entry closest to expiry make
-//! room), and expiring: a node is listed until [`ENTRY_TTL`] after its last report was
+//! room), and expiring: a node is listed until its [`listing_ttl`] (half the report's lifetime:
+//! [`ENTRY_TTL`] for every busy node, longer for quiet nodes of a large overlay, which report
+//! more rarely) after its last report was
 //! *issued*. The deadline runs on our monotonic clock: at arrival the report's age
 //! (`issued_at` against our wall clock, clamped to 0..TTL) is taken off the TTL once, so a
 //! report that took a slow path does not keep a dead node listed for longer, and a sender
@@ -25,6 +27,17 @@ pub const MAX_NODES: usize = 4096;
 /// A node that has not reported for this long is not listed: five missed reports (one a second)
 /// is a node that is gone or cut off, not one whose report was late.
 pub const ENTRY_TTL: Duration = Duration::from_secs(5);
+/// The longest a report may ask to be listed: a quiet node of a large overlay, reporting every
+/// 12 s (see `QUIET_REPORTS_PER_S` in `load/mod.rs`), still listed after one lost report.
+pub const MAX_ENTRY_TTL: Duration = Duration::from_secs(30);
+
+/// How long after it was issued `report` lists its node: half its lifetime (senders seal
+/// twice the listing, so that a copy that took a slow path is still valid), within
+/// [`ENTRY_TTL`]..=[`MAX_ENTRY_TTL`].
+pub fn listing_ttl(report: &Opened<LoadReport>) -> Duration {
+    let lifetime = report.expires_at().saturating_sub(report.issued_at());
+    Duration::from_millis(lifetime / 2).clamp(ENTRY_TTL, MAX_ENTRY_TTL)
+}
 
 /// The time at which the table is read or changed, on both clocks it needs.
 #[derive(Debug, Clone, Copy)]
@@ -60,12 +73,14 @@ pub struct Entry {
     pub membership: Membership,
     /// When the report was issued, on our monotonic clock (see the module docs).
     pub issued: Instant,
+    /// Its [`listing_ttl`].
+    pub ttl: Duration,
 }
 
 impl Entry {
     /// Listed while `now` is before this.
-    fn listed_until(&self, ttl: Duration) -> Instant {
-        self.issued + ttl
+    pub fn listed_until(&self) -> Instant {
+        self.issued + self.ttl
     }
 }
 
@@ -77,21 +92,19 @@ pub struct NotNewer;
 pub struct Table {
     entries: HashMap<PeerId, Entry>,
     capacity: usize,
-    ttl: Duration,
 }
 
 impl Default for Table {
     fn default() -> Self {
-        Table::new(MAX_NODES, ENTRY_TTL)
+        Table::new(MAX_NODES)
     }
 }
 
 impl Table {
-    pub fn new(capacity: usize, ttl: Duration) -> Table {
+    pub fn new(capacity: usize) -> Table {
         Table {
             entries: HashMap::new(),
             capacity: capacity.max(1),
-            ttl,
         }
     }
 
@@ -121,34 +134,29 @@ impl Table {
                 }
             }
         }
-        let age =
-            Duration::from_millis(now.unix_ms.saturating_sub(report.issued_at())).min(self.ttl);
+        let ttl = listing_ttl(&report);
+        let age = Duration::from_millis(now.unix_ms.saturating_sub(report.issued_at())).min(ttl);
         let entry = Entry {
             membership: report.membership(now.unix_ms),
             report,
             issued: now.mono.checked_sub(age).unwrap_or(now.mono),
+            ttl,
         };
         self.entries.insert(peer, entry);
         Ok(())
     }
 
-    /// The entries listed at `now`: reports issued within the TTL.
+    /// The entries listed at `now`: reports issued within their TTL.
     pub fn live(&self, now: Instant) -> impl Iterator<Item = (&PeerId, &Entry)> {
         self.entries
             .iter()
-            .filter(move |(_, e)| now < e.listed_until(self.ttl))
+            .filter(move |(_, e)| now < e.listed_until())
     }
 
     /// Drops entries that are neither listed nor needed to recognise replays any more.
     pub fn sweep(&mut self, now: Now) {
-        let ttl = self.ttl;
         self.entries
-            .retain(|_, e| now.mono < e.listed_until(ttl) || now.unix_ms < e.report.expires_at());
-    }
-
-    /// How long after its report was issued a node stays listed.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
+            .retain(|_, e| now.mono < e.listed_until() || now.unix_ms < e.report.expires_at());
     }
 
     /// Entries held, listed or not.
@@ -182,6 +190,10 @@ mod tests {
     }
 
     fn report(node: &Node, seq: u64, issued_at: u64) -> Opened<LoadReport> {
+        report_living(node, seq, issued_at, LIFETIME)
+    }
+
+    fn report_living(node: &Node, seq: u64, issued_at: u64, lifetime: u64) -> Opened<LoadReport> {
         let record = LoadReport {
             peer_id: node.peer.to_bytes(),
             cert: None,
@@ -192,7 +204,7 @@ mod tests {
             hit_ratio_permille: 0,
             demand_permille: 0,
         };
-        let sealed = seal(&node.key, &record, issued_at, issued_at + LIFETIME).unwrap();
+        let sealed = seal(&node.key, &record, issued_at, issued_at + lifetime).unwrap();
         open(&sealed, issued_at).unwrap()
     }
 
@@ -287,10 +299,31 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_report_is_listed_for_half_its_lifetime_within_bounds() {
+        let start = Instant::now();
+        let (a, b, c) = (node(1), node(2), node(3));
+        let mut t = Table::default();
+        t.insert(a.peer, report_living(&a, 1, T0, 50_000), at(start, 0))
+            .unwrap();
+        // A lifetime under twice the floor still lists for the floor.
+        t.insert(b.peer, report_living(&b, 1, T0, 2_000), at(start, 0))
+            .unwrap();
+        t.insert(c.peer, report_living(&c, 1, T0, 60_000), at(start, 0))
+            .unwrap();
+        assert_eq!(listed(&t, at(start, 4999)).len(), 3);
+        assert_eq!(listed(&t, at(start, 5000)).len(), 2);
+        let mut a_and_c = vec![a.peer, c.peer];
+        a_and_c.sort();
+        assert_eq!(listed(&t, at(start, 24_999)), a_and_c);
+        assert_eq!(listed(&t, at(start, 25_000)), vec![c.peer]);
+        assert!(listed(&t, at(start, 30_000)).is_empty());
+    }
+
+    #[test]
     fn a_full_table_drops_the_node_heard_from_longest_ago() {
         let start = Instant::now();
         let nodes: Vec<Node> = (1..=4).map(node).collect();
-        let mut t = Table::new(3, ENTRY_TTL);
+        let mut t = Table::new(3);
         for (i, n) in nodes.iter().take(3).enumerate() {
             let now = at(start, i as u64 * 100);
             t.insert(n.peer, report(n, 1, now.unix_ms), now).unwrap();

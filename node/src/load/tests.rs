@@ -108,7 +108,12 @@ impl Attacker {
 
     fn valid(&mut self) -> Vec<u8> {
         self.reporter
-            .seal(Rates::default(), meter::Busy::default(), table::unix_ms())
+            .seal(
+                Rates::default(),
+                meter::Busy::default(),
+                table::unix_ms(),
+                table::ENTRY_TTL,
+            )
             .unwrap()
     }
 
@@ -222,4 +227,25 @@ async fn invalid_reports_are_rejected_counted_and_penalised_honest_ones_accepted
     for o in [&b_overlay, &c_overlay, &a1.overlay, &a2.overlay] {
         o.shutdown().await;
     }
+}
+
+#[test]
+fn quiet_nodes_of_a_large_overlay_report_less_often_and_are_listed_longer() {
+    // Up to 20 nodes: every 2 s, listed 5 s, as the figures have it.
+    for listed in [1, 10, 20] {
+        assert_eq!(quiet_interval(listed), QUIET_REPORT_INTERVAL, "{listed}");
+        assert_eq!(listing_for(quiet_interval(listed)), table::ENTRY_TTL);
+    }
+    // Beyond, the overlay's quiet reports stay near 10 a second.
+    assert_eq!(quiet_interval(50), Duration::from_secs(5));
+    assert_eq!(quiet_interval(100), Duration::from_secs(10));
+    assert_eq!(listing_for(quiet_interval(100)), Duration::from_secs(25));
+    assert_eq!(quiet_interval(10_000), MAX_QUIET_REPORT_INTERVAL);
+    // The longest listing asked for is what tables grant, and its lifetime what records allow.
+    let longest = listing_for(MAX_QUIET_REPORT_INTERVAL);
+    assert_eq!(longest, table::MAX_ENTRY_TTL);
+    assert_eq!(
+        2 * longest.as_millis(),
+        u128::from(<LoadReport as reef_proto::records::Record>::MAX_LIFETIME_MS)
+    );
 }
