@@ -91,6 +91,11 @@ pub struct ServiceFile {
     /// The customer's origin (`http://` or `https://`, no path): makes this a service of our
     /// provider that every node of the overlay can serve as `Host: HOST`.
     pub origin: Option<String>,
+    /// `"public"` (default) or `"token"`: only clients with a token signed by one of
+    /// `token_keys` are served (see `crate::private`).
+    pub access: Option<String>,
+    /// Key id → ed25519 public key (64 hex digits, as `reef token keygen` prints it).
+    pub token_keys: Option<BTreeMap<String, String>>,
 }
 
 impl FileConfig {
@@ -198,6 +203,8 @@ pub struct Service {
     pub quota: Option<u64>,
     /// Where its objects come from; None: only a quota for URLs of this host.
     pub origin: Option<reef_proto::CanonicalUrl>,
+    /// Who may fetch its objects: anyone, or token holders.
+    pub access: reef_proto::records::Access,
 }
 
 impl Config {
@@ -337,6 +344,21 @@ impl Config {
                         reason: format!("origin: {reason}"),
                     })?);
             }
+            if let Some(access) = crate::private::access_of(given.access, given.token_keys)
+                .map_err(|reason| ConfigError::Service {
+                    service: host.clone(),
+                    reason,
+                })?
+            {
+                service.access = access;
+            }
+            if service.access.is_private() && service.origin.is_none() {
+                return Err(ConfigError::Service {
+                    service: host,
+                    reason: "access = \"token\" needs an origin: only a service can be private"
+                        .into(),
+                });
+            }
         }
         Ok(self)
     }
@@ -356,7 +378,7 @@ pub fn quota_flags(flags: &[String]) -> Result<BTreeMap<String, ServiceFile>, Co
         let host = service_host(host)?;
         let given = ServiceFile {
             quota: Some(toml::Value::String(size.to_string())),
-            origin: None,
+            ..ServiceFile::default()
         };
         if out.insert(host, given).is_some() {
             return Err(bad("names a host given before"));

@@ -17,10 +17,11 @@ pub const MAX_HOSTNAME_LABEL_LEN: usize = 63;
 pub const MAX_ORIGIN_LEN: usize = 2048;
 
 /// Who may fetch a service's content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Access {
     /// Anyone; the origin serves the content without credentials.
+    #[default]
     Public,
     /// Only clients with a token ([`crate::token`]) signed by one of these keys, checked by
     /// every node that serves the service. Postcard encodes the variant's index, so adding
