@@ -13,8 +13,8 @@ use reef_testnet::origin::expected_body;
 use crate::peering::admin_json;
 use crate::services::wait_published;
 use crate::support::{
-    Fetched, JOIN_TIMEOUT, Net, get_via, launch_configured, reef_bin, request_via, wait_announced,
-    wait_stored,
+    Fetched, JOIN_TIMEOUT, Net, get_via, launch_configured, launch_home_configured, reef_bin,
+    request_via, wait_announced, wait_stored, wait_tables_full,
 };
 
 const HOST: &str = "files.example";
@@ -350,4 +350,33 @@ fn reef_token_issues_tokens_and_refuses_bad_input_with_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(why), "{stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_private_miss_goes_to_its_home_node_which_knows_its_own_provider() {
+    let net = launch_home_configured(2, &service()).await;
+    wait_tables_full(&net).await;
+    // A path whose home is node 1, so that node 0 sends its miss there.
+    let home = net.testnet.nodes[1].runtime().peer_id.clone();
+    let mut path = None;
+    for n in 7000..7200 {
+        let candidate = format!("/bytes/{n}");
+        let q = format!("/api/holders?url=http://{HOST}{candidate}");
+        if admin_json(&net.testnet.nodes[0], &q).await["home"] == home.as_str() {
+            path = Some((candidate, n));
+            break;
+        }
+    }
+    let (path, size) = path.expect("a key homed at node 1 among 200");
+    let got = with_param(&net, 0, &path, &valid("/bytes")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, expected_body(&path, size));
+    // The home proved who asked (a node of its own provider) and handed the object over.
+    assert_eq!(got.source(), "peer", "{:?}", got.headers);
+    assert_eq!(net.testnet.origin.hits(&path), 1);
+    let status = net.testnet.nodes[1].status().await.expect("status");
+    assert_eq!(status["home"]["received"], 1, "{status}");
+    wait_stored(&net, 0, 1).await;
+    let again = with_param(&net, 0, &path, &valid("/bytes")).await;
+    assert_eq!((again.status.as_u16(), again.source()), (200, "local"));
 }
