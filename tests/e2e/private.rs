@@ -380,3 +380,45 @@ async fn a_cold_private_miss_goes_to_its_home_node_which_knows_its_own_provider(
     let again = with_param(&net, 0, &path, &valid("/bytes")).await;
     assert_eq!((again.status.as_u16(), again.source()), (200, "local"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_the_peer_carries_a_bearer_token_along() {
+    // p0 runs at capacity 1 req/s, so a few requests put it over its high watermark, and it
+    // sends everything to p1 (the whole share).
+    let whole = LONG_TERM.replace("share = 0.3", "share = 1.0");
+    let overloaded = format!(
+        "capacity_rps = 1\n{}\n[peering]\nhigh_watermark = 0.5\n{whole}",
+        service()
+    );
+    let net = launch_configured(2, 2, &[&overloaded, &whole]).await;
+    wait_published(&net).await;
+    let path = "/bytes/2500";
+    let token = valid("/bytes");
+    let started = std::time::Instant::now();
+    let location = loop {
+        let got = with_bearer(&net, 0, path, &token).await;
+        if got.status == 302 {
+            break got.header("location").to_string();
+        }
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "node 0 never redirected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Clients drop `Authorization` when redirected to another host: the token is in the URL.
+    assert!(
+        location.contains(&format!("reef_token={token}")),
+        "{location}"
+    );
+    let peer = format!("http://{}", net.http(1));
+    let target = location.strip_prefix(&peer).expect("a redirect to node 1");
+    let followed = request_via(net.http(1), Request::get(target)).await;
+    assert_eq!(followed.status, 200, "{}", followed.text());
+    assert_eq!(followed.body, expected_body(path, 2500));
+    // Without the token the peer refuses, like the owner.
+    let bare = target.split('?').next().expect("path");
+    let refused = request_via(net.http(1), Request::get(bare)).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+}
