@@ -588,6 +588,31 @@ mod tests {
     }
 
     #[test]
+    fn token_services_list_their_keys_and_need_an_origin() {
+        let key = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+        let c = with_services(
+            &format!(
+                "[services.\"files.example\"]\norigin = \"http://o.example\"\naccess = \"token\"\n\
+                 token_keys = {{ k1 = \"{key}\" }}"
+            ),
+            &["files.example=1MiB"],
+        )
+        .unwrap();
+        let service = &c.services["files.example"];
+        assert!(service.access.is_private(), "{service:?}");
+        assert_eq!(service.quota, Some(1 << 20));
+        let err = |text: &str| with_services(text, &[]).unwrap_err().to_string();
+        let e = err(&format!(
+            "[services.\"f.example\"]\naccess = \"token\"\ntoken_keys = {{ k1 = \"{key}\" }}"
+        ));
+        assert!(e.contains("needs an origin"), "{e}");
+        let e = err("[services.\"f.example\"]\norigin = \"http://o.example\"\naccess = \"token\"");
+        assert!(e.contains("token_keys"), "{e}");
+        let e = err("[services.\"f.example\"]\norigin = \"http://o.example\"\naccess = \"open\"");
+        assert!(e.contains("f.example") && e.contains("\"open\""), "{e}");
+    }
+
+    #[test]
     fn service_quotas_come_from_tables_and_flags_win_per_host() {
         let c = with_services(
             r#"
