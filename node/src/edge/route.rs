@@ -185,7 +185,7 @@ impl Edge {
             };
             let checked = match self.check_token(&asked.service, url, &req, client) {
                 Ok(checked) => checked,
-                Err(refused) => return Ok(refused),
+                Err(refused) => return Ok(*refused),
             };
             // Phase: offload. Only our own services' reads; a request that reached us through
             // a redirect (the path form) stays here.
@@ -223,7 +223,7 @@ impl Edge {
                     usage = self.authorise(&service)?;
                     match self.check_token(&service, url, &req, client) {
                         Ok(checked) => checked,
-                        Err(refused) => return Ok(refused),
+                        Err(refused) => return Ok(*refused),
                     }
                 }
                 None => TokenCheck::public(url),
@@ -400,10 +400,10 @@ impl Edge {
         url: CanonicalUrl,
         req: &Request<Incoming>,
         client: std::net::IpAddr,
-    ) -> Result<TokenCheck, Response<Body>> {
+    ) -> Result<TokenCheck, Box<Response<Body>>> {
         gate::admit(&service.access, url, req.headers(), client).map_err(|refusal| {
             debug!(host = %service.hostname, reason = refusal.reason, "token refused");
-            self.refuse(refusal.reason, &refusal.message)
+            Box::new(self.refuse(refusal.reason, &refusal.message))
         })
     }
 
