@@ -1289,6 +1289,8 @@ impl Fetcher {
             )
         };
         match self.inner.store.get(&key).await {
+            // Even a variant index: it would tell a stranger on what the object varies.
+            Ok(Some(hit)) if private(&hit.meta) && !access.authenticated => return Err(refused()),
             Ok(Some(hit)) if hit.meta.is_vary_index() => {
                 // 300: the URL has several representations; `Vary` names what selects one.
                 let mut head = stored_head(&hit.meta, now, Some(0));
@@ -1301,9 +1303,6 @@ impl Fetcher {
                 return Ok((head, body::empty()));
             }
             Ok(Some(hit)) => {
-                if private(&hit.meta) && !access.authenticated {
-                    return Err(refused());
-                }
                 if !fresh_enough(&hit.meta, &asked_request(&hit.meta, request), now) {
                     return Err(stale());
                 }
