@@ -228,13 +228,29 @@ async fn metrics(net: &Net, node: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_guard_private_content_at_the_owner_and_at_a_peer_under_arrangement() {
     let owner = format!("{}{LONG_TERM}", service());
-    let net = launch_configured(2, 2, &[&owner, LONG_TERM]).await;
+    let mut net = launch_configured(2, 2, &[&owner, LONG_TERM]).await;
     token_cases(&net, 0, "/bytes/5000").await;
     // Node 1 is p1's: it learns the service (and its keys) from the signed record.
     wait_published(&net).await;
     token_cases(&net, 1, "/bytes/6000").await;
     // It fetched from the origin, not from p0's node, which never announced the object.
     assert_eq!(net.testnet.origin.hits("/bytes/6000"), 1);
+
+    // Restarted, node 1 has not looked the service up yet, but its stored copy says it is
+    // private: the forward-proxy form (checked against known services only) still gets 403.
+    let bootstrap = net.testnet.bootstrap_addrs(1);
+    net.testnet.nodes[1]
+        .restart(bootstrap)
+        .await
+        .expect("restart");
+    let proxied = get_via(net.http(1), &format!("http://{HOST}/bytes/6000")).await;
+    assert_refused(
+        &proxied,
+        "token-protected",
+        &expected_body("/bytes/6000", 6000),
+    );
+    let fine = with_param(&net, 1, "/bytes/6000", &valid("/bytes")).await;
+    assert_eq!((fine.status.as_u16(), fine.source()), (200, "local"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -475,7 +475,17 @@ impl Edge {
         else {
             return false;
         };
-        let service = self.gate.services.resolve(url.host()).await;
+        // An address is never a service (see `service_of`): no lookup for plain proxying.
+        let host = url.host();
+        if host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        {
+            return false;
+        }
+        let service = self.gate.services.resolve(host).await;
         service.is_some_and(|s| s.access.is_private())
     }
 
