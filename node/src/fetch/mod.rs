@@ -525,7 +525,8 @@ impl Fetcher {
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
-        // Stored with the object, so that whoever reads it later knows it is private.
+        // Stored with the object, so that whoever reads it later knows it is private
+        // (`strip_hop_by_hop` took any upstream's own marker away).
         if target.private {
             headers.push((PRIVATE_HEADER.to_string(), b"token".to_vec()));
         }
