@@ -112,7 +112,7 @@ impl Edge {
             headers.insert("x-request-id", HeaderValue::from(id));
             debug!(
                 target: "reef::access",
-                %target,
+                target = %gate::Redacted(&target),
                 status = resp.status().as_u16(),
                 source = ?resp.headers().get("x-reef-source"),
                 ms = started.elapsed().as_secs_f64() * 1e3,

@@ -174,6 +174,28 @@ pub fn with_token_param(path_and_query: &str, token: &str) -> String {
     format!("{path_and_query}{sep}{TOKEN_PARAM}={token}")
 }
 
+/// A request target for the access log, with any token's value left out: a token is a
+/// credential, and logs travel further than credentials should.
+pub struct Redacted<'a>(pub &'a http::Uri);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_string();
+        let Some((base, query)) = text.split_once('?') else {
+            return f.write_str(&text);
+        };
+        f.write_str(base)?;
+        for (i, pair) in query.split('&').enumerate() {
+            f.write_str(if i == 0 { "?" } else { "&" })?;
+            match pair.split_once('=') {
+                Some((TOKEN_PARAM, _)) => write!(f, "{TOKEN_PARAM}=…")?,
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 fn unix_secs() -> u64 {
     crate::provider::unix_ms() / 1000
 }
@@ -301,5 +323,13 @@ mod tests {
         assert_eq!(h[header::CACHE_CONTROL], "private");
         assert_eq!(with_token_param("/a?x=1", "T"), "/a?x=1&reef_token=T");
         assert_eq!(with_token_param("/a", "T"), "/a?reef_token=T");
+    }
+
+    #[test]
+    fn logs_never_see_a_token() {
+        let uri: http::Uri = "/p?a=1&reef_token=SECRET&b".parse().unwrap();
+        assert_eq!(Redacted(&uri).to_string(), "/p?a=1&reef_token=…&b");
+        let plain: http::Uri = "http://h.example/p".parse().unwrap();
+        assert_eq!(Redacted(&plain).to_string(), "http://h.example/p");
     }
 }
