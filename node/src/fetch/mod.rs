@@ -1446,9 +1446,8 @@ impl Fetcher {
     pub async fn announceable(&self, keys: Vec<ContentKey>) -> Vec<ContentKey> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            if let Ok(Some(hit)) = self.inner.store.get(&key).await
-                && hit
-                    .meta
+            if let Ok(Some(meta)) = self.inner.store.peek(&key).await
+                && meta
                     .headers
                     .iter()
                     .all(|(name, _)| !name.eq_ignore_ascii_case(PRIVATE_HEADER))
