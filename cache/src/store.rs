@@ -280,6 +280,14 @@ impl Store {
         }
     }
 
+    /// A committed object's metadata, from the index, without marking the object as read:
+    /// for housekeeping that must not look like demand to the eviction policy.
+    pub async fn peek(&self, key: &ContentKey) -> Result<Option<Meta>, Error> {
+        let inner = self.inner.clone();
+        let key = *key;
+        blocking(move || inner.index.get(&key)).await
+    }
+
     /// Keys of all committed objects.
     pub fn keys(&self) -> Vec<ContentKey> {
         lock(&self.inner.catalog).keys()

@@ -165,6 +165,19 @@ async fn round_trip_keeps_exact_bytes_and_fills_meta() {
 }
 
 #[tokio::test]
+async fn peek_reads_the_metadata_of_committed_objects_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 20);
+    let m = put(&store, key(1), &body(2, 1000)).await;
+    let peeked = store.peek(&key(1)).await.unwrap().unwrap();
+    assert_eq!(
+        (peeked.url.as_str(), peeked.body_hash),
+        ("http://a/x", m.body_hash)
+    );
+    assert!(store.peek(&key(2)).await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn empty_body_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1000);

@@ -91,6 +91,11 @@ pub struct ServiceFile {
     /// The customer's origin (`http://` or `https://`, no path): makes this a service of our
     /// provider that every node of the overlay can serve as `Host: HOST`.
     pub origin: Option<String>,
+    /// `"public"` (default) or `"token"`: only clients with a token signed by one of
+    /// `token_keys` are served (see `crate::private`).
+    pub access: Option<String>,
+    /// Key id → ed25519 public key (64 hex digits, as `reef token keygen` prints it).
+    pub token_keys: Option<BTreeMap<String, String>>,
 }
 
 impl FileConfig {
@@ -198,6 +203,8 @@ pub struct Service {
     pub quota: Option<u64>,
     /// Where its objects come from; None: only a quota for URLs of this host.
     pub origin: Option<reef_proto::CanonicalUrl>,
+    /// Who may fetch its objects: anyone, or token holders.
+    pub access: reef_proto::records::Access,
 }
 
 impl Config {
@@ -337,6 +344,21 @@ impl Config {
                         reason: format!("origin: {reason}"),
                     })?);
             }
+            if let Some(access) = crate::private::access_of(given.access, given.token_keys)
+                .map_err(|reason| ConfigError::Service {
+                    service: host.clone(),
+                    reason,
+                })?
+            {
+                service.access = access;
+            }
+            if service.access.is_private() && service.origin.is_none() {
+                return Err(ConfigError::Service {
+                    service: host,
+                    reason: "access = \"token\" needs an origin: only a service can be private"
+                        .into(),
+                });
+            }
         }
         Ok(self)
     }
@@ -356,7 +378,7 @@ pub fn quota_flags(flags: &[String]) -> Result<BTreeMap<String, ServiceFile>, Co
         let host = service_host(host)?;
         let given = ServiceFile {
             quota: Some(toml::Value::String(size.to_string())),
-            origin: None,
+            ..ServiceFile::default()
         };
         if out.insert(host, given).is_some() {
             return Err(bad("names a host given before"));
@@ -563,6 +585,31 @@ mod tests {
             ..FileConfig::default()
         };
         Config::defaults().with_file(file)?.with_file(flags)
+    }
+
+    #[test]
+    fn token_services_list_their_keys_and_need_an_origin() {
+        let key = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+        let c = with_services(
+            &format!(
+                "[services.\"files.example\"]\norigin = \"http://o.example\"\naccess = \"token\"\n\
+                 token_keys = {{ k1 = \"{key}\" }}"
+            ),
+            &["files.example=1MiB"],
+        )
+        .unwrap();
+        let service = &c.services["files.example"];
+        assert!(service.access.is_private(), "{service:?}");
+        assert_eq!(service.quota, Some(1 << 20));
+        let err = |text: &str| with_services(text, &[]).unwrap_err().to_string();
+        let e = err(&format!(
+            "[services.\"f.example\"]\naccess = \"token\"\ntoken_keys = {{ k1 = \"{key}\" }}"
+        ));
+        assert!(e.contains("needs an origin"), "{e}");
+        let e = err("[services.\"f.example\"]\norigin = \"http://o.example\"\naccess = \"token\"");
+        assert!(e.contains("token_keys"), "{e}");
+        let e = err("[services.\"f.example\"]\norigin = \"http://o.example\"\naccess = \"open\"");
+        assert!(e.contains("f.example") && e.contains("\"open\""), "{e}");
     }
 
     #[test]

@@ -63,6 +63,9 @@ enum Command {
     /// The peering arrangements of a node's provider.
     #[command(subcommand)]
     Peering(PeeringCommand),
+    /// Token keys and tokens for token-protected (private) services.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a running node's state: identity, peers, cache, load, arrangements, DNS.
     Status {
         /// The node's admin API address.
@@ -117,6 +120,40 @@ enum PeeringCommand {
         id: String,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a new token key file (mode 0600, never overwritten) and print its key id, public
+    /// key and the `token_keys` line a service lists it with.
+    Keygen {
+        /// Where to write the key file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The key id tokens name (1-32 of A-Z a-z 0-9 . _ -).
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
+    /// Print a token that grants PREFIX until TTL from now.
+    Issue {
+        /// The token key file (from `reef token keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Canonical path prefix the token grants, matched on segment boundaries (/p grants
+        /// /p and /p/..., not /p2).
+        #[arg(long)]
+        prefix: String,
+        /// Lifetime: 90s, 15m, 1h, 7d (at most 366d).
+        #[arg(long)]
+        ttl: String,
+        /// Only a client connecting from this address may use it.
+        #[arg(long, value_name = "IP")]
+        client_ip: Option<String>,
+        /// The key id to name instead of the key file's (e.g. after renaming the key in the
+        /// service's token_keys).
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
     },
 }
 
@@ -237,6 +274,37 @@ fn main() -> ExitCode {
                 PeeringCommand::End { id, admin } => peering_cmd::end(&admin.admin(), &id).await,
             }
             .map_err(exit_of),
+            Command::Token(TokenCommand::Keygen { out, id }) => {
+                match reef_node::token_cmd::keygen(&out, &id) {
+                    Ok(printed) => {
+                        println!("{printed}");
+                        Ok(())
+                    }
+                    Err(e) => Err((EXIT_USAGE, e.to_string())),
+                }
+            }
+            Command::Token(TokenCommand::Issue {
+                key,
+                prefix,
+                ttl,
+                client_ip,
+                key_id,
+            }) => {
+                let args = reef_node::token_cmd::IssueArgs {
+                    key,
+                    prefix,
+                    ttl,
+                    client_ip,
+                    key_id,
+                };
+                match reef_node::token_cmd::issue(&args) {
+                    Ok(token) => {
+                        println!("{token}");
+                        Ok(())
+                    }
+                    Err(e) => Err((EXIT_USAGE, e.to_string())),
+                }
+            }
             Command::Status { admin } => status_cmd::run(&Admin::new(&admin, None))
                 .await
                 .map_err(exit_of),

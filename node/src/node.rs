@@ -150,6 +150,10 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         .map_or(signing_key.clone(), |p| p.key.signing_key().clone());
     // The agent's side of peering needs the provider key; kept before the renewal takes it.
     let agent_identity = certifier.clone();
+    // Proves our requests for private objects to the other nodes of our provider.
+    let object_auth = certifier
+        .as_ref()
+        .map(|p| crate::private::ObjectAuth::from_provider_secret(&p.key.to_bytes()));
     let our_offer = offer.as_ref().map(|(_, record)| record.clone());
     let renewal = certifier.map(|p| provider::spawn_renewal(p, peer_id, overlay.clone()));
     let offer_task = offer.map(|(p, record)| offers::spawn_publisher(p, record, overlay.clone()));
@@ -274,6 +278,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let local = LocalInfo {
         provider: membership.id,
         region: config.region.clone(),
+        object_auth: object_auth.clone(),
     };
     let homes = crate::fetch::home::Homes::new(
         config.home_routing,
@@ -291,6 +296,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         Some(load.clone()),
     );
     let requests = crate::metrics::Requests::register(&mut registry);
+    let rejections = crate::private::Rejections::register(&mut registry);
     let ingress = upstreams.ingress();
     let edge = Arc::new(Edge::new(
         fetcher.clone(),
@@ -309,6 +315,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
                 health.clone(),
                 &config.peering,
             ),
+            rejections,
+            object_auth,
         },
     ));
 
@@ -391,7 +399,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         overlay: overlay.clone(),
         store: store.clone(),
         announcer: announcer.clone(),
-        fetcher,
+        fetcher: fetcher.clone(),
         purger,
         provider: membership,
         registry,
@@ -411,12 +419,14 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
     let reannounce = {
         let overlay = overlay.clone();
+        let fetcher_at_start = fetcher.clone();
         let store = store.clone();
         tokio::spawn(async move {
             if overlay.wait_joined(JOIN_WAIT_FOR_REANNOUNCE).await.is_err() {
                 warn!("not joined yet; announcing cached objects anyway");
             }
-            announcer.announce_all(store.keys()).await;
+            let keys = fetcher_at_start.announceable(store.keys()).await;
+            announcer.announce_all(keys).await;
         })
     };
 

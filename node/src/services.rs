@@ -94,7 +94,7 @@ impl Services {
                     hostname: host.clone(),
                     origin: s.origin.clone()?,
                     owner,
-                    access: Access::Public,
+                    access: s.access.clone(),
                 };
                 Some((host.clone(), Arc::new(service)))
             })
@@ -213,7 +213,7 @@ fn record_of(service: &Service) -> ServiceRecord {
         hostname: service.hostname.clone(),
         origin: service.origin.as_str().to_string(),
         owner: service.owner,
-        access: service.access,
+        access: service.access.clone(),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod peering;
 mod purge;
 pub mod records;
 mod runtime;
+pub mod token;
 mod url;
 mod withdrawal;
 

@@ -16,6 +16,7 @@ mod load;
 mod metrics;
 mod offers;
 mod peering;
+mod private;
 mod providers;
 mod purge;
 mod quota;

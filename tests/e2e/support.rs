@@ -40,6 +40,12 @@ pub async fn launch_home(nodes: usize) -> Net {
     launch_inner(nodes, 1, &[], &[], &[], false, true).await
 }
 
+/// [`launch_home`] with the provider's config file (`{origin}` replaced as for
+/// [`launch_configured`]).
+pub async fn launch_home_configured(nodes: usize, config: &str) -> Net {
+    launch_inner(nodes, 1, &[], &[], &[config], false, true).await
+}
+
 /// Waits until every node's load table lists every node, so that they all agree on each
 /// key's home.
 pub async fn wait_tables_full(net: &Net) {

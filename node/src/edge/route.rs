@@ -14,14 +14,16 @@ use super::respond::respond;
 use crate::body::{self, Body, BoxError};
 use crate::fetch::upstream::From;
 use crate::fetch::{
-    CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, RECORD_PATH, Served, Source, Upstreams,
-    content_length, strip_hop_by_hop,
+    CacheStatus, FetchError, Fetcher, HOME_HEADER, OBJECT_PATH, ObjectAccess, Payload, RECORD_PATH,
+    Served, Source, Upstreams, content_length, strip_hop_by_hop,
 };
 use crate::load::Meter;
 use crate::metrics::Requests;
 use crate::peering::health::served_properly;
 use crate::peering::redirect::{Mode, Offload, parse_service_path};
 use crate::peering::{Arrangements, Redirector, Usage};
+use crate::private::gate::{self, TokenCheck};
+use crate::private::{ObjectAuth, PRIVATE_HEADER, Private, Rejections};
 use crate::services::{Service, Services};
 
 /// Request header budget (names, values and request target); beyond it → 431.
@@ -55,6 +57,11 @@ pub struct Gate {
     pub provider: ProviderId,
     pub arrangements: Arc<Arrangements>,
     pub redirector: Redirector,
+    /// `reef_token_rejections_total{reason}`.
+    pub rejections: Arc<Rejections>,
+    /// Proves requests for private objects come from our provider's nodes; None for a node
+    /// that is its own provider (it hands private objects to nobody).
+    pub object_auth: Option<ObjectAuth>,
 }
 
 impl Edge {
@@ -93,7 +100,7 @@ impl Edge {
             let lookup = req.method() == Method::GET || req.method() == Method::HEAD;
             // A clone shares the URI's bytes; it is only formatted if the access log is on.
             let target = req.uri().clone();
-            let mut resp = match self.route(req).await {
+            let mut resp = match self.route(req, client.ip()).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(&e),
             };
@@ -105,7 +112,7 @@ impl Edge {
             headers.insert("x-request-id", HeaderValue::from(id));
             debug!(
                 target: "reef::access",
-                %target,
+                target = %gate::Redacted(&target),
                 status = resp.status().as_u16(),
                 source = ?resp.headers().get("x-reef-source"),
                 ms = started.elapsed().as_secs_f64() * 1e3,
@@ -133,7 +140,11 @@ impl Edge {
     }
 
     /// Phase: resolve what is asked for, then hand it to the right path.
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, FetchError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: std::net::IpAddr,
+    ) -> Result<Response<Body>, FetchError> {
         let header_bytes: usize = uri_len(req.uri())
             + req
                 .headers()
@@ -149,7 +160,7 @@ impl Edge {
             ));
         }
         let mut usage = None;
-        let url = if req.uri().scheme().is_none() {
+        let checked = if req.uri().scheme().is_none() {
             if let Some(key) = req.uri().path().strip_prefix(OBJECT_PATH) {
                 return Ok(self.serve_object(key, req.headers()).await);
             }
@@ -160,28 +171,45 @@ impl Edge {
             usage = self.authorise(&asked.service)?;
             // A primary's health probe is its own traffic, not its customers': served, not
             // billed (a HEAD carries no body to bill anyway).
-            if req.method() == Method::HEAD && req.headers().contains_key(PROBE_HEADER) {
+            let probe = req.method() == Method::HEAD && req.headers().contains_key(PROBE_HEADER);
+            if probe {
                 usage = None;
+                // The probe carries no token: that we would serve the service is the answer.
+                if asked.service.access.is_private() {
+                    return Ok(probe_answer());
+                }
             }
+            let url = match asked.service.url(&asked.target) {
+                Ok(url) => url,
+                Err(e) => return bad_url(e),
+            };
+            let checked = match self.check_token(&asked.service, url, &req, client) {
+                Ok(checked) => checked,
+                Err(refused) => return Ok(*refused),
+            };
             // Phase: offload. Only our own services' reads; a request that reached us through
             // a redirect (the path form) stays here.
             if usage.is_none()
                 && !asked.redirected
                 && (req.method() == Method::GET || req.method() == Method::HEAD)
-                && let Some(offload) = self
+                && self.may_offload(&checked)
+                && let Some(mut offload) = self
                     .gate
                     .redirector
                     .offload(&asked.service.hostname, &asked.target)
                     .await
-                && let Some(resp) = self.send_to_peer(&offload, &req).await
             {
-                offload.arrangement.usage.redirected();
-                return Ok(resp);
+                // Clients drop `Authorization` on a redirect to another host: the token goes
+                // along in the URL instead.
+                if let Some(token) = &checked.bearer {
+                    offload.target = gate::with_token_param(&offload.target, token);
+                }
+                if let Some(resp) = self.send_to_peer(&offload, &req).await {
+                    offload.arrangement.usage.redirected();
+                    return Ok(resp);
+                }
             }
-            match asked.service.url(&asked.target) {
-                Ok(url) => url,
-                Err(e) => return bad_url(e),
-            }
+            checked
         } else {
             let url = match CanonicalUrl::from_uri(req.uri()) {
                 Ok(url) => url,
@@ -189,17 +217,43 @@ impl Edge {
             };
             // A proxy request for a service's URL is that service's request. Only services
             // already known are checked: a DHT lookup for every host proxied would slow down
-            // plain proxying.
-            if let Some(service) = self.gate.services.cached(url.host()) {
-                usage = self.authorise(&service)?;
+            // plain proxying. (A stored private object says so itself; see below.)
+            match self.gate.services.cached(url.host()) {
+                Some(service) => {
+                    usage = self.authorise(&service)?;
+                    match self.check_token(&service, url, &req, client) {
+                        Ok(checked) => checked,
+                        Err(refused) => return Ok(*refused),
+                    }
+                }
+                None => TokenCheck::public(url),
             }
-            url
         };
-        let (parts, body) = req.into_parts();
+        let TokenCheck { url, private, .. } = checked;
+        let (mut parts, body) = req.into_parts();
+        if private {
+            // The origin did not issue the token; and with `Authorization` the response
+            // could not be stored for everyone (RFC 9111 §3.5).
+            parts.headers.remove(header::AUTHORIZATION);
+            parts.extensions.insert(Private);
+        }
         let resp = match parts.method {
             Method::GET | Method::HEAD => {
                 let served = self.fetcher.get(url, &parts).await?;
-                respond(served, &parts).await
+                // A stored copy marked private, asked for without a token: the service was
+                // not known to be private here just now (e.g. a forward-proxy request after a
+                // restart). The body is dropped unread.
+                if !private && served.head.headers.contains_key(PRIVATE_HEADER) {
+                    return Ok(self.refuse(
+                        "missing",
+                        "403 forbidden: this object is token-protected; send a token",
+                    ));
+                }
+                let mut resp = respond(served, &parts).await;
+                if private {
+                    gate::keep_private(resp.headers_mut());
+                }
+                resp
             }
             Method::CONNECT => return Err(FetchError::Method("CONNECT".into())),
             ref method => {
@@ -338,6 +392,37 @@ impl Edge {
         Some(Response::from_parts(head, body))
     }
 
+    /// Phase: token. A token-protected service's request must carry a token that grants its
+    /// canonical path; the token leaves the URL either way. A refusal is the 403 to send.
+    fn check_token(
+        &self,
+        service: &Service,
+        url: CanonicalUrl,
+        req: &Request<Incoming>,
+        client: std::net::IpAddr,
+    ) -> Result<TokenCheck, Box<Response<Body>>> {
+        gate::admit(&service.access, url, req.headers(), client).map_err(|refusal| {
+            debug!(host = %service.hostname, reason = refusal.reason, "token refused");
+            Box::new(self.refuse(refusal.reason, &refusal.message))
+        })
+    }
+
+    /// A 403 for private content, counted by `reason`; never stored anywhere.
+    fn refuse(&self, reason: &'static str, message: &str) -> Response<Body> {
+        self.gate.rejections.count(reason);
+        let mut resp = text_response(StatusCode::FORBIDDEN, message);
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// A request may go to a peer provider's node unless its token is bound to the client's
+    /// address and the peer would see ours instead (relaying).
+    fn may_offload(&self, checked: &TokenCheck) -> bool {
+        let bound = checked.claims.as_ref().is_some_and(|c| c.client.is_some());
+        !(bound && self.gate.redirector.mode == Mode::Proxy)
+    }
+
     /// Phase: whether this node may serve `service`: always its own provider's; another
     /// provider's only under an active peering arrangement between the two, whose usage the
     /// response then counts.
@@ -365,10 +450,43 @@ impl Edge {
         let Ok(key) = key_hex.parse::<ContentKey>() else {
             return text_response(StatusCode::BAD_REQUEST, "a content key is 64 hex digits");
         };
-        match self.fetcher.serve_object(key, asked).await {
+        let access = ObjectAccess {
+            authenticated: self
+                .gate
+                .object_auth
+                .as_ref()
+                .is_some_and(|auth| auth.admits(&key, asked)),
+            home_private: self.home_is_private(asked).await,
+        };
+        match self.fetcher.serve_object(key, asked, access).await {
             Ok((head, body)) => Response::from_parts(head, body),
+            Err((StatusCode::FORBIDDEN, why)) => self.refuse("unauthorised_node", &why),
             Err((status, why)) => text_response(status, &why),
         }
+    }
+
+    /// Whether a home request (a cold miss sent to us with its URL) is for a token-protected
+    /// service's URL.
+    async fn home_is_private(&self, asked: &http::HeaderMap) -> bool {
+        let Some(url) = asked
+            .get(HOME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|u| CanonicalUrl::parse(u).ok())
+        else {
+            return false;
+        };
+        // An address is never a service (see `service_of`): no lookup for plain proxying.
+        let host = url.host();
+        if host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        {
+            return false;
+        }
+        let service = self.gate.services.resolve(host).await;
+        service.is_some_and(|s| s.access.is_private())
     }
 
     /// The ContentRecord we sealed lately for a key, for a peer that streamed its body from
@@ -406,6 +524,14 @@ struct ServiceRequest {
     target: String,
     /// Addressed to this node by a redirect rather than by the service's name.
     redirected: bool,
+}
+
+/// What a token-protected service's health probe gets: the node would serve the service, and
+/// nothing of its content is looked at.
+fn probe_answer() -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
 }
 
 /// `302` to `location`; never cached, since the next request may well be served here.

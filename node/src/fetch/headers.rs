@@ -27,6 +27,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    // Not hop-by-hop, but ours to set: an origin's (or another node's) never counts.
+    headers.remove(crate::private::PRIVATE_HEADER);
 }
 
 /// Request fields that would make the upstream answer something other than the full object

@@ -45,6 +45,8 @@ use upstream::From;
 pub use upstream::{OBJECT_PATH, RECORD_PATH, Upstreams};
 
 use crate::body::{self, Body};
+use crate::private::object_auth::OBJECT_AUTH_HEADER;
+use crate::private::{PRIVATE_HEADER, Private};
 
 /// How many holders to ask the DHT for; more only adds lookup time.
 const MAX_HOLDERS: usize = 8;
@@ -84,6 +86,18 @@ pub struct LocalInfo {
     /// Our provider's id (our own key's when we are independent).
     pub provider: reef_proto::records::ProviderId,
     pub region: String,
+    /// Proves our requests for private objects to our provider's other nodes; None when we
+    /// are our own provider.
+    pub object_auth: Option<crate::private::ObjectAuth>,
+}
+
+/// What the edge established about a `/_reef/object/` request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObjectAccess {
+    /// The requester proved it is a node of our provider (`private::object_auth`).
+    pub authenticated: bool,
+    /// It is a home request for a token-protected service's URL.
+    pub home_private: bool,
 }
 
 /// What the local cache has for a request.
@@ -212,6 +226,7 @@ impl Fetcher {
         forwarded: bool,
     ) -> Result<Served, FetchError> {
         let primary = ContentKey::for_url(&url);
+        let private = req.extensions.get::<Private>().is_some();
         // A follower comes back once when its leader stored nothing it can use: the URL turned
         // out to vary, or the copy the leader kept is too stale for this request. A second
         // surprise (the origin changing `Vary` under us) is not chased. Each pass starts from
@@ -219,7 +234,7 @@ impl Fetcher {
         for _ in 0..2 {
             let mut policy_req = policy_request(&url, req);
             match self
-                .get_once(primary, &url, &mut policy_req, forwarded)
+                .get_once(primary, &url, &mut policy_req, (forwarded, private))
                 .await
             {
                 Step::Done(result) => return result,
@@ -234,10 +249,11 @@ impl Fetcher {
         primary: ContentKey,
         url: &CanonicalUrl,
         policy_req: &mut request::Parts,
-        forwarded: bool,
+        (forwarded, private): (bool, bool),
     ) -> Step {
         let (mut target, local) = self.lookup(primary, policy_req).await;
         target.forwarded = forwarded;
+        target.private = private;
         let stale = match local {
             Local::Fresh(served) => return Step::Done(Ok(*served)),
             Local::Stale(hit) => Some(*hit),
@@ -375,6 +391,7 @@ impl Fetcher {
             key,
             vary: Some(names),
             forwarded: false,
+            private: false,
         };
         (target, local)
     }
@@ -431,7 +448,7 @@ impl Fetcher {
         } = upstream;
         strip_hop_by_hop(&mut head.headers);
         if upstream.source == Source::Peer && head.status == StatusCode::MULTIPLE_CHOICES {
-            self.store_index_from_peer(guard, &url, policy_req, &head)
+            self.store_index_from_peer(guard, &url, policy_req, &head, target.private)
                 .await;
             return Step::LookAgain;
         }
@@ -455,6 +472,7 @@ impl Fetcher {
         url: &CanonicalUrl,
         policy_req: &request::Parts,
         head: &response::Parts,
+        private: bool,
     ) {
         let vary::Vary::On(names) = vary::of(&head.headers) else {
             guard.skip();
@@ -465,6 +483,7 @@ impl Fetcher {
         index.vary = Some(names);
         let key = guard.key();
         match guard.put_bodiless(index).await {
+            Ok(()) if private => {}
             Ok(()) => self.inner.announcer.announce(key, None),
             Err(e) => warn!(key = %key.short(), error = %e, "cannot store the variant index"),
         }
@@ -501,11 +520,16 @@ impl Fetcher {
             guard.skip();
             return Ok(pass_through(head, incoming, source));
         };
-        let headers = head
+        let mut headers: Vec<_> = head
             .headers
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
+        // Stored with the object, so that whoever reads it later knows it is private
+        // (`strip_hop_by_hop` took any upstream's own marker away).
+        if target.private {
+            headers.push((PRIVATE_HEADER.to_string(), b"token".to_vec()));
+        }
         // The service (tenant) whose storage quota the body counts against is the URL's host.
         let mut meta = Meta::new(url.to_string(), policy, head.status.as_u16(), headers)
             .with_tenant(url.host());
@@ -513,10 +537,7 @@ impl Fetcher {
         let guard = if store_key == key {
             guard
         } else {
-            match self
-                .regroup(guard, target.primary, store_key, vary, &meta)
-                .await
-            {
+            match self.regroup(guard, target, store_key, vary, &meta).await {
                 Some(guard) => guard,
                 None => return Ok(pass_through(head, incoming, source)),
             }
@@ -541,15 +562,23 @@ impl Fetcher {
         };
         // A body from the origin is announced as it starts to arrive: peers may stream it from
         // us (their copy is checked against our ContentRecord once we have committed it). A
-        // body from a peer is announced once it checked out and is stored.
-        let early = source == Source::Origin;
+        // body from a peer is announced once it checked out and is stored. A private object
+        // is never announced, and its record stays here with nothing but the body's hash and
+        // length, for our provider's nodes that stream it from us.
+        let private = target.private;
+        let from_origin = source == Source::Origin;
+        let early = from_origin && !private;
         if early {
             self.inner.announcer.announce_early(store_key);
         }
-        let validators = (
-            meta_field(&head.headers, "etag"),
-            meta_field(&head.headers, "last-modified"),
-        );
+        let validators = if private {
+            (None, None)
+        } else {
+            (
+                meta_field(&head.headers, "etag"),
+                meta_field(&head.headers, "last-modified"),
+            )
+        };
         let fetcher = self.clone();
         let span = info_span!("fill", key = %store_key.short(), source = %source);
         // The fill runs on its own so that a client hanging up does not abort it for the others.
@@ -561,7 +590,7 @@ impl Fetcher {
                 // Only the node that fetched from the origin vouches for the bytes. Sealed
                 // before the commit ends the body for its readers, so that peers streaming it
                 // from us find the record the moment their stream ends.
-                let sealed = match (&result, early, writer.digest()) {
+                let sealed = match (&result, from_origin, writer.digest()) {
                     (Ok(()), true, Some((body_hash, body_len))) => {
                         let (etag, last_modified) = validators;
                         announcer.seal(&ContentRecord {
@@ -578,7 +607,9 @@ impl Fetcher {
                     Ok(()) => match writer.commit().await {
                         Ok(meta) => {
                             debug!(bytes = meta.body_len, "stored");
-                            if let Some(sealed) = sealed {
+                            if private {
+                                // `seal` kept the record for our nodes; nothing goes out.
+                            } else if let Some(sealed) = sealed {
                                 announcer.vouch(store_key, sealed);
                             } else if early {
                                 announcer.withdraw(store_key);
@@ -620,11 +651,12 @@ impl Fetcher {
     async fn regroup(
         &self,
         guard: reef_cache::FillGuard,
-        primary: ContentKey,
+        target: &Target,
         store_key: ContentKey,
         vary: Option<Vec<String>>,
         meta: &Meta,
     ) -> Option<reef_cache::FillGuard> {
+        let primary = target.primary;
         let next = self.inner.store.fill(store_key);
         if let Some(names) = vary {
             let mut index = meta.clone();
@@ -643,6 +675,7 @@ impl Fetcher {
             };
             if let Some(g) = index_guard {
                 match g.put_bodiless(index).await {
+                    Ok(()) if target.private => {}
                     // Announced so that other nodes learn from us that the URL varies.
                     Ok(()) => self.inner.announcer.announce(primary, None),
                     Err(e) => {
@@ -760,6 +793,12 @@ impl Fetcher {
         {
             return Ok(upstream);
         }
+        // Private objects are never announced: anyone the DHT names as a holder is not one of
+        // the nodes that may have it.
+        if target.private {
+            let response = self.origin_get(url, policy_req).await?;
+            return Ok(self.upstream(response, Source::Origin));
+        }
         let lookup = self.inner.overlay.find_holders(key, MAX_HOLDERS);
         let holders = match tokio::time::timeout(HOLDER_LOOKUP_TIMEOUT, lookup).await {
             Ok(Ok(holders)) => holders,
@@ -856,6 +895,11 @@ impl Fetcher {
             return None;
         };
         asks.insert(HOME_HEADER, value);
+        if target.private {
+            // The home hands private objects only to nodes of its provider that prove it.
+            let stamp = self.inner.local.object_auth.as_ref()?.stamp(&key)?;
+            asks.insert(OBJECT_AUTH_HEADER, stamp);
+        }
         self.set_forwarding(key, true);
         let answer = self
             .inner
@@ -1216,12 +1260,29 @@ impl Fetcher {
     /// `in-progress`. We fetch nothing for the asker unless it names us as the key's home
     /// ([`HOME_HEADER`] with the URL): then we serve the key as we would a client, from a
     /// peer or the origin, once for everyone who asks.
+    ///
+    /// A private object (stored with [`PRIVATE_HEADER`], or a home request for a private
+    /// service's URL) goes only to a requester `access` says is a node of our provider: 403
+    /// for anyone else.
     pub async fn serve_object(
         &self,
         key: ContentKey,
         request: &HeaderMap,
+        access: ObjectAccess,
     ) -> Result<(response::Parts, Body), (StatusCode, String)> {
         let now = SystemTime::now();
+        let refused = || {
+            (
+                StatusCode::FORBIDDEN,
+                "403 forbidden: a private object goes only to nodes of this node's provider"
+                    .to_string(),
+            )
+        };
+        let private = |meta: &Meta| {
+            meta.headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(PRIVATE_HEADER))
+        };
         let stale = || {
             (
                 StatusCode::NOT_FOUND,
@@ -1229,6 +1290,8 @@ impl Fetcher {
             )
         };
         match self.inner.store.get(&key).await {
+            // Even a variant index: it would tell a stranger on what the object varies.
+            Ok(Some(hit)) if private(&hit.meta) && !access.authenticated => return Err(refused()),
             Ok(Some(hit)) if hit.meta.is_vary_index() => {
                 // 300: the URL has several representations; `Vary` names what selects one.
                 let mut head = stored_head(&hit.meta, now, Some(0));
@@ -1252,6 +1315,9 @@ impl Fetcher {
             Err(e) => warn!(key = %key.short(), error = %e, "cache read failed"),
         }
         if let Some(tail) = self.inner.store.tail(&key) {
+            if private(tail.meta()) && !access.authenticated {
+                return Err(refused());
+            }
             if !fresh_enough(tail.meta(), &asked_request(tail.meta(), request), now) {
                 return Err(stale());
             }
@@ -1262,7 +1328,11 @@ impl Fetcher {
         }
         match request.get(HOME_HEADER).map(|v| v.to_str()) {
             None => Err((StatusCode::NOT_FOUND, "not held by this node".into())),
-            Some(Ok(url)) => self.serve_as_home(key, url, request).await,
+            Some(Ok(_)) if access.home_private && !access.authenticated => Err(refused()),
+            Some(Ok(url)) => {
+                self.serve_as_home(key, url, request, access.home_private)
+                    .await
+            }
             Some(Err(_)) => Err((StatusCode::BAD_REQUEST, "the URL is not text".into())),
         }
     }
@@ -1274,6 +1344,7 @@ impl Fetcher {
         key: ContentKey,
         url: &str,
         request: &HeaderMap,
+        private: bool,
     ) -> Result<(response::Parts, Body), (StatusCode, String)> {
         if !self.inner.homes.enabled() {
             return Err((StatusCode::NOT_FOUND, "not held by this node".into()));
@@ -1300,6 +1371,10 @@ impl Fetcher {
         parts.uri = url.to_uri();
         parts.headers = request.clone();
         parts.headers.remove(HOME_HEADER);
+        parts.headers.remove(OBJECT_AUTH_HEADER);
+        if private {
+            parts.extensions.insert(Private);
+        }
         let served = self
             .get_for_peer(url, &parts)
             .await
@@ -1366,6 +1441,23 @@ impl Fetcher {
         }
     }
 
+    /// Of `keys` (what the store holds at start), those that may be announced again: all but
+    /// private objects, which are never announced.
+    pub async fn announceable(&self, keys: Vec<ContentKey>) -> Vec<ContentKey> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(Some(meta)) = self.inner.store.peek(&key).await
+                && meta
+                    .headers
+                    .iter()
+                    .all(|(name, _)| !name.eq_ignore_ascii_case(PRIVATE_HEADER))
+            {
+                out.push(key);
+            }
+        }
+        out
+    }
+
     async fn stored_or_filling(&self, key: &ContentKey) -> bool {
         self.inner.store.tail(key).is_some()
             || matches!(self.inner.store.get(key).await, Ok(Some(_)))
@@ -1382,6 +1474,8 @@ struct Target {
     vary: Option<Vec<String>>,
     /// A peer sent us this miss as the key's home: we must not send it on.
     forwarded: bool,
+    /// A token-protected service's object: stored marked, never announced.
+    private: bool,
 }
 
 impl Target {
@@ -1391,6 +1485,7 @@ impl Target {
             key: primary,
             vary: None,
             forwarded: false,
+            private: false,
         }
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::keys::service_key;
 use super::{HOUR_MS, Kind, ProviderId, Record, RecordError};
 use crate::CanonicalUrl;
+use crate::token::{MAX_TOKEN_KEYS, TokenKey, check_key_id};
 
 /// Longest DNS name (RFC 1035 §2.3.4, without the trailing dot).
 pub const MAX_HOSTNAME_LEN: usize = 253;
@@ -15,14 +16,24 @@ pub const MAX_HOSTNAME_LABEL_LEN: usize = 63;
 /// which bounds request URLs.
 pub const MAX_ORIGIN_LEN: usize = 2048;
 
-/// Who may fetch a service's content through a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Who may fetch a service's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Access {
     /// Anyone; the origin serves the content without credentials.
+    #[default]
     Public,
-    // Postcard encodes the variant's index, so token access can be added later without
-    // changing the encoding of `Public`.
+    /// Only clients with a token ([`crate::token`]) signed by one of these keys, checked by
+    /// every node that serves the service. Postcard encodes the variant's index, so adding
+    /// this left `Public`'s encoding alone.
+    Token { keys: Vec<TokenKey> },
+}
+
+impl Access {
+    /// Whether the content is private (token-protected).
+    pub fn is_private(&self) -> bool {
+        matches!(self, Access::Token { .. })
+    }
 }
 
 /// A provider's claim to serve `hostname` from `origin`, stored under [`service_key`] and
@@ -41,8 +52,8 @@ pub struct ServiceRecord {
 
 impl Record for ServiceRecord {
     const KIND: Kind = Kind::ServiceRecord;
-    /// The largest valid record is under 2.5 KiB (see the tests).
-    const MAX_LEN: usize = 3 * 1024;
+    /// The largest valid record, with every token key, is under 3.5 KiB (see the tests).
+    const MAX_LEN: usize = 4 * 1024;
     /// A day, like a capacity offer: the owner's agent republishes it, and a moved origin
     /// should not linger for longer.
     const MAX_LIFETIME_MS: u64 = 24 * HOUR_MS;
@@ -54,7 +65,8 @@ impl Record for ServiceRecord {
             ));
         }
         check_hostname("hostname", &self.hostname)?;
-        check_origin(&self.origin)
+        check_origin(&self.origin)?;
+        check_access(&self.access)
     }
 
     fn dht_key(&self) -> Option<Vec<u8>> {
@@ -81,6 +93,28 @@ pub(crate) fn check_hostname(field: &'static str, hostname: &str) -> Result<(), 
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(RecordError::invalid(field, "label starts or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
+/// A token service lists 1 to [`MAX_TOKEN_KEYS`] keys with distinct, well-formed ids, each a
+/// valid ed25519 public key: a record no token could ever pass is refused where it is opened.
+fn check_access(access: &Access) -> Result<(), RecordError> {
+    let Access::Token { keys } = access else {
+        return Ok(());
+    };
+    if keys.is_empty() || keys.len() > MAX_TOKEN_KEYS {
+        return Err(RecordError::invalid("access", "not 1 to 8 token keys"));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        check_key_id(&key.id).map_err(|_| RecordError::invalid("access", "bad key id"))?;
+        if keys[..i].iter().any(|k| k.id == key.id) {
+            return Err(RecordError::invalid("access", "duplicate key id"));
+        }
+        // A small-order key would pass `verify_strict` for nobody; refuse it as a typo.
+        if !ed25519_dalek::VerifyingKey::from_bytes(&key.public).is_ok_and(|k| !k.is_weak()) {
+            return Err(RecordError::invalid("access", "not an ed25519 public key"));
         }
     }
     Ok(())
@@ -227,6 +261,54 @@ mod tests {
         // The variant index, so later variants leave `Public`'s encoding alone.
         assert_eq!(postcard::to_stdvec(&Access::Public).unwrap(), [0]);
         assert!(postcard::from_bytes::<Access>(&[1]).is_err());
+        assert!(postcard::from_bytes::<Access>(&[2]).is_err());
+        let token = Access::Token {
+            keys: vec![token_key("k1", 1)],
+        };
+        let bytes = postcard::to_stdvec(&token).unwrap();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(postcard::from_bytes::<Access>(&bytes).unwrap(), token);
+    }
+
+    fn token_key(id: &str, seed: u8) -> TokenKey {
+        TokenKey {
+            id: id.into(),
+            public: crate::token::TokenSigner::from_bytes(&[seed; 32]).public(),
+        }
+    }
+
+    #[test]
+    fn token_access_is_checked_on_open() {
+        let owner = provider_key(1);
+        let with = |keys: Vec<TokenKey>| ServiceRecord {
+            access: Access::Token { keys },
+            ..service_of(&owner)
+        };
+        let good = with(vec![token_key("k1", 1), token_key("k2", 2)]);
+        let sealed = seal(owner.signing_key(), &good, NOW, NOW + HOUR_MS).unwrap();
+        assert_eq!(open::<ServiceRecord>(&sealed, NOW).unwrap().record(), &good);
+        let too_many = (0..=MAX_TOKEN_KEYS as u8)
+            .map(|i| token_key(&format!("k{i}"), i + 1))
+            .collect();
+        for bad in [
+            with(vec![]),
+            with(too_many),
+            with(vec![token_key("k1", 1), token_key("k1", 2)]),
+            with(vec![token_key("", 1)]),
+            with(vec![token_key("k 1", 1)]),
+            // The identity point: a small-order key.
+            with(vec![TokenKey {
+                id: "k1".into(),
+                public: std::array::from_fn(|i| u8::from(i == 0)),
+            }]),
+        ] {
+            let sealed = seal_unchecked(owner.signing_key(), &bad, NOW, NOW + HOUR_MS);
+            assert_eq!(
+                reason(open::<ServiceRecord>(&sealed, NOW)),
+                "invalid",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -239,7 +321,11 @@ mod tests {
             hostname,
             origin: format!("{prefix}{}", "p".repeat(MAX_ORIGIN_LEN - prefix.len())),
             owner: owner.id(),
-            access: Access::Public,
+            access: Access::Token {
+                keys: (0..MAX_TOKEN_KEYS as u8)
+                    .map(|i| token_key(&format!("{i:0>32}"), i + 1))
+                    .collect(),
+            },
         };
         let sealed = seal(
             owner.signing_key(),
