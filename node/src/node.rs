@@ -292,6 +292,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     );
     let requests = crate::metrics::Requests::register(&mut registry);
     let ingress = upstreams.ingress();
+    let limits =
+        crate::limits::Limits::new(config.limits.clone(), config.bandwidths(), &mut registry);
     let edge = Arc::new(Edge::new(
         fetcher.clone(),
         upstreams,
@@ -310,6 +312,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
                 &config.peering,
             ),
         },
+        limits.clone(),
     ));
 
     let dns = match config.dns.listen {
@@ -407,6 +410,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         dns: dns_handle,
         guard,
         activity,
+        limits,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
     let reannounce = {

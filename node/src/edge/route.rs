@@ -11,16 +11,17 @@ use reef_proto::{CanonicalUrl, ContentKey, UrlError};
 use tracing::{Instrument, debug, debug_span};
 
 use super::respond::respond;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body};
 use crate::fetch::upstream::From;
 use crate::fetch::{
     CacheStatus, FetchError, Fetcher, OBJECT_PATH, Payload, RECORD_PATH, Served, Source, Upstreams,
     content_length, strip_hop_by_hop,
 };
+use crate::limits::{Admission, Limits, Throttled, request_body};
 use crate::load::Meter;
 use crate::metrics::Requests;
 use crate::peering::health::served_properly;
-use crate::peering::redirect::{Mode, Offload, parse_service_path};
+use crate::peering::redirect::{Mode, Offload, SERVICE_PATH, parse_service_path};
 use crate::peering::{Arrangements, Redirector, Usage};
 use crate::services::{Service, Services};
 
@@ -46,6 +47,8 @@ pub struct Edge {
     /// `reef_requests_total{source,status}`.
     requests: Arc<Requests>,
     gate: Gate,
+    /// Quotas and abuse control (see `limits`).
+    limits: Arc<Limits>,
 }
 
 /// What decides which services this node serves, for whom, and which it sends elsewhere.
@@ -66,6 +69,7 @@ impl Edge {
         meter: Arc<Meter>,
         requests: Arc<Requests>,
         gate: Gate,
+        limits: Arc<Limits>,
     ) -> Self {
         let via = HeaderValue::from_str(&format!("1.1 reef-{node_name}"))
             .unwrap_or(HeaderValue::from_static("1.1 reef"));
@@ -77,7 +81,12 @@ impl Edge {
             meter,
             requests,
             gate,
+            limits,
         }
+    }
+
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
@@ -93,9 +102,15 @@ impl Edge {
             let lookup = req.method() == Method::GET || req.method() == Method::HEAD;
             // A clone shares the URI's bytes; it is only formatted if the access log is on.
             let target = req.uri().clone();
-            let mut resp = match self.route(req).await {
-                Ok(resp) => resp,
-                Err(e) => error_response(&e),
+            let from_node = from_node(&req);
+            let admission = match from_node {
+                true => Admission::Serve,
+                false => self.limits.admit(client.ip(), started),
+            };
+            let mut resp = match admission {
+                Admission::Refused(throttled) => too_many(&throttled),
+                Admission::CacheOnly(throttled) => self.route(req, Some(throttled)).await,
+                Admission::Serve => self.route(req, None).await,
             };
             let headers = resp.headers_mut();
             headers.append(header::VIA, self.via.clone());
@@ -125,6 +140,11 @@ impl Edge {
             {
                 self.meter
                     .lookup(source == Source::Local.as_str().as_bytes());
+                if !from_node {
+                    let miss = source == Source::Origin.as_str().as_bytes();
+                    self.limits
+                        .observe_lookup(client.ip(), miss, Instant::now());
+                }
             }
             resp.map(|body| self.meter.count_egress(body))
         }
@@ -132,8 +152,20 @@ impl Edge {
         .await
     }
 
+    /// Every request's answer; `cache_only` (a sweeping client) refuses what would go upstream.
+    async fn route(&self, req: Request<Incoming>, cache_only: Option<Throttled>) -> Response<Body> {
+        match self.resolve_and_serve(req, cache_only).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(&e),
+        }
+    }
+
     /// Phase: resolve what is asked for, then hand it to the right path.
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, FetchError> {
+    async fn resolve_and_serve(
+        &self,
+        req: Request<Incoming>,
+        cache_only: Option<Throttled>,
+    ) -> Result<Response<Body>, FetchError> {
         let header_bytes: usize = uri_len(req.uri())
             + req
                 .headers()
@@ -141,6 +173,7 @@ impl Edge {
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>();
         if header_bytes > MAX_HEADER_BYTES {
+            self.limits.rejected("headers_too_large");
             return Ok(text_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 &format!(
@@ -180,12 +213,12 @@ impl Edge {
             }
             match asked.service.url(&asked.target) {
                 Ok(url) => url,
-                Err(e) => return bad_url(e),
+                Err(e) => return self.bad_url(e),
             }
         } else {
             let url = match CanonicalUrl::from_uri(req.uri()) {
                 Ok(url) => url,
-                Err(e) => return bad_url(e),
+                Err(e) => return self.bad_url(e),
             };
             // A proxy request for a service's URL is that service's request. Only services
             // already known are checked: a DHT lookup for every host proxied would slow down
@@ -195,20 +228,49 @@ impl Edge {
             }
             url
         };
-        let (parts, body) = req.into_parts();
+        // Phase: quota. Our own provider's services (and proxied hosts) with a bandwidth quota.
+        let charge = match usage {
+            Some(_) => None,
+            None => match self.limits.admit_service(url.host(), Instant::now()) {
+                Ok(charge) => charge,
+                Err(throttled) => return Ok(too_many(&throttled)),
+            },
+        };
+        let (mut parts, body) = req.into_parts();
         let resp = match parts.method {
             Method::GET | Method::HEAD => {
-                let served = self.fetcher.get(url, &parts).await?;
+                if cache_only.is_some() {
+                    parts.headers.append(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("only-if-cached"),
+                    );
+                }
+                let served = match (self.fetcher.get(url, &parts).await, cache_only) {
+                    (Err(FetchError::NotCached), Some(throttled)) => {
+                        return Ok(too_many(&self.limits.refuse_miss(throttled)));
+                    }
+                    (served, _) => served?,
+                };
                 respond(served, &parts).await
             }
             Method::CONNECT => return Err(FetchError::Method("CONNECT".into())),
             ref method => {
+                if let Some(throttled) = cache_only {
+                    return Ok(too_many(&self.limits.refuse_miss(throttled)));
+                }
                 // Unsafe and other methods go to the origin untouched and are never cached.
-                let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-                let resp = self
+                let (body, watch) =
+                    request_body::guard(body, self.limits.settings().body_read_timeout);
+                let body = body.boxed_unsync();
+                let sent = self
                     .upstreams
                     .origin(method.clone(), &url, &parts.headers, body)
-                    .await?;
+                    .await;
+                let resp = match (sent, watch.failure()) {
+                    (Ok(resp), _) => resp,
+                    (Err(_), Some(failure)) => return Ok(self.body_failed(failure)),
+                    (Err(e), None) => return Err(e),
+                };
                 let (mut head, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let succeeded = head.status.is_success() || head.status.is_redirection();
@@ -225,11 +287,46 @@ impl Edge {
                 respond(served, &parts).await
             }
         };
-        // Phase: account what is served for another provider, byte by byte as it goes out.
-        Ok(match usage {
-            Some(usage) => resp.map(|body| usage.count(body)),
-            None => resp,
+        // Phase: account what is served for another provider, and what a service's bandwidth
+        // quota pays for, byte by byte as it goes out.
+        Ok(match (usage, charge) {
+            (Some(usage), _) => resp.map(|body| usage.count(body)),
+            (None, Some(charge)) => resp.map(|body| charge.body(body)),
+            (None, None) => resp,
         })
+    }
+
+    /// A URL we cannot take: too long is 414, anything else 400.
+    fn bad_url(&self, e: UrlError) -> Result<Response<Body>, FetchError> {
+        match e {
+            UrlError::TooLong => {
+                self.limits.rejected("uri_too_long");
+                Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()))
+            }
+            e => Err(FetchError::BadRequest(e.to_string())),
+        }
+    }
+
+    /// The client's request body failed before the origin answered: its fault, not the
+    /// origin's. The connection is closed after the answer (the body was not read whole).
+    fn body_failed(&self, failure: request_body::Failure) -> Response<Body> {
+        let (status, reason, why) = match failure {
+            request_body::Failure::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            ),
+            request_body::Failure::Malformed => (
+                StatusCode::BAD_REQUEST,
+                "body_malformed",
+                "the request body is malformed (a bad chunk or a short body)",
+            ),
+        };
+        self.limits.rejected(reason);
+        let mut resp = text_response(status, why);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     }
 
     /// Phase: the service an origin-form request names: in its `Host`, or in the path when a
@@ -391,12 +488,37 @@ impl Edge {
     }
 }
 
-/// A URL we cannot take: too long is 414, anything else 400.
-fn bad_url(e: UrlError) -> Result<Response<Body>, FetchError> {
-    match e {
-        UrlError::TooLong => Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string())),
-        e => Err(FetchError::BadRequest(e.to_string())),
+/// Requests from other nodes rather than clients, which the client limits leave alone:
+/// peers' object and record fetches (answered from the store, never from the origin), a
+/// primary's health probe, and a client's request relayed under an arrangement (the path form,
+/// sent by a node). The markers can be spoofed; what a spoofer gains is told in
+/// docs/architecture.md (*Quotas and abuse control*).
+fn from_node(req: &Request<Incoming>) -> bool {
+    if req.uri().scheme().is_some() {
+        return false;
     }
+    let path = req.uri().path();
+    let reef_agent = || {
+        req.headers()
+            .get(header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(b"reef/"))
+    };
+    path.starts_with(OBJECT_PATH)
+        || path.starts_with(RECORD_PATH)
+        || (req.method() == Method::HEAD && req.headers().contains_key(PROBE_HEADER))
+        || (path.starts_with(SERVICE_PATH) && reef_agent())
+}
+
+/// 429 with `Retry-After` and a line saying why.
+fn too_many(throttled: &Throttled) -> Response<Body> {
+    let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, &throttled.why);
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(throttled.retry_after_secs()),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// An origin-form request for a service.
