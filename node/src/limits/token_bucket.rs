@@ -107,7 +107,7 @@ mod tests {
         let t2 = t0 + Duration::from_millis(4001);
         assert_eq!(b.in_deficit(t2), None);
         assert!(!b.is_full(t2));
-        assert!(b.is_full(t0 + Duration::from_secs(5)));
+        assert!(b.is_full(t0 + Duration::from_secs(6)));
     }
 
     #[test]
