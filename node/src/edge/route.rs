@@ -181,6 +181,16 @@ impl Edge {
                 ),
             ));
         }
+        // Phase: framing. A GET or HEAD has no body to send on, and one that declares a body
+        // is the shape of request smuggling (a front end and a back end that disagree on where
+        // the next request starts): refused, before anything else reads it.
+        if (req.method() == Method::GET || req.method() == Method::HEAD) && declares_body(&req) {
+            self.limits.rejected("malformed");
+            return Ok(text_response(
+                StatusCode::BAD_REQUEST,
+                "a GET or HEAD request must not carry a body (Content-Length or Transfer-Encoding)",
+            ));
+        }
         let mut usage = None;
         let url = if req.uri().scheme().is_none() {
             if let Some(key) = req.uri().path().strip_prefix(OBJECT_PATH) {
@@ -259,8 +269,7 @@ impl Edge {
                     return Ok(too_many(&self.limits.refuse_miss(throttled)));
                 }
                 // Unsafe and other methods go to the origin untouched and are never cached.
-                let (body, watch) =
-                    request_body::guard(body, self.limits.settings().body_read_timeout);
+                let (body, watch) = self.limits.guard_body(body);
                 let body = body.boxed_unsync();
                 let sent = self
                     .upstreams
@@ -268,7 +277,7 @@ impl Edge {
                     .await;
                 let resp = match (sent, watch.failure()) {
                     (Ok(resp), _) => resp,
-                    (Err(_), Some(failure)) => return Ok(self.body_failed(failure)),
+                    (Err(_), Some(failure)) => return Ok(Self::body_failed(failure)),
                     (Err(e), None) => return Err(e),
                 };
                 let (mut head, incoming) = resp.into_parts();
@@ -309,20 +318,17 @@ impl Edge {
 
     /// The client's request body failed before the origin answered: its fault, not the
     /// origin's. The connection is closed after the answer (the body was not read whole).
-    fn body_failed(&self, failure: request_body::Failure) -> Response<Body> {
-        let (status, reason, why) = match failure {
+    fn body_failed(failure: request_body::Failure) -> Response<Body> {
+        let (status, why) = match failure {
             request_body::Failure::Timeout => (
                 StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
                 "the request body did not arrive in time",
             ),
             request_body::Failure::Malformed => (
                 StatusCode::BAD_REQUEST,
-                "body_malformed",
                 "the request body is malformed (a bad chunk or a short body)",
             ),
         };
-        self.limits.rejected(reason);
         let mut resp = text_response(status, why);
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -507,6 +513,17 @@ fn from_node(req: &Request<Incoming>) -> bool {
         || path.starts_with(RECORD_PATH)
         || (req.method() == Method::HEAD && req.headers().contains_key(PROBE_HEADER))
         || (path.starts_with(SERVICE_PATH) && reef_agent())
+}
+
+/// Whether the request says a body follows. hyper has already refused conflicting and
+/// malformed framing; with both headers it keeps only `Transfer-Encoding`.
+fn declares_body(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
 }
 
 /// 429 with `Retry-After` and a line saying why.

@@ -495,6 +495,20 @@ impl Limits {
         }
     }
 
+    /// `body` with the read deadline of `[limits] body_read_timeout`; its failures counted.
+    pub fn guard_body<B>(
+        self: &Arc<Self>,
+        body: B,
+    ) -> (request_body::Guarded<B>, request_body::Watch) {
+        let limits = self.clone();
+        request_body::guard(body, self.settings.body_read_timeout, move |failure| {
+            limits.rejected(match failure {
+                request_body::Failure::Timeout => "body_timeout",
+                request_body::Failure::Malformed => "body_malformed",
+            });
+        })
+    }
+
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let count = |f: &Family<Reason, Counter>, reasons: &[&'static str]| {

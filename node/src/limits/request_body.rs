@@ -54,17 +54,33 @@ pub struct Guarded<B> {
     inner: B,
     deadline: Pin<Box<Sleep>>,
     watch: Watch,
+    on_failure: Box<dyn Fn(Failure) + Send + Sync>,
 }
 
-/// `body` failing with a timeout unless it keeps the pace described above.
-pub fn guard<B>(body: B, timeout: Duration) -> (Guarded<B>, Watch) {
+/// `body` failing with a timeout unless it keeps the pace described above; `on_failure` is
+/// told once if it fails on the client's side (whether or not the origin answered already).
+pub fn guard<B>(
+    body: B,
+    timeout: Duration,
+    on_failure: impl Fn(Failure) + Send + Sync + 'static,
+) -> (Guarded<B>, Watch) {
     let watch = Watch::default();
     let guarded = Guarded {
         inner: body,
         deadline: Box::pin(tokio::time::sleep(timeout)),
         watch: watch.clone(),
+        on_failure: Box::new(on_failure),
     };
     (guarded, watch)
+}
+
+impl<B> Guarded<B> {
+    fn fail(&self, f: Failure) {
+        if self.watch.failure().is_none() {
+            (self.on_failure)(f);
+        }
+        self.watch.set(f);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,13 +110,13 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.watch.set(Failure::Malformed);
+                this.fail(Failure::Malformed);
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() {
-                    this.watch.set(Failure::Timeout);
+                    this.fail(Failure::Timeout);
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                 }
                 Poll::Pending
@@ -135,6 +151,7 @@ mod tests {
         let (body, watch) = guard(
             StreamBody::new(Box::pin(chunks)),
             Duration::from_millis(200),
+            |_| {},
         );
         let got = tokio::time::timeout(Duration::from_secs(60), body.collect())
             .await
@@ -147,7 +164,7 @@ mod tests {
     async fn a_body_sent_at_pace_passes_and_a_failing_one_is_malformed() {
         let chunks = futures::stream::iter(0..20)
             .map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![0u8; 64 * 1024]))));
-        let (body, watch) = guard(StreamBody::new(chunks), Duration::from_secs(10));
+        let (body, watch) = guard(StreamBody::new(chunks), Duration::from_secs(10), |_| {});
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), 20 * 64 * 1024);
         assert_eq!(watch.failure(), None);
@@ -156,8 +173,17 @@ mod tests {
             Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"ab"))),
             Err("invalid chunk size".into()),
         ]);
-        let (body, watch) = guard(StreamBody::new(chunks), Duration::from_secs(10));
+        let told = Arc::new(AtomicU8::new(0));
+        let counted = told.clone();
+        let (body, watch) = guard(
+            StreamBody::new(chunks),
+            Duration::from_secs(10),
+            move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            },
+        );
         assert!(body.collect().await.is_err());
         assert_eq!(watch.failure(), Some(Failure::Malformed));
+        assert_eq!(told.load(Ordering::Relaxed), 1);
     }
 }
