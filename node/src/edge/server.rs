@@ -5,7 +5,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, debug, debug_span, info, warn};
 
@@ -26,6 +26,12 @@ Content-Type: text/plain; charset=utf-8\r\nContent-Length: 45\r\nConnection: clo
 too many open connections from this address\r\n";
 /// HTTP/2 header list limit, the same budget as for HTTP/1.
 const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// What an HTTP/2 connection starts with; hyper-util reads up to this much to choose between
+/// HTTP/1 and HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// While a client's first bytes are a partial HTTP/2 preface, how often to look for more:
+/// only such clients ever wait here, and only until the header timeout.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
 /// On shutdown, in-flight responses get this long to finish.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -46,6 +52,8 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::
         .http2()
         .max_header_list_size(H2_MAX_HEADER_LIST)
         .timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let header_timeout = limits.settings().header_read_timeout;
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -76,13 +84,28 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::
             let edge = edge.clone();
             async move { Ok::<_, std::convert::Infallible>(edge.handle(req, client).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut stopping = shutdown.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
+                let first = tokio::select! {
+                    first = first_bytes(&stream, header_timeout) => first,
+                    _ = stopping.changed() => First::Closed,
+                };
+                match first {
+                    First::Ready => {}
+                    First::Closed => return,
+                    First::TimedOut => {
+                        debug!("no request within the header timeout");
+                        limits.rejected("header_timeout");
+                        return;
+                    }
+                }
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
                     debug!(error = %e, "connection ended with an error");
                     limits.connection_failed(&*e);
                 }
@@ -99,4 +122,33 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::
     {
         warn!("some requests were still running after {GRACE:?}; dropping them");
     }
+}
+
+/// How a connection's first bytes came.
+enum First {
+    Ready,
+    Closed,
+    TimedOut,
+}
+
+/// Waits until the client has sent enough for hyper-util to tell HTTP/1 from HTTP/2: it reads
+/// that without a timeout of its own, so a connection that never sends a byte (or trickles an
+/// HTTP/2 preface) would otherwise stay open for good. hyper's header timeout takes over from
+/// there.
+async fn first_bytes(stream: &TcpStream, timeout: Duration) -> First {
+    let wait = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return First::Closed,
+                Ok(n) if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => {
+                    return First::Ready;
+                }
+                Ok(_) => tokio::time::sleep(PREFACE_POLL).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or(First::TimedOut)
 }
