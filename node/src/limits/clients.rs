@@ -8,7 +8,7 @@
 //! usually holds a whole /64, and keying by full address would let it take 2^64 buckets.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
@@ -66,9 +66,7 @@ impl<V> Table<V> {
     }
 
     fn shard(&self, key: ClientKey) -> &Mutex<Shard<V>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Runs `f` on `key`'s entry, made by `make` if there is none (forgetting the oldest
@@ -106,7 +104,7 @@ impl<V> Table<V> {
     }
 
     /// Entries held.
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
@@ -146,7 +144,7 @@ mod tests {
         for i in 1..100_000 {
             table.with(key(i), || 1, |v| *v += 1);
         }
-        assert!(table.len() <= 1024 + SHARDS, "{}", table.len());
+        assert!(table.entries() <= 1024 + SHARDS, "{}", table.entries());
         assert_eq!(
             table.peek(key(0), |v| *v),
             None,

@@ -520,7 +520,7 @@ impl Limits {
         Status {
             client_rps: self.settings.client_rate.map(|(rps, _)| rps),
             client_connections: self.settings.client_connections,
-            clients_tracked: self.clients.len(),
+            clients_tracked: self.clients.entries(),
             clients_connected: self.connections.clients(),
             bandwidth_debt_s: self
                 .bandwidth
