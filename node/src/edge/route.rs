@@ -141,7 +141,9 @@ impl Edge {
                 self.meter
                     .lookup(source == Source::Local.as_str().as_bytes());
                 if !from_node {
-                    let miss = source == Source::Origin.as_str().as_bytes();
+                    // Not from our disk: with home routing a miss that the key's home fetched
+                    // from the origin arrives as `peer`, so that counts too.
+                    let miss = source != Source::Local.as_str().as_bytes();
                     self.limits
                         .observe_lookup(client.ip(), miss, Instant::now());
                 }

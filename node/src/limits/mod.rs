@@ -48,9 +48,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request body must start arriving and keep a minimal pace (see `request_body`): nginx's
 /// `client_body_timeout` is 60 s between reads; ours also bounds a trickle's total.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(20);
-/// Origin misses in one window that make a sweep: a client sweeping at 500 misses/s is
+/// Misses in one window that make a sweep: a client sweeping at 500 misses/s is
 /// stopped within a window, while the cold-crowd benchmark (1000 clients on one loopback
-/// address, all missing at once, then hitting) stays well below it.
+/// address, all missing at once, then hitting; 500 requests a node a run) stays far below.
 pub const DEFAULT_SWEEP_MISSES: u32 = 5000;
 pub const DEFAULT_SWEEP_WINDOW: Duration = Duration::from_secs(10);
 /// Long enough to matter to a scraper, short enough that a misjudged client recovers soon.
@@ -73,7 +73,7 @@ pub struct LimitsFile {
     pub header_read_timeout: Option<f64>,
     /// Seconds.
     pub body_read_timeout: Option<f64>,
-    /// Origin misses per window that make a miss sweep; 0 turns detection off.
+    /// Misses per window that make a miss sweep; 0 turns detection off.
     pub sweep_misses: Option<u32>,
     /// Seconds.
     pub sweep_window: Option<f64>,
@@ -448,7 +448,8 @@ impl Limits {
         self.throttled(t)
     }
 
-    /// Account phase: a client's cache lookup was answered, from the origin (`miss`) or not.
+    /// Account phase: a client's cache lookup was answered, from elsewhere than our disk
+    /// (`miss`) or from it.
     pub fn observe_lookup(&self, ip: IpAddr, miss: bool, now: Instant) {
         let s = self.settings.sweep;
         if s.misses == 0 {

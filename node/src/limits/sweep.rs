@@ -1,10 +1,11 @@
 //! Miss sweeps: one client asking for URL after URL that nobody asked for before, so that
-//! nearly every request goes to the origin (cache busting, scraping a catalogue, probing for
-//! paths). Real audiences re-ask for what others asked: even a cold crowd turns to hits
-//! within seconds, while a sweep stays near zero.
+//! nearly every request misses (cache busting, scraping a catalogue, probing for paths) and
+//! goes upstream. Real audiences re-ask for what others asked: even a cold crowd turns to
+//! hits within seconds, while a sweep stays near zero.
 //!
-//! Counted per client over fixed windows: when a window holds at least `misses` origin
-//! misses and at most [`MAX_HIT_PERMILLE`] of its lookups were not misses, the client is
+//! Counted per client over fixed windows: when a window holds at least `misses` misses
+//! (lookups not answered from this node's disk) and at most [`MAX_HIT_PERMILLE`] of its
+//! lookups were hits, the client is
 //! sweeping. That starts an *episode*: the client is throttled for `cooldown` (its requests
 //! are served only from the cache), and the episode is reported once. A client still
 //! sweeping after the cooldown starts a new one.
@@ -18,7 +19,7 @@ pub const MAX_HIT_PERMILLE: u64 = 20;
 /// When a client counts as sweeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// Origin misses in one window that make a sweep; 0 turns detection off.
+    /// Misses in one window that make a sweep; 0 turns detection off.
     pub misses: u32,
     pub window: Duration,
     /// How long a sweeping client is served only from the cache.
@@ -44,8 +45,8 @@ impl Sweep {
         }
     }
 
-    /// Counts one cache lookup (`miss`: its body came from the origin). True when this
-    /// lookup starts an episode.
+    /// Counts one cache lookup (`miss`: its body did not come from this node's disk). True
+    /// when this lookup starts an episode.
     pub fn observe(&mut self, miss: bool, now: Instant, s: &Settings) -> bool {
         if s.misses == 0 {
             return false;
