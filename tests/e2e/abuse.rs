@@ -13,7 +13,7 @@ use crate::support::{JOIN_TIMEOUT, launch_configured};
 
 const SLOW: &str = r#"
 [limits]
-header_read_timeout = 5
+header_read_timeout = 8
 client_connections = 80
 "#;
 

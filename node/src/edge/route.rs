@@ -501,7 +501,7 @@ impl Edge {
 /// primary's health probe, and a client's request relayed under an arrangement (the path form,
 /// sent by a node). The markers can be spoofed; what a spoofer gains is told in
 /// docs/architecture.md (*Quotas and abuse control*).
-fn from_node(req: &Request<Incoming>) -> bool {
+fn from_node<B>(req: &Request<B>) -> bool {
     if req.uri().scheme().is_some() {
         return false;
     }
@@ -519,7 +519,7 @@ fn from_node(req: &Request<Incoming>) -> bool {
 
 /// Whether the request says a body follows. hyper has already refused conflicting and
 /// malformed framing; with both headers it keeps only `Transfer-Encoding`.
-fn declares_body(req: &Request<Incoming>) -> bool {
+fn declares_body<B>(req: &Request<B>) -> bool {
     let headers = req.headers();
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
@@ -589,6 +589,62 @@ pub fn text_response(status: StatusCode, reason: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_requests_are_told_from_client_requests() {
+        let req = |method: Method, target: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().method(method).uri(target);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let key = "ab".repeat(32);
+        assert!(from_node(&req(
+            Method::GET,
+            &format!("/_reef/object/{key}"),
+            &[]
+        )));
+        assert!(from_node(&req(
+            Method::GET,
+            &format!("/_reef/record/{key}"),
+            &[]
+        )));
+        assert!(from_node(&req(Method::HEAD, "/p", &[(PROBE_HEADER, "1")])));
+        assert!(from_node(&req(
+            Method::GET,
+            "/_reef/s/a.example/p",
+            &[("user-agent", "reef/0.1.0")]
+        )));
+        // A probe is a HEAD; a redirected browser is a client; so is any proxy request.
+        assert!(!from_node(&req(Method::GET, "/p", &[(PROBE_HEADER, "1")])));
+        assert!(!from_node(&req(
+            Method::GET,
+            "/_reef/s/a.example/p",
+            &[("user-agent", "curl/8")]
+        )));
+        assert!(!from_node(&req(
+            Method::GET,
+            &format!("http://a.example/_reef/object/{key}"),
+            &[]
+        )));
+        assert!(!from_node(&req(Method::GET, "/p", &[])));
+    }
+
+    #[test]
+    fn a_body_is_declared_by_transfer_encoding_or_a_nonzero_length() {
+        let with = |headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            declares_body(&b.body(()).unwrap())
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("content-length", "0")]));
+        assert!(with(&[("content-length", "5")]));
+        assert!(with(&[("transfer-encoding", "chunked")]));
+    }
 
     #[test]
     fn uri_len_matches_the_formatted_target() {
