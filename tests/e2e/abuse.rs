@@ -65,6 +65,13 @@ async fn slow_clients_do_not_stop_normal_ones_and_are_dropped_in_time() {
 
     // A connection that never sends a byte is dropped after the header timeout.
     let mut silent = connect_from(23, node).await.expect("connect");
+    // So is one that stops halfway through an HTTP/2 preface (hyper-util waits for the rest
+    // to choose the protocol).
+    let mut preface = connect_from(23, node).await.expect("connect");
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
     // An idle keep-alive connection is dropped too, after its one response.
     let mut idle = connect_from(23, node).await.expect("connect");
     idle.write_all(format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -122,6 +129,9 @@ async fn slow_clients_do_not_stop_normal_ones_and_are_dropped_in_time() {
     let read = tokio::time::timeout(SLOW_BOUND, silent.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "a silent connection is closed");
     assert!(out.is_empty());
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(SLOW_BOUND, preface.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "a half preface is closed");
     let mut out = Vec::new();
     let read = tokio::time::timeout(SLOW_BOUND, idle.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "an idle keep-alive connection is closed");
