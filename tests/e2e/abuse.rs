@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::limits::{connect_from, metric, request_from};
+use crate::limits::{connect_from, request_from, wait_metric};
 use crate::support::{JOIN_TIMEOUT, launch_configured};
 
 const SLOW: &str = r#"
@@ -106,24 +106,20 @@ async fn slow_clients_do_not_stop_normal_ones_and_are_dropped_in_time() {
         refused >= 1 && closed >= 80,
         "refused {refused}, closed {closed}"
     );
-    assert!(
-        metric(
-            &net,
-            0,
-            "reef_connections_refused_total{reason=\"per_client\"}"
-        )
-        .await
-            >= 1.0
-    );
-    assert!(
-        metric(
-            &net,
-            0,
-            "reef_rejected_requests_total{reason=\"header_timeout\"}"
-        )
-        .await
-            >= 80.0
-    );
+    wait_metric(
+        &net,
+        0,
+        "reef_connections_refused_total{reason=\"per_client\"}",
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &net,
+        0,
+        "reef_rejected_requests_total{reason=\"header_timeout\"}",
+        80.0,
+    )
+    .await;
 
     let mut out = Vec::new();
     let read = tokio::time::timeout(SLOW_BOUND, silent.read_to_end(&mut out)).await;
@@ -262,33 +258,27 @@ async fn smuggling_shapes_and_oversize_requests_are_refused_with_a_status() {
     // The node serves on, and counted what it refused.
     let got = request_from(25, node, Request::get(net.testnet.origin.url("/bytes/10"))).await;
     assert_eq!(got.status, 200);
-    assert!(
-        metric(
-            &net,
-            0,
-            "reef_rejected_requests_total{reason=\"malformed\"}"
-        )
-        .await
-            >= 10.0
-    );
-    assert!(
-        metric(
-            &net,
-            0,
-            "reef_rejected_requests_total{reason=\"headers_too_large\"}"
-        )
-        .await
-            >= 3.0
-    );
-    assert!(
-        metric(
-            &net,
-            0,
-            "reef_rejected_requests_total{reason=\"uri_too_long\"}"
-        )
-        .await
-            >= 1.0
-    );
+    wait_metric(
+        &net,
+        0,
+        "reef_rejected_requests_total{reason=\"malformed\"}",
+        10.0,
+    )
+    .await;
+    wait_metric(
+        &net,
+        0,
+        "reef_rejected_requests_total{reason=\"headers_too_large\"}",
+        3.0,
+    )
+    .await;
+    wait_metric(
+        &net,
+        0,
+        "reef_rejected_requests_total{reason=\"uri_too_long\"}",
+        1.0,
+    )
+    .await;
     assert!(net.testnet.nodes[0].healthy().await);
 }
 

@@ -59,6 +59,23 @@ pub async fn metric(net: &crate::support::Net, node: usize, series: &str) -> f64
         .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
 }
 
+/// Waits until `series` reaches `at_least`: counts made as a connection ends may land just
+/// after the client saw it end.
+pub async fn wait_metric(net: &crate::support::Net, node: usize, series: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        let v = metric(net, node, series).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed at {v}, below {at_least}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn retry_after(got: &Fetched) -> u64 {
     got.header("retry-after")
         .parse()
