@@ -497,9 +497,9 @@ impl Edge {
 }
 
 /// Requests from other nodes rather than clients, which the client limits leave alone:
-/// peers' object and record fetches (answered from the store, never from the origin), a
-/// primary's health probe, and a client's request relayed under an arrangement (the path form,
-/// sent by a node). The markers can be spoofed; what a spoofer gains is told in
+/// peers' object and record fetches (from the store, or a cold miss sent to us as the key's
+/// home, which is all misses by design), a primary's health probe, and a client's request
+/// relayed under an arrangement (the path form, sent by a node). The markers can be spoofed; what a spoofer gains is told in
 /// docs/architecture.md (*Quotas and abuse control*).
 fn from_node<B>(req: &Request<B>) -> bool {
     if req.uri().scheme().is_some() {

@@ -39,9 +39,9 @@ const GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, mut shutdown: watch::Receiver<bool>) {
     let limits = edge.limits().clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper arms the header timeout when it starts reading a request head, which it does as
-    // soon as a connection opens and again right after each response: so it also bounds
-    // connections that never send a byte and idle keep-alive ones (tests/e2e/abuse.rs).
+    // hyper arms the header timeout when it starts reading a request head and again right
+    // after each response: it bounds slow headers and idle keep-alive connections. Before
+    // hyper reads anything, `first_bytes` bounds the wait for a first byte (tests/e2e/abuse.rs).
     builder
         .http1()
         .max_buf_size(HTTP1_MAX_BUF)
