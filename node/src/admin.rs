@@ -57,6 +57,8 @@ pub struct AdminState {
     pub guard: Guard,
     /// The request mix and recent events, for the dashboard.
     pub activity: Arc<Activity>,
+    /// Quotas and abuse control at the edge.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Who may call the admin API's mutating endpoints.
@@ -167,6 +169,8 @@ struct StatusBody {
     /// Cold misses sent to (and answered as) the key's home node.
     home: crate::fetch::HomeStats,
     purges: crate::purge::PurgeStats,
+    /// Client limits, bandwidth debts, and what was throttled, detected and refused.
+    limits: crate::limits::Status,
     /// Gossip messages dropped because their consumer was behind.
     gossip_dropped: u64,
     /// DHT records refused, by `"<kind>/<reason>"` (see `/metrics`).
@@ -273,6 +277,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         peer_bodies_rejected: state.fetcher.verify_failures(),
         home: state.fetcher.home_stats(),
         purges: state.purger.stats(),
+        limits: state.limits.status(),
         services: state.services.stats(),
         peering: overlay.peering,
         gossip_dropped: overlay.gossip_dropped,

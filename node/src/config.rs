@@ -80,6 +80,8 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// A file holding the admin token (its first line), instead of `admin_token`.
     pub admin_token_file: Option<PathBuf>,
+    /// Client request rates, connection caps, read timeouts, miss-sweep detection.
+    pub limits: Option<crate::limits::LimitsFile>,
 }
 
 /// One `[services."HOST"]` table.
@@ -96,6 +98,10 @@ pub struct ServiceFile {
     pub access: Option<String>,
     /// Key id → ed25519 public key (64 hex digits, as `reef token keygen` prints it).
     pub token_keys: Option<BTreeMap<String, String>>,
+    /// Bandwidth quota: bytes per second, or a rate with a unit ("10MB/s", "512KiB/s").
+    pub bandwidth: Option<toml::Value>,
+    /// What the service may send at once above its bandwidth: a size like `quota`.
+    pub bandwidth_burst: Option<toml::Value>,
 }
 
 impl FileConfig {
@@ -142,6 +148,7 @@ pub struct Config {
     /// Required by the admin API's mutating endpoints; without one they answer only on a
     /// loopback admin address.
     pub admin_token: Option<AdminToken>,
+    pub limits: crate::limits::Settings,
 }
 
 /// Shortest admin token taken: 16 characters of a random string are beyond guessing.
@@ -205,6 +212,8 @@ pub struct Service {
     pub origin: Option<reef_proto::CanonicalUrl>,
     /// Who may fetch its objects: anyone, or token holders.
     pub access: reef_proto::records::Access,
+    /// Response body bytes per second this node sends for it; None: unlimited.
+    pub bandwidth: Option<crate::limits::Bandwidth>,
 }
 
 impl Config {
@@ -232,7 +241,16 @@ impl Config {
             peering: crate::peering::Policy::default(),
             dns: crate::dns::Settings::default(),
             admin_token: None,
+            limits: crate::limits::Settings::default(),
         }
+    }
+
+    /// The bandwidth quota of every service that has one.
+    pub fn bandwidths(&self) -> Vec<(String, crate::limits::Bandwidth)> {
+        self.services
+            .iter()
+            .filter_map(|(host, s)| Some((host.clone(), s.bandwidth?)))
+            .collect()
     }
 
     /// The storage quota of every service that has one, as the cache takes them.
@@ -295,6 +313,14 @@ impl Config {
                 reason,
             })?;
         }
+        if let Some(limits) = file.limits {
+            self.limits
+                .apply(limits)
+                .map_err(|reason| ConfigError::Invalid {
+                    field: "[limits]",
+                    reason,
+                })?;
+        }
         if let Some(v) = file.region {
             self.region = v;
         }
@@ -336,6 +362,16 @@ impl Config {
                     reason: format!("quota: {reason}"),
                 })?;
                 service.quota = Some(quota);
+            }
+            if given.bandwidth.is_some() || given.bandwidth_burst.is_some() {
+                service.bandwidth = Some(
+                    bandwidth(given.bandwidth, given.bandwidth_burst).map_err(|reason| {
+                        ConfigError::Service {
+                            service: host.clone(),
+                            reason,
+                        }
+                    })?,
+                );
             }
             if let Some(origin) = given.origin {
                 service.origin =
@@ -424,6 +460,37 @@ fn size_value(v: toml::Value) -> Result<u64, String> {
             "expected bytes or a size like \"1GiB\", got {other}"
         )),
     }
+}
+
+/// A bandwidth quota: `rate` in bytes per second (a TOML integer, or a size per second like
+/// "10MB/s"), positive, with an optional burst (a size).
+fn bandwidth(
+    rate: Option<toml::Value>,
+    burst: Option<toml::Value>,
+) -> Result<crate::limits::Bandwidth, String> {
+    let rate = match rate {
+        Some(toml::Value::String(s)) => {
+            let Some(size) = s.trim().strip_suffix("/s") else {
+                return Err(format!(
+                    "bandwidth: {s:?} is not a rate (examples: \"10MB/s\", \"512KiB/s\", 1000000)"
+                ));
+            };
+            size_bytes(size).map_err(|e| format!("bandwidth: {e}"))?
+        }
+        Some(other) => size_value(other).map_err(|e| format!("bandwidth: {e}"))?,
+        None => return Err("bandwidth_burst needs bandwidth".into()),
+    };
+    if rate == 0 {
+        return Err("bandwidth: must be more than 0 bytes per second".into());
+    }
+    let burst = match burst {
+        Some(v) => Some(size_value(v).map_err(|e| format!("bandwidth_burst: {e}"))?),
+        None => None,
+    };
+    if burst == Some(0) {
+        return Err("bandwidth_burst: must be more than 0 bytes".into());
+    }
+    Ok(crate::limits::Bandwidth::new(rate, burst))
 }
 
 /// A capacity: utilisation divides by it, so 0 is refused.
@@ -637,6 +704,55 @@ mod tests {
         // An IPv6 literal keeps its brackets, as in URLs.
         let c = with_services("", &["[::1]=1k"]).unwrap();
         assert_eq!(c.services["[::1]"].quota, Some(1024));
+    }
+
+    #[test]
+    fn bandwidth_quotas_and_limits_parse_and_bad_ones_are_refused() {
+        let c = with_services(
+            r#"
+            [limits]
+            client_rps = 20
+            sweep_misses = 100
+            [services."a.example"]
+            bandwidth = "10MB/s"
+            [services."b.example"]
+            bandwidth = 2048
+            bandwidth_burst = "1MiB"
+            "#,
+            &[],
+        )
+        .unwrap();
+        let bw = |h: &str| c.services[h].bandwidth.unwrap();
+        assert_eq!(
+            (bw("a.example").bytes_per_s, bw("a.example").burst),
+            (10_000_000, 10_000_000)
+        );
+        assert_eq!(
+            (bw("b.example").bytes_per_s, bw("b.example").burst),
+            (2048, 1 << 20)
+        );
+        assert_eq!(c.bandwidths().len(), 2);
+        assert_eq!(c.limits.client_rate, Some((20.0, 20.0)));
+        assert_eq!(c.limits.sweep.misses, 100);
+        for bad in [
+            "bandwidth = \"10MB\"",
+            "bandwidth = \"lots/s\"",
+            "bandwidth = 0",
+            "bandwidth = -5",
+            "bandwidth_burst = \"1MiB\"",
+            "bandwidth = \"1MB/s\"\nbandwidth_burst = 0",
+        ] {
+            let text = format!("[services.\"a.example\"]\n{bad}");
+            let e = with_services(&text, &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("a.example") && e.contains("bandwidth"),
+                "{bad}: {e}"
+            );
+        }
+        let e = with_services("[limits]\nclient_rps = 0", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[limits]") && e.contains("client_rps"), "{e}");
     }
 
     #[test]

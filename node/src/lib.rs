@@ -19,6 +19,7 @@ pub mod edge;
 pub mod fetch;
 pub mod fetch_cmd;
 pub mod identity;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod node;

@@ -363,8 +363,9 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         capacity_rps: args.capacity_rps,
         capacity_mbps: args.capacity_mbps,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
-        // Offers and peering are policy: they come from the config file only.
+        // Offers, peering and limits are policy: they come from the config file only.
         offer: None,
+        limits: None,
         peering: None,
         // `--dns ADDR` is `[dns] listen`; the zone itself comes from the file.
         dns: args.dns.map(|listen| reef_node::dns::DnsFile {

@@ -298,6 +298,8 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let requests = crate::metrics::Requests::register(&mut registry);
     let rejections = crate::private::Rejections::register(&mut registry);
     let ingress = upstreams.ingress();
+    let limits =
+        crate::limits::Limits::new(config.limits.clone(), config.bandwidths(), &mut registry);
     let edge = Arc::new(Edge::new(
         fetcher.clone(),
         upstreams,
@@ -318,6 +320,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
             rejections,
             object_auth,
         },
+        limits.clone(),
     ));
 
     let dns = match config.dns.listen {
@@ -415,6 +418,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         dns: dns_handle,
         guard,
         activity,
+        limits,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, stop_rx));
     let reannounce = {

@@ -164,7 +164,9 @@ async fn a_home_serving_a_corrupted_copy_is_caught_and_the_client_gets_the_right
     let status = net.testnet.nodes[0].status().await.expect("status");
     assert_eq!(status["peer_bodies_rejected"], 1, "{status}");
     assert_eq!(net.testnet.origin.hits(&path), 2);
-    // The next miss on node 0 does not ask the liar again: it has its own good copy now.
+    // The next miss on node 0 does not ask the liar again: it has its own good copy now
+    // (committed just after the response; a request before that would follow the fill).
+    wait_stored(&net, 0, 1).await;
     let again = get_via(net.http(0), &url).await;
     assert_eq!(again.source(), "local");
     assert_eq!(again.body, expected_body(&path, size));

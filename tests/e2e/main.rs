@@ -3,6 +3,7 @@
 //! Each test launches its own small testnet (nodes on 127.0.0.x with ports picked by the
 //! kernel) and waits on readiness, never on sleeps; everything it starts is killed on drop.
 
+mod abuse;
 mod cli;
 mod cold;
 mod crash;
@@ -12,6 +13,7 @@ mod errors;
 mod fetch;
 mod flash;
 mod freshness;
+mod limits;
 mod load;
 mod metrics;
 mod offers;

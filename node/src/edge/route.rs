@@ -11,16 +11,17 @@ use reef_proto::{CanonicalUrl, ContentKey, UrlError};
 use tracing::{Instrument, debug, debug_span};
 
 use super::respond::respond;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body};
 use crate::fetch::upstream::From;
 use crate::fetch::{
     CacheStatus, FetchError, Fetcher, HOME_HEADER, OBJECT_PATH, ObjectAccess, Payload, RECORD_PATH,
     Served, Source, Upstreams, content_length, strip_hop_by_hop,
 };
+use crate::limits::{Admission, Limits, Throttled, request_body};
 use crate::load::Meter;
 use crate::metrics::Requests;
 use crate::peering::health::served_properly;
-use crate::peering::redirect::{Mode, Offload, parse_service_path};
+use crate::peering::redirect::{Mode, Offload, SERVICE_PATH, parse_service_path};
 use crate::peering::{Arrangements, Redirector, Usage};
 use crate::private::gate::{self, TokenCheck};
 use crate::private::{ObjectAuth, PRIVATE_HEADER, Private, Rejections};
@@ -48,6 +49,8 @@ pub struct Edge {
     /// `reef_requests_total{source,status}`.
     requests: Arc<Requests>,
     gate: Gate,
+    /// Quotas and abuse control (see `limits`).
+    limits: Arc<Limits>,
 }
 
 /// What decides which services this node serves, for whom, and which it sends elsewhere.
@@ -73,6 +76,7 @@ impl Edge {
         meter: Arc<Meter>,
         requests: Arc<Requests>,
         gate: Gate,
+        limits: Arc<Limits>,
     ) -> Self {
         let via = HeaderValue::from_str(&format!("1.1 reef-{node_name}"))
             .unwrap_or(HeaderValue::from_static("1.1 reef"));
@@ -84,7 +88,12 @@ impl Edge {
             meter,
             requests,
             gate,
+            limits,
         }
+    }
+
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
@@ -100,9 +109,17 @@ impl Edge {
             let lookup = req.method() == Method::GET || req.method() == Method::HEAD;
             // A clone shares the URI's bytes; it is only formatted if the access log is on.
             let target = req.uri().clone();
-            let mut resp = match self.route(req, client.ip()).await {
-                Ok(resp) => resp,
-                Err(e) => error_response(&e),
+            let from_node = from_node(&req);
+            let admission = match from_node {
+                true => Admission::Serve,
+                false => self.limits.admit(client.ip(), started),
+            };
+            let mut resp = match admission {
+                Admission::Refused(throttled) => too_many(&throttled),
+                Admission::CacheOnly(throttled) => {
+                    self.route(req, client.ip(), Some(throttled)).await
+                }
+                Admission::Serve => self.route(req, client.ip(), None).await,
             };
             let headers = resp.headers_mut();
             headers.append(header::VIA, self.via.clone());
@@ -132,6 +149,13 @@ impl Edge {
             {
                 self.meter
                     .lookup(source == Source::Local.as_str().as_bytes());
+                if !from_node {
+                    // Not from our disk: with home routing a miss that the key's home fetched
+                    // from the origin arrives as `peer`, so that counts too.
+                    let miss = source != Source::Local.as_str().as_bytes();
+                    self.limits
+                        .observe_lookup(client.ip(), miss, Instant::now());
+                }
             }
             resp.map(|body| self.meter.count_egress(body))
         }
@@ -139,11 +163,25 @@ impl Edge {
         .await
     }
 
-    /// Phase: resolve what is asked for, then hand it to the right path.
+    /// Every request's answer; `cache_only` (a sweeping client) refuses what would go upstream.
     async fn route(
         &self,
         req: Request<Incoming>,
         client: std::net::IpAddr,
+        cache_only: Option<Throttled>,
+    ) -> Response<Body> {
+        match self.resolve_and_serve(req, client, cache_only).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(&e),
+        }
+    }
+
+    /// Phase: resolve what is asked for, then hand it to the right path.
+    async fn resolve_and_serve(
+        &self,
+        req: Request<Incoming>,
+        client: std::net::IpAddr,
+        cache_only: Option<Throttled>,
     ) -> Result<Response<Body>, FetchError> {
         let header_bytes: usize = uri_len(req.uri())
             + req
@@ -152,11 +190,22 @@ impl Edge {
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>();
         if header_bytes > MAX_HEADER_BYTES {
+            self.limits.rejected("headers_too_large");
             return Ok(text_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 &format!(
                     "request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
                 ),
+            ));
+        }
+        // Phase: framing. A GET or HEAD has no body to send on, and one that declares a body
+        // is the shape of request smuggling (a front end and a back end that disagree on where
+        // the next request starts): refused, before anything else reads it.
+        if (req.method() == Method::GET || req.method() == Method::HEAD) && declares_body(&req) {
+            self.limits.rejected("malformed");
+            return Ok(text_response(
+                StatusCode::BAD_REQUEST,
+                "a GET or HEAD request must not carry a body (Content-Length or Transfer-Encoding)",
             ));
         }
         let mut usage = None;
@@ -181,7 +230,7 @@ impl Edge {
             }
             let url = match asked.service.url(&asked.target) {
                 Ok(url) => url,
-                Err(e) => return bad_url(e),
+                Err(e) => return self.bad_url(e),
             };
             let checked = match self.check_token(&asked.service, url, &req, client) {
                 Ok(checked) => checked,
@@ -213,7 +262,7 @@ impl Edge {
         } else {
             let url = match CanonicalUrl::from_uri(req.uri()) {
                 Ok(url) => url,
-                Err(e) => return bad_url(e),
+                Err(e) => return self.bad_url(e),
             };
             // A proxy request for a service's URL is that service's request. Only services
             // already known are checked: a DHT lookup for every host proxied would slow down
@@ -230,6 +279,14 @@ impl Edge {
             }
         };
         let TokenCheck { url, private, .. } = checked;
+        // Phase: quota. Our own provider's services (and proxied hosts) with a bandwidth quota.
+        let charge = match usage {
+            Some(_) => None,
+            None => match self.limits.admit_service(url.host(), Instant::now()) {
+                Ok(charge) => charge,
+                Err(throttled) => return Ok(too_many(&throttled)),
+            },
+        };
         let (mut parts, body) = req.into_parts();
         if private {
             // The origin did not issue the token; and with `Authorization` the response
@@ -239,7 +296,18 @@ impl Edge {
         }
         let resp = match parts.method {
             Method::GET | Method::HEAD => {
-                let served = self.fetcher.get(url, &parts).await?;
+                if cache_only.is_some() {
+                    parts.headers.append(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("only-if-cached"),
+                    );
+                }
+                let served = match (self.fetcher.get(url, &parts).await, cache_only) {
+                    (Err(FetchError::NotCached), Some(throttled)) => {
+                        return Ok(too_many(&self.limits.refuse_miss(throttled)));
+                    }
+                    (served, _) => served?,
+                };
                 // A stored copy marked private, asked for without a token: the service was
                 // not known to be private here just now (e.g. a forward-proxy request after a
                 // restart). The body is dropped unread.
@@ -257,12 +325,21 @@ impl Edge {
             }
             Method::CONNECT => return Err(FetchError::Method("CONNECT".into())),
             ref method => {
+                if let Some(throttled) = cache_only {
+                    return Ok(too_many(&self.limits.refuse_miss(throttled)));
+                }
                 // Unsafe and other methods go to the origin untouched and are never cached.
-                let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
-                let resp = self
+                let (body, watch) = self.limits.guard_body(body);
+                let body = body.boxed_unsync();
+                let sent = self
                     .upstreams
                     .origin(method.clone(), &url, &parts.headers, body)
-                    .await?;
+                    .await;
+                let resp = match (sent, watch.failure()) {
+                    (Ok(resp), _) => resp,
+                    (Err(_), Some(failure)) => return Ok(Self::body_failed(failure)),
+                    (Err(e), None) => return Err(e),
+                };
                 let (mut head, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let succeeded = head.status.is_success() || head.status.is_redirection();
@@ -279,11 +356,43 @@ impl Edge {
                 respond(served, &parts).await
             }
         };
-        // Phase: account what is served for another provider, byte by byte as it goes out.
-        Ok(match usage {
-            Some(usage) => resp.map(|body| usage.count(body)),
-            None => resp,
+        // Phase: account what is served for another provider, and what a service's bandwidth
+        // quota pays for, byte by byte as it goes out.
+        Ok(match (usage, charge) {
+            (Some(usage), _) => resp.map(|body| usage.count(body)),
+            (None, Some(charge)) => resp.map(|body| charge.body(body)),
+            (None, None) => resp,
         })
+    }
+
+    /// A URL we cannot take: too long is 414, anything else 400.
+    fn bad_url(&self, e: UrlError) -> Result<Response<Body>, FetchError> {
+        match e {
+            UrlError::TooLong => {
+                self.limits.rejected("uri_too_long");
+                Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string()))
+            }
+            e => Err(FetchError::BadRequest(e.to_string())),
+        }
+    }
+
+    /// The client's request body failed before the origin answered: its fault, not the
+    /// origin's. The connection is closed after the answer (the body was not read whole).
+    fn body_failed(failure: request_body::Failure) -> Response<Body> {
+        let (status, why) = match failure {
+            request_body::Failure::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ),
+            request_body::Failure::Malformed => (
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed (a bad chunk or a short body)",
+            ),
+        };
+        let mut resp = text_response(status, why);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     }
 
     /// Phase: the service an origin-form request names: in its `Host`, or in the path when a
@@ -509,12 +618,48 @@ impl Edge {
     }
 }
 
-/// A URL we cannot take: too long is 414, anything else 400.
-fn bad_url(e: UrlError) -> Result<Response<Body>, FetchError> {
-    match e {
-        UrlError::TooLong => Ok(text_response(StatusCode::URI_TOO_LONG, &e.to_string())),
-        e => Err(FetchError::BadRequest(e.to_string())),
+/// Requests from other nodes rather than clients, which the client limits leave alone:
+/// peers' object and record fetches (from the store, or a cold miss sent to us as the key's
+/// home, which is all misses by design), a primary's health probe, and a client's request
+/// relayed under an arrangement (the path form, sent by a node). The markers can be spoofed; what a spoofer gains is told in
+/// docs/architecture.md (*Quotas and abuse control*).
+fn from_node<B>(req: &Request<B>) -> bool {
+    if req.uri().scheme().is_some() {
+        return false;
     }
+    let path = req.uri().path();
+    let reef_agent = || {
+        req.headers()
+            .get(header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(b"reef/"))
+    };
+    path.starts_with(OBJECT_PATH)
+        || path.starts_with(RECORD_PATH)
+        || (req.method() == Method::HEAD && req.headers().contains_key(PROBE_HEADER))
+        || (path.starts_with(SERVICE_PATH) && reef_agent())
+}
+
+/// Whether the request says a body follows. hyper has already refused conflicting and
+/// malformed framing; with both headers it keeps only `Transfer-Encoding`.
+fn declares_body<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+}
+
+/// 429 with `Retry-After` and a line saying why.
+fn too_many(throttled: &Throttled) -> Response<Body> {
+    let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, &throttled.why);
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(throttled.retry_after_secs()),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// An origin-form request for a service.
@@ -574,6 +719,62 @@ pub fn text_response(status: StatusCode, reason: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_requests_are_told_from_client_requests() {
+        let req = |method: Method, target: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().method(method).uri(target);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let key = "ab".repeat(32);
+        assert!(from_node(&req(
+            Method::GET,
+            &format!("/_reef/object/{key}"),
+            &[]
+        )));
+        assert!(from_node(&req(
+            Method::GET,
+            &format!("/_reef/record/{key}"),
+            &[]
+        )));
+        assert!(from_node(&req(Method::HEAD, "/p", &[(PROBE_HEADER, "1")])));
+        assert!(from_node(&req(
+            Method::GET,
+            "/_reef/s/a.example/p",
+            &[("user-agent", "reef/0.1.0")]
+        )));
+        // A probe is a HEAD; a redirected browser is a client; so is any proxy request.
+        assert!(!from_node(&req(Method::GET, "/p", &[(PROBE_HEADER, "1")])));
+        assert!(!from_node(&req(
+            Method::GET,
+            "/_reef/s/a.example/p",
+            &[("user-agent", "curl/8")]
+        )));
+        assert!(!from_node(&req(
+            Method::GET,
+            &format!("http://a.example/_reef/object/{key}"),
+            &[]
+        )));
+        assert!(!from_node(&req(Method::GET, "/p", &[])));
+    }
+
+    #[test]
+    fn a_body_is_declared_by_transfer_encoding_or_a_nonzero_length() {
+        let with = |headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri("/");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            declares_body(&b.body(()).unwrap())
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("content-length", "0")]));
+        assert!(with(&[("content-length", "5")]));
+        assert!(with(&[("transfer-encoding", "chunked")]));
+    }
 
     #[test]
     fn uri_len_matches_the_formatted_target() {
