@@ -25,6 +25,8 @@ use reef_proto::records::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::hex;
+
 /// A certificate lives as long as its kind allows: renewal is automatic while the node runs.
 pub const CERT_LIFETIME: Duration = Duration::from_millis(ProviderCert::MAX_LIFETIME_MS);
 /// Renewed halfway, so a node that fails to renew (a clock jump, an overlay hiccup) has two
@@ -109,7 +111,7 @@ pub fn init(path: &Path, name: &str) -> Result<ProviderIdentity, ProviderKeyErro
     let file = KeyFile {
         name: name.to_string(),
         id: Some(key.id().to_string()),
-        secret: hex(&key.to_bytes()),
+        secret: hex::encode(&key.to_bytes()),
     };
     let body = toml::to_string(&file).map_err(|e| ProviderKeyError::Invalid {
         path: path.to_owned(),
@@ -156,8 +158,8 @@ pub fn load(path: &Path) -> Result<ProviderIdentity, ProviderKeyError> {
     };
     let file: KeyFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     check_name(&file.name).map_err(|e| invalid(e.to_string()))?;
-    let secret =
-        unhex32(&file.secret).ok_or_else(|| invalid("secret is not 64 hex digits".to_string()))?;
+    let secret = hex::decode32(&file.secret)
+        .ok_or_else(|| invalid("secret is not 64 hex digits".to_string()))?;
     let key = ProviderKey::from_bytes(&secret);
     if let Some(id) = &file.id {
         let id: ProviderId = id
@@ -272,23 +274,6 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim().as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use reef_proto::records::open;
@@ -332,7 +317,7 @@ mod tests {
             Err(ProviderKeyError::Read { .. })
         ));
         let good = init(&dir.path().join("good.key"), "acme").unwrap();
-        let secret = hex(&good.key.to_bytes());
+        let secret = hex::encode(&good.key.to_bytes());
         let other_id = ProviderKey::from_bytes(&[1; 32]).id();
         for (i, text) in [
             "garbage".to_string(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use reef_proto::token::{Claims, TokenSigner, check_key_id, check_prefix};
 use serde::{Deserialize, Serialize};
 
-use crate::private::{hex, unhex32};
+use crate::hex;
 
 /// Longest lifetime a token may be issued with: a year, for a long-lived download link; a
 /// token cannot be revoked before it expires except by retiring its key.
@@ -43,11 +43,11 @@ fn err(message: impl Into<String>) -> TokenCmdError {
 pub fn keygen(out: &Path, id: &str) -> Result<String, TokenCmdError> {
     check_key_id(id).map_err(|e| err(format!("--id {id:?}: {e}")))?;
     let signer = TokenSigner::generate().map_err(|e| err(e.to_string()))?;
-    let public = hex(&signer.public());
+    let public = hex::encode(&signer.public());
     let file = KeyFile {
         id: id.to_string(),
         public: public.clone(),
-        secret: hex(&signer.to_bytes()),
+        secret: hex::encode(&signer.to_bytes()),
     };
     let body = toml::to_string(&file).map_err(|e| err(e.to_string()))?;
     let text = format!(
@@ -125,9 +125,9 @@ fn load(path: &Path) -> Result<(String, TokenSigner), TokenCmdError> {
         .read_to_string(&mut text)
         .map_err(|e| bad(&e.to_string()))?;
     let file: KeyFile = toml::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-    let secret = unhex32(&file.secret).ok_or_else(|| bad("secret is not 64 hex digits"))?;
+    let secret = hex::decode32(&file.secret).ok_or_else(|| bad("secret is not 64 hex digits"))?;
     let signer = TokenSigner::from_bytes(&secret);
-    if unhex32(&file.public) != Some(signer.public()) {
+    if hex::decode32(&file.public) != Some(signer.public()) {
         return Err(bad("public does not match the secret"));
     }
     check_key_id(&file.id).map_err(|e| bad(&format!("id: {e}")))?;

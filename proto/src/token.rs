@@ -109,9 +109,7 @@ pub struct TokenSigner(SigningKey);
 impl TokenSigner {
     /// A new key from the operating system's randomness.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(KeyError::Randomness)?;
-        Ok(Self::from_bytes(&secret))
+        Ok(Self::from_bytes(&crate::records::random()?))
     }
 
     pub fn from_bytes(secret: &[u8; 32]) -> Self {

@@ -996,7 +996,7 @@ impl Fetcher {
         }
         // The record the peer sends along, if a node of ours signed it; else the DHT's.
         let offered = head.headers.remove(RECORD_HEADER);
-        let mut vouched = match offered.and_then(|v| verify::from_hex(v.as_bytes())) {
+        let mut vouched = match offered.and_then(|v| crate::hex::decode(v.as_bytes())) {
             Some(sealed) => self.vouched_by_ours(key, sealed).await,
             None => None,
         };
@@ -1435,7 +1435,7 @@ impl Fetcher {
     fn mark_complete(&self, key: &ContentKey, headers: &mut HeaderMap) {
         headers.insert(FILL_HEADER, HeaderValue::from_static("complete"));
         if let Some(sealed) = self.inner.announcer.sealed(key)
-            && let Ok(value) = HeaderValue::from_str(&verify::to_hex(&sealed))
+            && let Ok(value) = HeaderValue::from_str(&crate::hex::encode(&sealed))
         {
             headers.insert(RECORD_HEADER, value);
         }

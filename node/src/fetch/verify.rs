@@ -126,22 +126,6 @@ pub struct Vouched {
     pub sealed: Vec<u8>,
 }
 
-/// Lower-case hex, for carrying a sealed record in a header.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The bytes of lower-case or upper-case hex; None if it is not hex.
-pub fn from_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16);
-    text.chunks(2)
-        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
-        .collect()
-}
-
 /// Whether a body received as `got` is the one `want` describes.
 pub fn matches(got: Expected, want: Expected) -> Result<(), VerifyError> {
     if got.len != want.len {
@@ -394,15 +378,6 @@ mod tests {
         let (out, err) = read_all(body).await;
         assert_eq!(out.len(), 1000);
         assert!(err.is_some_and(|e| e.contains("longer")));
-    }
-
-    #[test]
-    fn hex_round_trips_and_refuses_garbage() {
-        let bytes = [0u8, 1, 0xab, 0xff, 0x10];
-        assert_eq!(to_hex(&bytes), "0001abff10");
-        assert_eq!(from_hex(b"0001ABff10"), Some(bytes.to_vec()));
-        assert_eq!(from_hex(b"0g"), None);
-        assert_eq!(from_hex(b"abc"), None);
     }
 
     #[test]

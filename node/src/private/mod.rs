@@ -74,28 +74,11 @@ pub fn access_of(
 
 /// An ed25519 public key as 64 hex digits, checked to be a usable key.
 pub fn public_key(text: &str) -> Result<[u8; 32], String> {
-    let bytes = unhex32(text).ok_or("the public key is not 64 hex digits")?;
+    let bytes = crate::hex::decode32(text).ok_or("the public key is not 64 hex digits")?;
     match ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
         Ok(key) if !key.is_weak() => Ok(bytes),
         _ => Err("not a valid ed25519 public key".into()),
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim().as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -113,7 +96,8 @@ mod tests {
 
     #[test]
     fn access_settings_parse_with_reasons() {
-        let public = hex(&reef_proto::token::TokenSigner::from_bytes(&[3; 32]).public());
+        let public =
+            crate::hex::encode(&reef_proto::token::TokenSigner::from_bytes(&[3; 32]).public());
         assert_eq!(access_of(None, None), Ok(None));
         assert_eq!(
             access_of(Some("public".into()), None),

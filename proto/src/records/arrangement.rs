@@ -34,9 +34,7 @@ pub struct ArrangementId([u8; 16]);
 impl ArrangementId {
     /// A new id from the operating system's randomness.
     pub fn random() -> Result<Self, KeyError> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(KeyError::Randomness)?;
-        Ok(Self(bytes))
+        Ok(Self(super::identity::random()?))
     }
 
     pub const fn from_bytes(bytes: [u8; 16]) -> Self {

@@ -137,12 +137,17 @@ pub enum KeyError {
     Randomness(getrandom::Error),
 }
 
+/// `N` bytes of the operating system's randomness: new keys' secrets, arrangement ids.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], KeyError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(KeyError::Randomness)?;
+    Ok(bytes)
+}
+
 impl ProviderKey {
     /// A new key from the operating system's randomness.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(KeyError::Randomness)?;
-        Ok(Self::from_bytes(&secret))
+        Ok(Self::from_bytes(&random()?))
     }
 
     /// The key with this 32-byte ed25519 secret (as stored by the caller; this crate does no I/O).

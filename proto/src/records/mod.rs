@@ -92,6 +92,7 @@ pub use envelope::{
     decode_body, is_newer, open, seal,
 };
 pub use error::RecordError;
+pub(crate) use identity::random;
 pub use identity::{
     BadProviderId, KeyError, ProviderId, ProviderKey, ed25519_key_of_peer_id, peer_id_bytes,
 };
