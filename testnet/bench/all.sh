@@ -102,7 +102,12 @@ for b in "${BENCHES[@]}"; do
         echo "Machine: $(machine)."
         echo
         # The plots stay beside the CSV in target/bench-all/flash (not in git).
-        if [ "$name" = flash ]; then grep -v '^!\[' "$OUT/flash/summary.md"; else cat "$OUT/$name.out"; fi
+        if [ "$name" = flash ]; then
+            grep -v '^!\[' "$OUT/flash/summary.md" |
+                sed "s|^Plots (SVG and PNG beside this file):|Plots (SVG and PNG) are written beside the summary, in \`$OUT/flash/\`:|"
+        else
+            cat "$OUT/$name.out"
+        fi
         echo
     } >"$report"
     splice "$name" "$report"
