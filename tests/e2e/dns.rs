@@ -244,21 +244,13 @@ async fn a_zone_answers_live_nodes_and_survives_garbage() {
     assert_eq!(got.addresses(), left);
 }
 
-const LONG_TERM: &str = r#"
-[[peering.long_term]]
-primary = "{provider:0}"
-peer = "{provider:1}"
-services = ["video.example"]
-share = 0.5
-price_per_gb = 0.01
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_arrangement_puts_the_peer_in_its_share_of_answers() {
     // p0 (node 0) owns the service and the zone; p1 (node 1) serves it under a long-term
     // arrangement for half of the answers, and has a zone of its own.
-    let primary = format!("{ZONE}{LONG_TERM}");
-    let peer = format!("[dns]\nzone = \"cdn.p1.example\"\n{LONG_TERM}");
+    let agreement = crate::peering::long_term::long_term("video.example", "0.5");
+    let primary = format!("{ZONE}{agreement}");
+    let peer = format!("[dns]\nzone = \"cdn.p1.example\"\n{agreement}");
     let net = launch_dns(2, 2, &[&primary, &peer]).await;
     let server = net.testnet.nodes[0].runtime().dns.expect("node 0 runs DNS");
     let (own, theirs) = (net.http(0).ip().to_string(), net.http(1).ip().to_string());

@@ -38,15 +38,10 @@ fn service() -> String {
     )
 }
 
-/// p1 serves p0's private service from start.
-const LONG_TERM: &str = r#"
-[[peering.long_term]]
-primary = "{provider:0}"
-peer = "{provider:1}"
-services = ["files.example"]
-share = 0.3
-price_per_gb = 0.01
-"#;
+/// p1 serves 30 % of p0's private service from start.
+fn long_term() -> String {
+    crate::peering::long_term::long_term("files.example", "0.3")
+}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -227,8 +222,8 @@ async fn metrics(net: &Net, node: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_guard_private_content_at_the_owner_and_at_a_peer_under_arrangement() {
-    let owner = format!("{}{LONG_TERM}", service());
-    let mut net = launch_configured(2, 2, &[&owner, LONG_TERM]).await;
+    let owner = format!("{}{}", service(), long_term());
+    let mut net = launch_configured(2, 2, &[&owner, &long_term()]).await;
     token_cases(&net, 0, "/bytes/5000").await;
     // Node 1 is p1's: it learns the service (and its keys) from the signed record.
     wait_published(&net).await;
@@ -401,7 +396,7 @@ async fn a_cold_private_miss_goes_to_its_home_node_which_knows_its_own_provider(
 async fn a_redirect_to_the_peer_carries_a_bearer_token_along() {
     // p0 runs at capacity 1 req/s, so a few requests put it over its high watermark, and it
     // sends everything to p1 (the whole share).
-    let whole = LONG_TERM.replace("share = 0.3", "share = 1.0");
+    let whole = crate::peering::long_term::long_term("files.example", "1.0");
     let overloaded = format!(
         "capacity_rps = 1\n{}\n[peering]\nhigh_watermark = 0.5\n{whole}",
         service()

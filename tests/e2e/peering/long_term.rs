@@ -19,6 +19,13 @@ share = 0.3
 price_per_gb = 0.01
 "#;
 
+/// The same agreement for another service or share.
+pub(crate) fn long_term(service: &str, share: &str) -> String {
+    LONG_TERM
+        .replace("\"video.example\"", &format!("\"{service}\""))
+        .replace("share = 0.3", &format!("share = {share}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_term_arrangement_from_policy_is_active_at_start() {
     // The primary states the account every second (once the peer's receipts, every 5 s, have
