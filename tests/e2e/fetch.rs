@@ -270,3 +270,42 @@ async fn a_successful_unsafe_method_invalidates_the_stored_copy() {
     assert_eq!(after.body, expected_body(path, 800));
     assert_eq!(net.testnet.origin.hits(path), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_vouches_for_a_body_it_fetched_from_another_providers_node() {
+    use reef_proto::records::{ContentRecord, open, peer_id_bytes};
+    use reef_proto::{CanonicalUrl, ContentKey};
+
+    // Node 0 is p0, node 1 is p1 (and its own home node).
+    let net = crate::support::launch_configured(2, 2, &[]).await;
+    let path = "/bytes/30000";
+    let url = net.testnet.origin.url(path);
+    assert_eq!(get_via(net.http(0), &url).await.source(), "origin");
+    wait_announced(&net, 0, 1).await;
+    let got = get_via(net.http(1), &url).await;
+    assert_eq!(got.source(), "peer", "{}", got.text());
+    assert_eq!(got.body, expected_body(path, 30_000));
+
+    // The record node 1 hands to the nodes of its provider that stream the body from its fill
+    // is its own: they accept only a record one of their provider's nodes signed.
+    let key = ContentKey::for_url(&CanonicalUrl::parse(&url).expect("url"));
+    let record = crate::support::request_via(
+        net.http(1),
+        http::Request::get(format!("/_reef/record/{key}")),
+    )
+    .await;
+    assert_eq!(record.status, 200, "{}", record.text());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let opened = open::<ContentRecord>(&record.body, now).expect("a valid record");
+    let node_1: reef_overlay::PeerId =
+        net.testnet.nodes[1].status().await.expect("status")["peer_id"]
+            .as_str()
+            .expect("peer id")
+            .parse()
+            .expect("peer id");
+    assert_eq!(peer_id_bytes(opened.signer()), node_1.to_bytes());
+    assert_eq!(opened.record().body_len, 30_000);
+}

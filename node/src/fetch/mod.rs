@@ -1016,7 +1016,7 @@ impl Fetcher {
         match verify::download(body, want, &scratch).await {
             Ok(file) => {
                 debug!(%peer, key = %key.short(), "fetched and verified from peer");
-                self.inner.announcer.remember(key, vouched.sealed);
+                self.vouch_for_verified(key, vouched.sealed);
                 PeerCopy::Use(Box::new(Upstream {
                     head,
                     body: body::from_file(file, want.len),
@@ -1148,6 +1148,21 @@ impl Fetcher {
             expected,
             sealed: value,
         })
+    }
+
+    /// A body we fetched whole from a peer checked out against `sealed`: we vouch for it
+    /// ourselves. Nodes of our provider that stream it from our fill accept only a record a
+    /// node of their own provider signed (`check_streamed`), and `sealed` may be another
+    /// provider's (a home node fetching from another provider's holder). Kept for
+    /// `/_reef/record/`, not published: the DHT already has a record of the same body.
+    fn vouch_for_verified(&self, key: ContentKey, sealed: Vec<u8>) {
+        let now = crate::provider::unix_ms();
+        let ours = open::<ContentRecord>(&sealed, now)
+            .ok()
+            .and_then(|opened| self.inner.announcer.seal(opened.record()));
+        if ours.is_none() {
+            self.inner.announcer.remember(key, sealed);
+        }
     }
 
     /// The sealed ContentRecord we made for `key` lately (`/_reef/record/<key>`), for peers
