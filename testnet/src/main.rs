@@ -15,9 +15,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use reef_testnet::client::{self, ResponseHeaders};
 use reef_testnet::{
-    Announcements, NodeProcess, Options, Testnet, bench, bench_cold, bench_dht, bench_discovery,
-    bench_dns, bench_load, bench_metrics, bench_nginx, bench_peering, flash, locate_reef_binary,
-    origin,
+    Announcements, Options, Testnet, bench, bench_cold, bench_dht, bench_discovery, bench_dns,
+    bench_load, bench_metrics, bench_nginx, bench_peering, flash, locate_reef_binary, origin,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -582,26 +581,45 @@ async fn wait_for_stop(testnet: &Testnet, sigterm: &mut tokio::signal::unix::Sig
     }
 }
 
-/// Waits until `node` finished announcing one more object than `before` and says so if
+/// The announcement counters of every node, summed: with home routing the first fetch is
+/// stored and announced by the key's home node, which need not be the node asked.
+async fn announcements_of(testnet: &Testnet) -> Option<Announcements> {
+    let mut sum = Announcements::default();
+    for node in &testnet.nodes {
+        let a = node.announcements().await.ok()?;
+        sum.done += a.done;
+        sum.failed += a.failed;
+        sum.skipped += a.skipped;
+    }
+    Some(sum)
+}
+
+/// Waits until the testnet finished announcing one more object than `before` and says so if
 /// that failed: the next nodes then cannot find it in the DHT and go to the origin.
-async fn wait_announced(node: &NodeProcess, name: &str, before: Announcements) {
-    match node
-        .wait_announced(before.settled() + 1, DEMO_ANNOUNCE_TIMEOUT)
-        .await
-    {
-        Ok(now) if now.done > before.done => {}
-        Ok(now) => println!(
-            "{:<18} {name} could not announce it (failed {}, skipped {}); the next fetches may go to the origin",
-            "",
-            now.failed - before.failed,
-            now.skipped - before.skipped
-        ),
-        Err(e) => {
-            tracing::warn!(node = name, error = %e, "waiting for the announcement failed");
-            println!(
-                "{:<18} {name} did not announce it within {DEMO_ANNOUNCE_TIMEOUT:?}; the next fetches may go to the origin",
-                ""
-            );
+async fn wait_announced(testnet: &Testnet, before: Announcements) {
+    let started = std::time::Instant::now();
+    loop {
+        match announcements_of(testnet).await {
+            Some(now) if now.settled() > before.settled() => {
+                if now.done == before.done {
+                    println!(
+                        "{:<18} it could not be announced (failed {}, skipped {}); the next fetches may go to the origin",
+                        "",
+                        now.failed - before.failed,
+                        now.skipped - before.skipped
+                    );
+                }
+                return;
+            }
+            _ if started.elapsed() >= DEMO_ANNOUNCE_TIMEOUT => {
+                println!(
+                    "{:<18} it was not announced within {DEMO_ANNOUNCE_TIMEOUT:?}; the next fetches may go to the origin",
+                    ""
+                );
+                return;
+            }
+            // Poll interval of a status read, not synchronisation.
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
@@ -1100,7 +1118,7 @@ async fn run_demo(testnet: &Testnet) {
             // background once it is stored, so take the counters' baseline now and wait for
             // the announcement before the other nodes look for it.
             let announced_before = if k == 0 {
-                node.announcements().await.ok()
+                announcements_of(testnet).await
             } else {
                 None
             };
@@ -1129,7 +1147,7 @@ async fn run_demo(testnet: &Testnet) {
                 Err(e) => println!("{path:<18} {name:<7} error: {e}"),
             }
             if let Some(before) = announced_before.filter(|_| stored) {
-                wait_announced(node, &name, before).await;
+                wait_announced(testnet, before).await;
             }
         }
         println!(
