@@ -56,6 +56,13 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the families counted by why (`reef_throttled_requests_total`,
+/// `reef_rejected_requests_total`, `reef_token_rejections_total`, …).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
 /// `reef_requests_total{source,status}`: every request the edge answered.
 ///
 /// The family is prometheus-client's, but the request path does not look labels up in it: each

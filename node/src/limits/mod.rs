@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::body::Body;
+use crate::metrics::Reason;
 use clients::{ClientKey, Table};
 use sweep::Sweep;
 use token_bucket::TokenBucket;
@@ -212,11 +213,6 @@ pub enum Admission {
     /// Served from the cache only; what would go upstream is refused with this.
     CacheOnly(Throttled),
     Refused(Throttled),
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

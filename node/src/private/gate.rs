@@ -13,13 +13,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, header};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use reef_proto::CanonicalUrl;
 use reef_proto::records::Access;
 use reef_proto::token::{self, Claims};
+
+use crate::metrics::Reason;
 
 /// The query parameter a token may come in; prefixed so it cannot clash with the origin's own.
 pub const TOKEN_PARAM: &str = "reef_token";
@@ -200,18 +201,13 @@ fn unix_secs() -> u64 {
     crate::provider::unix_ms() / 1000
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RejectionLabels {
-    reason: &'static str,
-}
-
 /// `reef_token_rejections_total{reason}`: requests for private content refused by the token
 /// phase, by why (missing, malformed, unknown_key, bad_signature, expired, wrong_prefix,
 /// wrong_client), and private objects refused to a requester that was not authorised
 /// (unauthorised_node, private_object).
 #[derive(Debug, Default)]
 pub struct Rejections {
-    family: Family<RejectionLabels, Counter>,
+    family: Family<Reason, Counter>,
 }
 
 impl Rejections {
@@ -226,7 +222,7 @@ impl Rejections {
     }
 
     pub fn count(&self, reason: &'static str) {
-        self.family.get_or_create(&RejectionLabels { reason }).inc();
+        self.family.get_or_create(&Reason { reason }).inc();
     }
 }
 
