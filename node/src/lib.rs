@@ -32,6 +32,7 @@ pub mod provider;
 pub mod purge;
 pub mod republish;
 pub mod runtime_file;
+pub mod secret_file;
 pub mod services;
 pub mod status_cmd;
 pub mod telemetry;

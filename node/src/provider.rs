@@ -13,7 +13,6 @@
 //! certified provider by naming it, and a certified provider's name proves nothing either:
 //! peers decide membership by the certificate's signature alone.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -121,25 +120,18 @@ pub fn init(path: &Path, name: &str) -> Result<ProviderIdentity, ProviderKeyErro
         "# Reef provider key. Whoever holds this file can certify nodes as this provider:\n\
          # keep it private, and copy it only to the machines of this provider's nodes.\n{body}"
     );
-    let werr = |source| ProviderKeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| {
+    crate::secret_file::create(path, &text).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             ProviderKeyError::Exists {
                 path: path.to_owned(),
             }
         } else {
-            werr(e)
+            ProviderKeyError::Write {
+                path: path.to_owned(),
+                source: e,
+            }
         }
     })?;
-    f.write_all(text.as_bytes()).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
     Ok(ProviderIdentity {
         name: name.to_string(),
         key,

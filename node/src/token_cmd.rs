@@ -5,7 +5,6 @@
 //! (what the service's `token_keys` lists) and `secret`, all checked against each other on load.
 //! It belongs to the content owner, not to the CDN: nodes only ever see the public key.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,23 +53,16 @@ pub fn keygen(out: &Path, id: &str) -> Result<String, TokenCmdError> {
         "# Reef token key. Whoever holds this file can issue tokens for the services that list\n\
          # its public key: keep it with the content owner, never on CDN nodes.\n{body}"
     );
-    let werr = |e: std::io::Error| err(format!("cannot write {}: {e}", out.display()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(out).map_err(|e| {
+    crate::secret_file::create(out, &text).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             err(format!(
                 "{} already exists; refusing to overwrite a token key",
                 out.display()
             ))
         } else {
-            werr(e)
+            err(format!("cannot write {}: {e}", out.display()))
         }
     })?;
-    f.write_all(text.as_bytes()).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
     Ok(format!(
         "key id:     {id}\npublic key: {public}\nconfig:     token_keys = {{ {id} = \"{public}\" }}"
     ))
