@@ -239,6 +239,12 @@ pub fn prefix_covers(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// Whether `public` can verify tokens: a valid ed25519 point, not of small order (such a key
+/// passes `verify_strict` for nobody, so listing one is a typo).
+pub fn is_usable_key(public: &[u8; 32]) -> bool {
+    VerifyingKey::from_bytes(public).is_ok_and(|k| !k.is_weak())
+}
+
 /// A key id: 1 to [`MAX_KEY_ID_LEN`] of `[A-Za-z0-9._-]`.
 pub fn check_key_id(id: &str) -> Result<(), TokenError> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');

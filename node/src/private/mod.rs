@@ -75,10 +75,10 @@ pub fn access_of(
 /// An ed25519 public key as 64 hex digits, checked to be a usable key.
 pub fn public_key(text: &str) -> Result<[u8; 32], String> {
     let bytes = crate::hex::decode32(text).ok_or("the public key is not 64 hex digits")?;
-    match ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
-        Ok(key) if !key.is_weak() => Ok(bytes),
-        _ => Err("not a valid ed25519 public key".into()),
+    if !reef_proto::token::is_usable_key(&bytes) {
+        return Err("not a valid ed25519 public key".into());
     }
+    Ok(bytes)
 }
 
 #[cfg(test)]

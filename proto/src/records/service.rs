@@ -112,8 +112,7 @@ fn check_access(access: &Access) -> Result<(), RecordError> {
         if keys[..i].iter().any(|k| k.id == key.id) {
             return Err(RecordError::invalid("access", "duplicate key id"));
         }
-        // A small-order key would pass `verify_strict` for nobody; refuse it as a typo.
-        if !ed25519_dalek::VerifyingKey::from_bytes(&key.public).is_ok_and(|k| !k.is_weak()) {
+        if !crate::token::is_usable_key(&key.public) {
             return Err(RecordError::invalid("access", "not an ed25519 public key"));
         }
     }
