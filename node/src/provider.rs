@@ -266,6 +266,11 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Tokens and object stamps count in whole seconds.
+pub fn unix_secs() -> u64 {
+    unix_ms() / 1000
+}
+
 #[cfg(test)]
 mod tests {
     use reef_proto::records::open;

@@ -96,7 +96,7 @@ pub fn issue(args: &IssueArgs) -> Result<String, TokenCmdError> {
         ),
         None => None,
     };
-    let expires = crate::provider::unix_ms() / 1000 + ttl.as_secs();
+    let expires = crate::provider::unix_secs() + ttl.as_secs();
     signer
         .issue(&Claims {
             key_id,
@@ -197,7 +197,7 @@ mod tests {
             id,
             public: signer.public(),
         }];
-        let now = crate::provider::unix_ms() / 1000;
+        let now = crate::provider::unix_secs();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(reef_proto::token::verify(&token, &keys, "/p/a", ip, now).is_ok());
         for bad in [

@@ -21,6 +21,7 @@ use reef_proto::records::Access;
 use reef_proto::token::{self, Claims};
 
 use crate::metrics::Reason;
+use crate::provider::unix_secs;
 
 /// The query parameter a token may come in; prefixed so it cannot clash with the origin's own.
 pub const TOKEN_PARAM: &str = "reef_token";
@@ -195,10 +196,6 @@ impl std::fmt::Display for Redacted<'_> {
         }
         Ok(())
     }
-}
-
-fn unix_secs() -> u64 {
-    crate::provider::unix_ms() / 1000
 }
 
 /// `reef_token_rejections_total{reason}`: requests for private content refused by the token

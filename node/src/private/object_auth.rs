@@ -11,10 +11,10 @@
 //! object's bytes cross that same wire in the clear anyway (node-to-node HTTP), so the MAC
 //! guards against asking, not against listening.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::{HeaderMap, HeaderValue};
 use reef_proto::ContentKey;
+
+use crate::provider::unix_secs;
 
 /// Carries `SECS.MAC` (unix seconds, 64 hex digits) on a node's `/_reef/object/` request.
 pub const OBJECT_AUTH_HEADER: &str = "x-reef-object-auth";
@@ -47,7 +47,7 @@ impl ObjectAuth {
 
     /// The header value for a request of `key` now.
     pub fn stamp(&self, key: &ContentKey) -> Option<HeaderValue> {
-        let secs = now_secs();
+        let secs = unix_secs();
         HeaderValue::from_str(&format!("{secs}.{}", self.mac(key, secs).to_hex())).ok()
     }
 
@@ -65,7 +65,7 @@ impl ObjectAuth {
         let (Ok(secs), Ok(mac)) = (secs.parse::<u64>(), blake3::Hash::from_hex(mac)) else {
             return false;
         };
-        if now_secs().abs_diff(secs) > MAX_SKEW_SECS {
+        if unix_secs().abs_diff(secs) > MAX_SKEW_SECS {
             return false;
         }
         // `blake3::Hash` compares in constant time.
@@ -78,12 +78,6 @@ impl ObjectAuth {
         hasher.update(&secs.to_be_bytes());
         hasher.finalize()
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -102,7 +96,7 @@ mod tests {
         assert!(ours.admits(&key, &headers));
         assert!(!ours.admits(&other, &headers));
         assert!(!theirs.admits(&key, &headers));
-        let old = now_secs() - MAX_SKEW_SECS - 5;
+        let old = unix_secs() - MAX_SKEW_SECS - 5;
         let stale = format!("{old}.{}", ours.mac(&key, old).to_hex());
         headers.insert(OBJECT_AUTH_HEADER, HeaderValue::from_str(&stale).unwrap());
         assert!(!ours.admits(&key, &headers));
