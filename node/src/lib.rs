@@ -22,6 +22,7 @@ pub mod hex;
 pub mod identity;
 pub mod limits;
 pub mod load;
+pub mod mapped;
 pub mod metrics;
 pub mod node;
 pub mod offers;
