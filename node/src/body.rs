@@ -118,13 +118,15 @@ fn chunk_bytes(buf: Vec<u8>, len: usize) -> Bytes {
 /// all. Fails if the file ends early (the store checked its length when it opened it, and
 /// nothing writes blobs in place).
 pub fn from_stored_file(file: std::fs::File, offset: u64, len: u64) -> Body {
-    let file = Arc::new(file);
-    let mapping = (len >= FILE_CHUNK as u64)
-        .then(|| crate::mapped::Mapping::new(&file, offset + len).ok())
-        .flatten();
+    // The length is checked here because a mapping would read a short file's last page as
+    // zeros past its end; the read path reports the early end instead.
+    let mapped = len >= FILE_CHUNK as u64
+        && file
+            .metadata()
+            .is_ok_and(|m| offset.checked_add(len).is_some_and(|end| end <= m.len()));
     StoredFile {
-        file,
-        mapping,
+        file: Arc::new(file),
+        mapped,
         offset,
         left: len,
         nowait: true,
@@ -137,8 +139,8 @@ type ChunkRead = JoinHandle<std::io::Result<Bytes>>;
 
 struct StoredFile {
     file: Arc<std::fs::File>,
-    /// The file mapped, if it could be.
-    mapping: Option<Arc<crate::mapped::Mapping>>,
+    /// Whether chunks are mapped rather than read (when the page cache holds them).
+    mapped: bool,
     /// Where the next chunk starts in the file, and the bytes still to send.
     offset: u64,
     left: u64,
@@ -151,13 +153,12 @@ struct StoredFile {
 impl StoredFile {
     /// The next chunk as a slice of the mapping, if the page cache holds all of it.
     fn mapped_chunk(&self) -> Option<Bytes> {
-        let mapping = self.mapping.as_ref()?;
-        let start = usize::try_from(self.offset).ok()?;
-        let want = usize::try_from(self.left.min(MAPPED_CHUNK as u64)).ok()?;
-        let end = start.checked_add(want)?;
-        mapping
-            .resident(start, end)
-            .then(|| mapping.chunk(start, end))
+        if !self.mapped {
+            return None;
+        }
+        // Bounded by MAPPED_CHUNK, so it fits a usize.
+        let want = self.left.min(MAPPED_CHUNK as u64) as usize;
+        crate::mapped::cached_chunk(&self.file, self.offset, want)
     }
 
     /// The next chunk if the page cache holds (the start of) it; `None` if it must be read

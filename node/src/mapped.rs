@@ -1,20 +1,36 @@
-//! Stored bodies mapped read-only into memory, so that a large hit hands hyper its chunks as
+//! Chunks of stored bodies mapped read-only into memory, so that a large hit hands hyper
 //! `Bytes` that point into the page cache: one copy (into the socket) instead of two (into a
 //! read buffer, then into the socket), and chunks far larger than a read buffer could afford
-//! to be. Blobs are never written in place once committed (eviction unlinks them), so a
-//! mapping's bytes never change under it.
+//! to be. Each chunk is its own mapping, unmapped when hyper has written it, so a response in
+//! flight maps one chunk or two, as it held one read buffer or two before.
+//!
+//! Blobs are never written in place once committed (eviction unlinks them), so a mapping's
+//! bytes never change under it. A blob truncated behind the node's back while one of its
+//! chunks is being written would end the process with SIGBUS; pages past the end of the file
+//! are never resident, so a blob that is already short is read, and reported, instead.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 
-/// A read-only shared mapping of a file's first `len` bytes.
-pub struct Mapping {
+/// `len` bytes of `file` from `offset`, mapped, if the page cache holds all of them (so
+/// writing them will not wait for the disk). `None` when it does not, when it cannot tell
+/// (the kernel reports the page cache only for files the process owns or may write), or when
+/// the mapping fails: the caller then reads the bytes instead.
+pub fn cached_chunk(file: &File, offset: u64, len: usize) -> Option<Bytes> {
+    let mapping = Mapping::new(file, offset, len)?;
+    mapping.resident().then(|| Bytes::from_owner(mapping))
+}
+
+/// A read-only shared mapping of whole pages of a file; the chunk asked for starts `skew`
+/// bytes into it.
+struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    skew: usize,
 }
 
 // SAFETY: the mapping is read-only memory that lives as long as this value; sharing it
@@ -33,94 +49,57 @@ static PAGE: LazyLock<usize> = LazyLock::new(|| {
 });
 
 impl Mapping {
-    /// Maps the first `len` bytes of `file` (which must be at least that long: the store
-    /// checked a blob's length when it opened it).
-    pub fn new(file: &File, len: u64) -> std::io::Result<Arc<Self>> {
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l > 0)
-            .ok_or_else(|| std::io::Error::other("nothing to map"))?;
+    fn new(file: &File, offset: u64, len: usize) -> Option<Self> {
+        let skew = usize::try_from(offset % *PAGE as u64).ok()?;
+        let start = libc::off_t::try_from(offset - skew as u64).ok()?;
+        let map_len = skew.checked_add(len).filter(|_| len > 0)?;
         // SAFETY: a fresh read-only shared mapping of an open file at an address the kernel
-        // picks; it aliases no Rust memory. The file is never truncated while stored, so its
-        // pages stay backed (the length was checked against the file when it was opened).
+        // picks; it aliases no Rust memory. See the module's doc for why its pages stay
+        // backed.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                map_len,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
-                0,
+                start,
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+            return None;
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap"))?;
-        Ok(Arc::new(Self { ptr, len }))
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until `self` is dropped.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// Whether the page cache holds all of `start..end` (so sending it will not wait for the
-    /// disk). Reports `false` when it cannot tell (the kernel tells a process about the page
-    /// cache only for files it owns or may write), which sends the caller down the path
-    /// that reads on the blocking pool.
-    pub fn resident(&self, start: usize, end: usize) -> bool {
-        let page = *PAGE;
-        let end = end.min(self.len);
-        if start >= end {
-            return true;
-        }
-        let first = start & !(page - 1);
-        let pages = (end - first).div_ceil(page);
-        let mut vec = vec![0u8; pages];
-        // SAFETY: the range lies inside our mapping and starts on a page boundary; `vec` has
-        // one byte per page of it.
-        let ok = unsafe {
-            libc::mincore(
-                self.ptr.as_ptr().add(first).cast(),
-                end - first,
-                vec.as_mut_ptr(),
-            )
-        } == 0;
-        ok && vec.iter().all(|v| v & 1 == 1)
-    }
-
-    /// `start..end` of the mapping as `Bytes` that keep it alive.
-    pub fn chunk(self: &Arc<Self>, start: usize, end: usize) -> Bytes {
-        Bytes::from_owner(MappedChunk {
-            map: self.clone(),
-            start,
-            end: end.min(self.len),
+        Some(Self {
+            ptr: NonNull::new(ptr.cast::<u8>())?,
+            len: map_len,
+            skew,
         })
+    }
+
+    /// Whether the page cache holds every page of the mapping.
+    fn resident(&self) -> bool {
+        let mut pages = vec![0u8; self.len.div_ceil(*PAGE)];
+        // SAFETY: the range is exactly our mapping, which starts on a page boundary; `pages`
+        // has one byte per page of it.
+        let ok = unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, pages.as_mut_ptr()) };
+        ok == 0 && pages.iter().all(|p| p & 1 == 1)
+    }
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `self` is dropped.
+        let all = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
+        all.get(self.skew..).unwrap_or_default()
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped; no `MappedChunk` outlives `self`.
+        // SAFETY: unmaps exactly what `new` mapped; the slices handed out borrow `self`.
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
-    }
-}
-
-struct MappedChunk {
-    map: Arc<Mapping>,
-    start: usize,
-    end: usize,
-}
-
-impl AsRef<[u8]> for MappedChunk {
-    fn as_ref(&self) -> &[u8] {
-        self.map
-            .bytes()
-            .get(self.start..self.end)
-            .unwrap_or_default()
     }
 }
 
@@ -138,23 +117,20 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_is_the_files_content_and_outlives_its_mapping_handle() {
+    fn a_chunk_is_the_files_content_from_any_offset() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
-        let map = Mapping::new(&file_of(&data), data.len() as u64).unwrap();
-        assert!(
-            map.resident(5000, 70_000),
-            "just written, so in the page cache"
-        );
-        assert!(map.resident(70_000, 5000), "an empty range is there");
-        let chunk = map.chunk(5000, 70_000);
-        let tail = map.chunk(90_000, 200_000);
-        drop(map);
-        assert_eq!(&chunk[..], &data[5000..70_000]);
-        assert_eq!(&tail[..], &data[90_000..], "clipped to the mapping");
+        let file = file_of(&data);
+        for (offset, len) in [(0, 100_000), (5000, 65_000), (4096, 1), (99_999, 1)] {
+            let chunk = cached_chunk(&file, offset as u64, len).unwrap();
+            assert_eq!(&chunk[..], &data[offset..offset + len], "{offset}+{len}");
+        }
     }
 
     #[test]
-    fn nothing_is_mapped_for_an_empty_body() {
-        assert!(Mapping::new(&file_of(b""), 0).is_err());
+    fn pages_past_the_end_of_the_file_are_not_resident() {
+        let file = file_of(&[7u8; 5000]);
+        assert!(cached_chunk(&file, 0, 5000).is_some());
+        assert!(cached_chunk(&file, 0, 3 * 4096 + 1).is_none());
+        assert!(cached_chunk(&file, 0, 0).is_none());
     }
 }

@@ -106,6 +106,8 @@ pub struct WrkResult {
     pub req_per_s: f64,
     /// Bytes read per second (headers and bodies), wrk's `Transfer/sec`.
     pub bytes_per_s: f64,
+    /// wrk's mean latency (request written to answer read).
+    pub mean: Duration,
     pub p50: Duration,
     pub p75: Duration,
     pub p90: Duration,
@@ -457,6 +459,10 @@ pub fn parse_wrk(text: &str) -> Result<WrkResult, String> {
                 .sum::<u64>();
         } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
             r.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Latency ") {
+            if let Some(d) = v.split_whitespace().next().and_then(parse_duration) {
+                r.mean = d;
+            }
         } else if let Some((n, rest)) = line.split_once(" requests in ") {
             r.requests = n.trim().parse().unwrap_or(0);
             let _ = rest;
@@ -935,19 +941,21 @@ impl NginxBenchReport {
         let _ = writeln!(
             out,
             "Medians over the runs; ratio = Reef / nginx. Reef is at or above nginx when the \
-             req/s and MB/s ratios are ≥ 1 and the latency ratios ≤ 1.\n"
+             req/s and MB/s ratios are ≥ 1 and the latency ratios ≤ 1. The mean latency is \
+             wrk's own (its `Latency Avg`).\n"
         );
         let _ = writeln!(
             out,
-            "| object | req/s Reef | req/s nginx | ratio | p50 Reef | p50 nginx | ratio | p99 Reef | p99 nginx | ratio | MB/s Reef | MB/s nginx | ratio |"
+            "| object | req/s Reef | req/s nginx | ratio | p50 Reef | p50 nginx | ratio | p99 Reef | p99 nginx | ratio | mean Reef | mean nginx | ratio | MB/s Reef | MB/s nginx | ratio |"
         );
         let _ = writeln!(
             out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let rps = |w: &WrkResult| w.req_per_s;
         let p50 = |w: &WrkResult| w.p50.as_secs_f64() * 1e3;
         let p99 = |w: &WrkResult| w.p99.as_secs_f64() * 1e3;
+        let mean = |w: &WrkResult| w.mean.as_secs_f64() * 1e3;
         let mbs = |w: &WrkResult| w.bytes_per_s / 1e6;
         for &size in &o.sizes {
             let mut row = format!("| {} ", size_name(size));
@@ -958,6 +966,7 @@ impl NginxBenchReport {
                 ),
                 (p50, ms),
                 (p99, ms),
+                (mean, ms),
                 (mbs, |v| format!("{v:.1}")),
             ] {
                 let r = self.median_of(Server::Reef, size, figure);
@@ -1089,6 +1098,7 @@ Transfer/sec:     50.00MB
         assert_eq!(r.requests, 400_000);
         assert!((r.req_per_s - 40000.5).abs() < 1e-9);
         assert!((r.bytes_per_s - 50.0 * 1024.0 * 1024.0).abs() < 1.0);
+        assert_eq!(r.mean, Duration::from_micros(1230));
         assert_eq!(r.p50, Duration::from_micros(830));
         assert_eq!(r.p75, Duration::from_micros(1500));
         assert_eq!(r.p99, Duration::from_millis(3100));
