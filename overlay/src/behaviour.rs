@@ -85,11 +85,8 @@ const GOSSIP_MESH_N_HIGH: usize = 8;
 const GOSSIP_MESH_OUTBOUND_MIN: usize = 2;
 /// Ping interval; each ping refreshes the RTT we rank holders by, and a peer that stops
 /// answering (hung, or its path is) is found out within
-/// `PING_FAILURES_TO_DROP` × (interval + timeout), 21 s (a QUIC connection to it ends sooner,
-/// at QUIC's 10 s idle timeout). Every connection pings, so this is a large share of an idle
-/// overlay's packets: on a 100-node testnet on 2 cores, 5 s instead of 2 s took the median
-/// provider lookup from 50–240 ms to 16–19 ms (`reef-testnet bench-dht --nodes 100`).
-const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// `PING_FAILURES_TO_DROP` × (interval + timeout).
+const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// A peer that takes longer than this to answer a ping is taken for hung: on loopback or a
 /// continent's width an answer takes milliseconds.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
