@@ -5,9 +5,12 @@
 //! flight maps one chunk or two, as it held one read buffer or two before.
 //!
 //! Blobs are never written in place once committed (eviction unlinks them), so a mapping's
-//! bytes never change under it. A blob truncated behind the node's back while one of its
-//! chunks is being written would end the process with SIGBUS; pages past the end of the file
-//! are never resident, so a blob that is already short is read, and reported, instead.
+//! bytes never change under it. A chunk is mapped only when the page cache holds all of it,
+//! so writing it reads nothing from the disk. What would still end the process with SIGBUS:
+//! a blob truncated behind the node's back while one of its chunks is being written, or a
+//! page evicted between the check and the copy whose read from the disk then fails. A blob
+//! that is already short is never mapped (its last pages are not resident, and the caller
+//! checks the length); it is read, and reported, instead.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
