@@ -259,6 +259,29 @@ async fn unbindable_listen_address_is_an_error() -> Result<()> {
     }
 }
 
+/// A bootstrap peer given with two addresses, the first of them dead, is reached through the
+/// second: its addresses go into one dial, not one dial each (where the second was refused
+/// while the first was in progress, and the peer was never reached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_peer_is_reached_through_any_of_its_addresses() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    let a_quic = addr_of(&a, "quic-v1").await?;
+    // A TCP port nobody listens on any more, named as A's.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dead: Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{closed}/p2p/{}", a.local_peer_id()).parse()?;
+    let b = start("b", vec![dead, a_quic]).await?;
+    b.wait_joined(JOIN_TIMEOUT)
+        .await
+        .context("joining through the bootstrap peer's second address")?;
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_once_an_unreachable_bootstrap_peer_comes_up() -> Result<()> {
     init_tracing();

@@ -99,7 +99,7 @@ pub(crate) struct EventLoop {
     bootstrap_done: bool,
     bootstrap_query: Option<QueryId>,
     /// Configured bootstrap peers, re-dialled while we have no connection.
-    bootstrap_peers: Vec<(PeerId, Multiaddr)>,
+    bootstrap_peers: Vec<(PeerId, Vec<Multiaddr>)>,
     join_backoff: Duration,
     next_join_attempt: Option<Instant>,
 
@@ -209,10 +209,16 @@ impl EventLoop {
         }
     }
 
-    /// A configured bootstrap peer: dialled now and again whenever we are alone.
+    /// A configured bootstrap address, dialled at the first join attempt and again whenever
+    /// we are alone. A peer's addresses (TCP and QUIC, say) go into one dial: dialled one by
+    /// one, only the first would ever be tried (the others are refused while it is in
+    /// progress), and a peer whose first address fails would never be reached.
     pub(crate) fn add_bootstrap(&mut self, peer: PeerId, addr: Multiaddr) {
-        self.add_and_dial(peer, vec![addr.clone()], "bootstrap");
-        self.bootstrap_peers.push((peer, addr));
+        match self.bootstrap_peers.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, addrs)) if !addrs.contains(&addr) => addrs.push(addr),
+            Some(_) => {}
+            None => self.bootstrap_peers.push((peer, vec![addr])),
+        }
     }
 
     /// A peer from the peers file: dialled now, and kept so the next save remembers it.
@@ -224,8 +230,8 @@ impl EventLoop {
 
     /// Dials the bootstrap peers and the best remembered peers again (we are alone).
     pub(super) fn redial_known(&mut self) {
-        for (peer, addr) in self.bootstrap_peers.clone() {
-            self.add_and_dial(peer, vec![addr], "bootstrap");
+        for (peer, addrs) in self.bootstrap_peers.clone() {
+            self.add_and_dial(peer, addrs, "bootstrap");
         }
         for (peer, addrs) in self.recent.best(MAX_REDIAL) {
             self.add_and_dial(peer, addrs, "remembered");
