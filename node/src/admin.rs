@@ -155,6 +155,8 @@ struct StatusBody {
     listen_addrs: Vec<String>,
     connected_peers: Vec<String>,
     routing_table_size: usize,
+    /// DHT records this node holds (its own and peers').
+    dht_records: usize,
     joined: bool,
     cache: reef_cache::Stats,
     /// Per service with a storage quota: the quota, bytes stored, and objects refused.
@@ -270,6 +272,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         listen_addrs: overlay.listen_addrs,
         connected_peers: overlay.connected_peers,
         routing_table_size: overlay.routing_table_size,
+        dht_records: overlay.dht_records,
         joined: overlay.joined,
         cache: state.store.stats(),
         quotas: state.store.quotas(),

@@ -170,6 +170,8 @@ pub struct Status {
     pub listen_addrs: Vec<String>,
     pub connected_peers: Vec<String>,
     pub routing_table_size: usize,
+    /// DHT records held in our store, ours and those peers handed us (capped by the store).
+    pub dht_records: usize,
     pub joined: bool,
     /// Gossip messages dropped because their subscriber's queue was full.
     pub gossip_dropped: u64,

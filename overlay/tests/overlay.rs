@@ -187,6 +187,36 @@ async fn restart_rejoins_from_the_peers_file() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_later_gets_the_records_it_is_now_closest_to() -> Result<()> {
+    init_tracing();
+    let a = start("a", vec![]).await?;
+    let b = start("b", vec![addr_of(&a, "quic-v1").await?]).await?;
+    a.wait_joined(JOIN_TIMEOUT).await?;
+    b.wait_joined(JOIN_TIMEOUT).await?;
+    // A and B published their records while the overlay was the two of them. C comes later
+    // and is, in an overlay of three, among the closest to every key.
+    let c = start("c", vec![addr_of(&b, "quic-v1").await?]).await?;
+    c.wait_joined(JOIN_TIMEOUT).await?;
+    eventually(
+        "a and b to hand c their records",
+        CONDITION_TIMEOUT,
+        || async {
+            // Its own, A's and B's.
+            Ok((c.status().await?.dht_records >= 3).then_some(()))
+        },
+    )
+    .await?;
+    // With A and B gone, C still resolves A: from the copy it was handed, not from A.
+    let a_peer = a.local_peer_id();
+    a.shutdown().await;
+    b.shutdown().await;
+    let record = c.node_record(a_peer).await?.context("c has a's record")?;
+    ensure!(record.record.http == "a.test:8080");
+    c.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn shutdown_stops_the_loop() -> Result<()> {
     init_tracing();

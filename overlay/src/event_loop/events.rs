@@ -192,6 +192,7 @@ impl EventLoop {
             } => {
                 debug!(%peer, "added to the routing table");
                 self.join_soon();
+                self.hand_own_record_to(peer);
             }
             _ => {}
         }

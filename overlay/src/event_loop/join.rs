@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use libp2p::{
     PeerId,
-    kad::{self, QueryId, RecordKey, store::RecordStore},
+    kad::{self, KBucketKey, QueryId, RecordKey, store::RecordStore},
 };
 use reef_proto::records::{Kind, RecordError, node_record_key};
 use tokio::time::Instant;
@@ -154,6 +154,32 @@ impl EventLoop {
                 warn!(%error, "cannot store our node record");
                 self.next_record_put = Some(Instant::now() + RECORD_RETRY_DELAY);
             }
+        }
+    }
+
+    /// A peer new to our routing table that is among the K closest we know to our NodeRecord's
+    /// key gets the record at once. The put at join reached the closest peers of the overlay
+    /// as it was then; in a growing overlay (a testnet launching, a region coming up) those
+    /// soon stop being the closest, and until our next republish a lookup that asks today's
+    /// closest finds no record, so nobody could fetch from us as a holder.
+    pub(super) fn hand_own_record_to(&mut self, peer: PeerId) {
+        if !self.joined {
+            // The put at join covers the peers known by then.
+            return;
+        }
+        let key = RecordKey::new(&node_record_key(&self.local.to_bytes()));
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let Some(record) = kad.store_mut().get(&key).map(std::borrow::Cow::into_owned) else {
+            return;
+        };
+        let target = KBucketKey::new(key);
+        let close = kad
+            .get_closest_local_peers(&target)
+            .take(kad::K_VALUE.get())
+            .any(|k| *k.preimage() == peer);
+        if close {
+            debug!(%peer, "handing our node record to a peer now among its closest");
+            kad.put_record_to(record, std::iter::once(peer), kad::Quorum::One);
         }
     }
 

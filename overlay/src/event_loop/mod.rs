@@ -11,7 +11,7 @@ use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm,
     gossipsub::TopicHash,
-    kad::{QueryId, RecordKey},
+    kad::{QueryId, RecordKey, store::RecordStore},
     swarm::dial_opts::DialOpts,
 };
 use reef_proto::ContentKey;
@@ -396,6 +396,7 @@ impl EventLoop {
                 .map(|p| p.to_string())
                 .collect(),
             routing_table_size: self.routing_table_size(),
+            dht_records: self.swarm.behaviour_mut().kad.store_mut().records().count(),
             joined: self.joined,
             gossip_dropped: self.gossip_dropped,
             records_rejected: self.rejected.clone(),
