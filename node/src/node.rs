@@ -298,8 +298,12 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
     let requests = crate::metrics::Requests::register(&mut registry);
     let rejections = crate::private::Rejections::register(&mut registry);
     let ingress = upstreams.ingress();
-    let limits =
-        crate::limits::Limits::new(config.limits.clone(), config.bandwidths(), &mut registry);
+    let limits = crate::limits::Limits::new(
+        config.limits.clone(),
+        config.capacity_rps,
+        config.bandwidths(),
+        &mut registry,
+    );
     let edge = Arc::new(Edge::new(
         fetcher.clone(),
         upstreams,

@@ -143,6 +143,11 @@ struct FlashArgs {
     /// p0's cool-down, seconds.
     #[arg(long, default_value_t = 10.0)]
     cooldown: f64,
+    /// p0's ceiling (`[limits] shed_above_capacity`), in both runs: past this share of its
+    /// capacity a node sends requests to a peer whatever the part, or refuses them (503).
+    /// Below 1, because its links also carry the redirects and refusals. 0: no ceiling.
+    #[arg(long, default_value_t = 0.8)]
+    ceiling: f64,
     /// Seed of the crowd's object choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -927,6 +932,7 @@ async fn run_flash(
         low_watermark: args.low_watermark,
         trigger_window_s: args.trigger_window,
         cooldown_s: args.cooldown,
+        ceiling: (args.ceiling != 0.0).then_some(args.ceiling),
         seed: args.seed,
         command: std::env::args()
             .map(|a| shell_quote(&a))

@@ -33,6 +33,7 @@ async fn a_small_flash_crowd_writes_its_series_plots_and_summary() {
         low_watermark: 0.3,
         trigger_window_s: 1.0,
         cooldown_s: 2.0,
+        ceiling: Some(0.8),
         seed: 7,
         command: "reef-testnet flash (test)".into(),
     };
@@ -64,4 +65,12 @@ async fn a_small_flash_crowd_writes_its_series_plots_and_summary() {
     assert!(lines.count() >= 12, "{csv}");
     assert!(summary.contains("| during the surge's hold | with peering | without peering |"));
     assert!(summary.contains("origin requests per object asked"));
+    assert!(
+        summary.contains("serve at most 0.8× their capacity"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("of which refused at once, 503"),
+        "{summary}"
+    );
 }

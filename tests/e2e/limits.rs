@@ -318,3 +318,55 @@ async fn a_trickled_request_body_is_cut() {
     let got = request_from(61, node, Request::get(net.testnet.origin.url("/bytes/10"))).await;
     assert_eq!(got.status, 200);
 }
+
+/// A ceiling of one request a second (and a burst of one).
+const CEILING: &str = r#"
+capacity_rps = 2
+[limits]
+shed_above_capacity = 0.5
+[services."video.example"]
+origin = "{origin}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_ceiling_without_a_peer_refuses_at_once_with_503() {
+    let net = launch_configured(1, 1, &[CEILING]).await;
+    let node = net.http(0);
+    let get = || {
+        request_from(
+            50,
+            node,
+            Request::get("/bytes/100").header("host", "video.example"),
+        )
+    };
+    let first = get().await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The next within the second is past the ceiling, and no arrangement can take it.
+    let refused = get().await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(retry_after(&refused), 1);
+    assert_eq!(refused.header("cache-control"), "no-store");
+    assert!(
+        refused.text().contains("serving all it can"),
+        "{}",
+        refused.text()
+    );
+    // A forward-proxy request is a client request too.
+    let url = net.testnet.origin.url("/bytes/101");
+    let proxied = request_from(50, node, Request::get(&url)).await;
+    assert_eq!(proxied.status, 503, "{}", proxied.text());
+    assert_eq!(net.testnet.origin.hits("/bytes/101"), 0);
+    // Node-to-node traffic is not held to it.
+    let key = "0".repeat(64);
+    let object = request_from(50, node, Request::get(format!("/_reef/object/{key}"))).await;
+    assert_eq!(object.status, 404, "{}", object.text());
+
+    assert_eq!(metric(&net, 0, "reef_shed_requests_total").await, 2.0);
+    let status = net.testnet.nodes[0].status().await.expect("status");
+    assert_eq!(status["limits"]["shed"], 2, "{status}");
+    assert_eq!(status["limits"]["ceiling_rps"], 1.0, "{status}");
+    // The bucket refills: a second later the node serves again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let later = get().await;
+    assert_eq!(later.status, 200, "{}", later.text());
+}

@@ -238,25 +238,22 @@ impl Edge {
             };
             // Phase: offload. Only our own services' reads; a request that reached us through
             // a redirect (the path form) stays here.
-            if usage.is_none()
+            let offloadable = usage.is_none()
                 && !asked.redirected
                 && (req.method() == Method::GET || req.method() == Method::HEAD)
-                && self.may_offload(&checked)
-                && let Some(mut offload) = self
-                    .gate
-                    .redirector
-                    .offload(&asked.service.hostname, &asked.target)
-                    .await
-            {
-                // Clients drop `Authorization` on a redirect to another host: the token goes
-                // along in the URL instead.
-                if let Some(token) = &checked.bearer {
-                    offload.target = gate::with_token_param(&offload.target, token);
-                }
-                if let Some(resp) = self.send_to_peer(&offload, &req).await {
-                    offload.arrangement.usage.redirected();
+                && self.may_offload(&checked);
+            if offloadable && let Some(resp) = self.offload(&asked, &checked, &req, false).await {
+                return Ok(resp);
+            }
+            // Phase: ceiling. Past what this node may serve, the request goes to a peer
+            // provider whatever the part, or is refused: a queue beyond capacity would slow
+            // every answer, not only the extra ones.
+            if !probe && !self.limits.within_ceiling(Instant::now()) {
+                if offloadable && let Some(resp) = self.offload(&asked, &checked, &req, true).await
+                {
                     return Ok(resp);
                 }
+                return Ok(self.shed());
             }
             checked
         } else {
@@ -267,6 +264,9 @@ impl Edge {
             // A proxy request for a service's URL is that service's request. Only services
             // already known are checked: a DHT lookup for every host proxied would slow down
             // plain proxying. (A stored private object says so itself; see below.)
+            if !self.limits.within_ceiling(Instant::now()) {
+                return Ok(self.shed());
+            }
             match self.gate.services.cached(url.host()) {
                 Some(service) => {
                     usage = self.authorise(&service)?;
@@ -430,6 +430,44 @@ impl Edge {
             target,
             redirected,
         })
+    }
+
+    /// The answer from a peer provider's node, when the redirector sends `req` there (see
+    /// `Redirector::offload` for `over_ceiling`).
+    async fn offload(
+        &self,
+        asked: &ServiceRequest,
+        checked: &TokenCheck,
+        req: &Request<Incoming>,
+        over_ceiling: bool,
+    ) -> Option<Response<Body>> {
+        let mut offload = self
+            .gate
+            .redirector
+            .offload(&asked.service.hostname, &asked.target, over_ceiling)
+            .await?;
+        // Clients drop `Authorization` on a redirect to another host: the token goes along in
+        // the URL instead.
+        if let Some(token) = &checked.bearer {
+            offload.target = gate::with_token_param(&offload.target, token);
+        }
+        let resp = self.send_to_peer(&offload, req).await?;
+        offload.arrangement.usage.redirected();
+        Some(resp)
+    }
+
+    /// A client's request refused for want of capacity: 503, to retry shortly.
+    fn shed(&self) -> Response<Body> {
+        self.limits.shed();
+        self.meter.shed();
+        let mut resp = text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is serving all it can and no peer can take more; retry in a moment",
+        );
+        let headers = resp.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
     }
 
     /// Hands `req` to the peer node `offload` names, by the policy's mode: a redirect, or the

@@ -80,6 +80,10 @@ pub struct LimitsFile {
     pub sweep_window: Option<f64>,
     /// Seconds.
     pub sweep_cooldown: Option<f64>,
+    /// Client requests a second this node serves itself, as a multiple of `capacity_rps`,
+    /// beyond which it answers 503 (after offering the request to a peer provider under an
+    /// arrangement); unset: never shed.
+    pub shed_above_capacity: Option<f64>,
 }
 
 /// The limits a node runs with.
@@ -91,6 +95,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub sweep: sweep::Settings,
+    /// Multiple of the node's `capacity_rps` it serves at most; None: no ceiling.
+    pub shed_above_capacity: Option<f64>,
 }
 
 impl Default for Settings {
@@ -105,6 +111,7 @@ impl Default for Settings {
                 window: DEFAULT_SWEEP_WINDOW,
                 cooldown: DEFAULT_SWEEP_COOLDOWN,
             },
+            shed_above_capacity: None,
         }
     }
 }
@@ -151,6 +158,14 @@ impl Settings {
         }
         if let Some(v) = file.sweep_cooldown {
             self.sweep.cooldown = secs("sweep_cooldown", v)?;
+        }
+        if let Some(v) = file.shed_above_capacity {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!(
+                    "shed_above_capacity: {v} is not a positive multiple of capacity_rps"
+                ));
+            }
+            self.shed_above_capacity = Some(v);
         }
         Ok(())
     }
@@ -236,6 +251,7 @@ struct Counts {
     abuse: Family<Kind, Counter>,
     refused_connections: Family<Reason, Counter>,
     rejected: Family<Reason, Counter>,
+    shed: Counter,
 }
 
 struct Client {
@@ -249,6 +265,8 @@ pub struct Limits {
     connections: Arc<conns::Connections>,
     /// Per service hostname; fixed at start, from the config.
     bandwidth: HashMap<String, Arc<Mutex<TokenBucket>>>,
+    /// The node's own ceiling (`shed_above_capacity`): one token per client request served.
+    ceiling: Option<Mutex<TokenBucket>>,
     counts: Counts,
 }
 
@@ -275,13 +293,17 @@ pub struct Status {
     pub miss_sweeps: u64,
     pub refused_connections: u64,
     pub rejected: HashMap<&'static str, u64>,
+    /// Client requests a second served at most before shedding; None: never shed.
+    pub ceiling_rps: Option<f64>,
+    pub shed: u64,
 }
 
 impl Limits {
-    /// Limits with `settings` and the bandwidth quotas of `services` (hostname → quota),
-    /// their metrics registered in `registry`.
+    /// Limits with `settings`, the node's `capacity_rps` and the bandwidth quotas of
+    /// `services` (hostname → quota), their metrics registered in `registry`.
     pub fn new(
         settings: Settings,
+        capacity_rps: u32,
         services: impl IntoIterator<Item = (String, Bandwidth)>,
         registry: &mut Registry,
     ) -> Arc<Self> {
@@ -291,6 +313,7 @@ impl Limits {
             abuse: Family::default(),
             refused_connections: Family::default(),
             rejected: Family::default(),
+            shed: Counter::default(),
         };
         for reason in THROTTLE_REASONS {
             let _ = counts.throttled.get_or_create(&Reason { reason });
@@ -324,6 +347,17 @@ impl Limits {
              (431), uri_too_long (414), header_timeout, body_timeout (408), body_malformed",
             counts.rejected.clone(),
         );
+        registry.register(
+            "reef_shed_requests",
+            "Client requests answered 503 because the node was serving all it may \
+             ([limits] shed_above_capacity) and no peer provider could take them",
+            counts.shed.clone(),
+        );
+        // One second's worth may come at once: a second is also the load meter's grain.
+        let ceiling = settings.shed_above_capacity.map(|multiple| {
+            let rps = f64::from(capacity_rps) * multiple;
+            Mutex::new(TokenBucket::new(rps, rps.max(1.0), now))
+        });
         Arc::new(Self {
             clients: Table::new(clients::MAX_CLIENTS),
             connections: conns::Connections::new(settings.client_connections),
@@ -334,6 +368,7 @@ impl Limits {
                     (host, Arc::new(Mutex::new(bucket)))
                 })
                 .collect(),
+            ceiling,
             settings,
             counts,
         })
@@ -437,6 +472,23 @@ impl Limits {
             Admission::Refused(t) => Admission::Refused(self.throttled(t)),
             other => other,
         }
+    }
+
+    /// Phase: whether this node may serve one more client request itself without going over
+    /// its ceiling; takes the request's share of it when so. Always true without a ceiling.
+    pub fn within_ceiling(&self, now: Instant) -> bool {
+        self.ceiling.as_ref().is_none_or(|bucket| {
+            bucket
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_take(1.0, now)
+                .is_ok()
+        })
+    }
+
+    /// Counts a client request refused (503) for want of capacity, here or at a peer.
+    pub fn shed(&self) {
+        self.counts.shed.inc();
     }
 
     /// A sweeping client's request that would have gone upstream was refused (counted).
@@ -545,6 +597,11 @@ impl Limits {
                 })
                 .get(),
             rejected: count(&self.counts.rejected, &REJECT_REASONS),
+            ceiling_rps: self
+                .ceiling
+                .as_ref()
+                .map(|b| b.lock().unwrap_or_else(PoisonError::into_inner).rate()),
+            shed: self.counts.shed.get(),
         }
     }
 }
@@ -556,7 +613,7 @@ mod tests {
     fn limits(file: &str, services: Vec<(String, Bandwidth)>) -> Arc<Limits> {
         let mut settings = Settings::default();
         settings.apply(toml::from_str(file).unwrap()).unwrap();
-        Limits::new(settings, services, &mut Registry::default())
+        Limits::new(settings, 1000, services, &mut Registry::default())
     }
 
     #[test]
@@ -564,12 +621,14 @@ mod tests {
         let mut s = Settings::default();
         s.apply(
             toml::from_str(
-                "client_rps = 50\nclient_connections = 10\nbody_read_timeout = 2.5\nsweep_misses = 0",
+                "client_rps = 50\nclient_connections = 10\nbody_read_timeout = 2.5\nsweep_misses = 0\nshed_above_capacity = 0.8",
             )
             .unwrap(),
         )
         .unwrap();
         assert_eq!(s.client_rate, Some((50.0, 50.0)));
+        assert_eq!(s.shed_above_capacity, Some(0.8));
+        assert_eq!(Settings::default().shed_above_capacity, None);
         assert_eq!(s.client_connections, 10);
         assert_eq!(s.body_read_timeout, Duration::from_millis(2500));
         assert_eq!(s.sweep.misses, 0);
@@ -581,11 +640,34 @@ mod tests {
             "client_connections = 0",
             "header_read_timeout = 0",
             "sweep_window = -3",
+            "shed_above_capacity = 0",
+            "shed_above_capacity = -1",
+            "shed_above_capacity = inf",
         ] {
             let e = Settings::default().apply(toml::from_str(bad).unwrap());
             assert!(e.is_err(), "{bad}");
         }
         assert!(toml::from_str::<LimitsFile>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn the_ceiling_passes_its_rate_and_burst_and_no_more() {
+        let settings = Settings {
+            shed_above_capacity: Some(0.5),
+            ..Settings::default()
+        };
+        let l = Limits::new(settings, 10, vec![], &mut Registry::default());
+        let t0 = Instant::now();
+        // 5 a second, a burst of 5.
+        let passed = (0..8).filter(|_| l.within_ceiling(t0)).count();
+        assert_eq!(passed, 5);
+        assert!(l.within_ceiling(t0 + Duration::from_millis(200)));
+        assert!(!l.within_ceiling(t0 + Duration::from_millis(200)));
+        assert_eq!(l.status().ceiling_rps, Some(5.0));
+        // Without a ceiling everything passes.
+        let open = limits("", vec![]);
+        assert!((0..10_000).all(|_| open.within_ceiling(t0)));
+        assert_eq!(open.status().ceiling_rps, None);
     }
 
     #[test]

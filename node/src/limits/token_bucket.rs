@@ -25,6 +25,11 @@ impl TokenBucket {
         }
     }
 
+    /// Tokens added per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     fn refill(&mut self, now: Instant) {
         // A clock that went backwards (never with Instant, but cheap to be sure) adds nothing.
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();

@@ -17,6 +17,8 @@
 //!   count toward *demand* (the load that arrives). A relayed body still leaves through our
 //!   port, so proxied bytes count as egress; a redirected one never reaches us, so demand adds
 //!   an estimate of it (the mean body size of the requests we served ourselves).
+//! - **shed**: client requests refused with 503 because the node was at its ceiling
+//!   (`limits`). Like redirected ones, they count toward demand, not utilisation.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub struct Meter {
     hits: AtomicU64,
     redirected: AtomicU64,
     proxied: AtomicU64,
+    shed: AtomicU64,
 }
 
 /// The counters at one instant, since the node started.
@@ -52,6 +55,7 @@ pub struct Totals {
     pub hits: u64,
     pub redirected: u64,
     pub proxied: u64,
+    pub shed: u64,
 }
 
 impl Meter {
@@ -83,6 +87,11 @@ impl Meter {
         self.proxied.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request was refused for want of capacity.
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn totals(&self) -> Totals {
         Totals {
             requests: self.requests.load(Ordering::Relaxed),
@@ -91,6 +100,7 @@ impl Meter {
             hits: self.hits.load(Ordering::Relaxed),
             redirected: self.redirected.load(Ordering::Relaxed),
             proxied: self.proxied.load(Ordering::Relaxed),
+            shed: self.shed.load(Ordering::Relaxed),
         }
     }
 
@@ -113,6 +123,8 @@ pub struct Rates {
     pub redirected_per_s: u32,
     /// Of `req_per_s`, those relayed from a peer provider's node.
     pub proxied_per_s: u32,
+    /// Of `req_per_s`, those refused for want of capacity.
+    pub shed_per_s: u32,
     /// Mean body bytes of a request served here, over recent intervals: what a redirected
     /// request would have cost us.
     pub bytes_per_request: u64,
@@ -124,6 +136,7 @@ impl Rates {
         self.req_per_s
             .saturating_sub(self.redirected_per_s)
             .saturating_sub(self.proxied_per_s)
+            .saturating_sub(self.shed_per_s)
     }
 }
 
@@ -175,7 +188,8 @@ impl RateWindow {
             n => (u128::from(hits.min(n)) * 1000 / u128::from(n)) as u16,
         };
         let sent_on = totals.redirected.saturating_sub(last.redirected)
-            + totals.proxied.saturating_sub(last.proxied);
+            + totals.proxied.saturating_sub(last.proxied)
+            + totals.shed.saturating_sub(last.shed);
         let served = totals
             .requests
             .saturating_sub(last.requests)
@@ -197,6 +211,7 @@ impl RateWindow {
             hit_ratio_permille: hit_ratio.min(MAX_HIT_RATIO_PERMILLE),
             redirected_per_s: per_s(totals.redirected, last.redirected).round() as u32,
             proxied_per_s: per_s(totals.proxied, last.proxied).round() as u32,
+            shed_per_s: per_s(totals.shed, last.shed).round() as u32,
             bytes_per_request: self.bytes_per_request.round() as u64,
         };
         self.last = Some((totals, now));
@@ -225,10 +240,11 @@ impl Busy {
         let by_egress =
             |bytes_per_s: u128| bytes_per_s * 8 / (u128::from(capacity_mbps.max(1)) * 1000);
         let egress = u128::from(rates.egress_bytes_per_s);
-        let redirected_bytes =
-            u128::from(rates.redirected_per_s) * u128::from(rates.bytes_per_request);
+        // Bodies that never left through us: what they would have cost.
+        let unsent_bytes = u128::from(rates.redirected_per_s + rates.shed_per_s)
+            * u128::from(rates.bytes_per_request);
         let utilisation = by_requests(rates.served_per_s()).max(by_egress(egress));
-        let demand = by_requests(rates.req_per_s).max(by_egress(egress + redirected_bytes));
+        let demand = by_requests(rates.req_per_s).max(by_egress(egress + unsent_bytes));
         let fit = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
         Busy {
             utilisation_permille: fit(utilisation),
@@ -368,6 +384,16 @@ mod tests {
         };
         let b = Busy::of(&rates, 10_000, 1000);
         assert_eq!((b.utilisation_permille, b.demand_permille), (320, 800));
+        // Refused ones likewise: demand as if served, utilisation only what was.
+        let rates = Rates {
+            shed_per_s: 60,
+            redirected_per_s: 0,
+            ..rates
+        };
+        let b = Busy::of(&rates, 10_000, 1000);
+        assert_eq!((b.utilisation_permille, b.demand_permille), (320, 800));
+        let b = Busy::of(&rates, 50, 100_000);
+        assert_eq!((b.utilisation_permille, b.demand_permille), (800, 2000));
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct OwnLoad {
     /// Requests sent on to a peer provider's nodes, by redirect and by relay.
     pub redirected_per_s: u32,
     pub proxied_per_s: u32,
+    /// Requests refused for want of capacity (see `limits`).
+    pub shed_per_s: u32,
 }
 
 /// One node listed in the load table, with its latest figures as its last report gives them
@@ -185,6 +187,7 @@ fn own_load(rates: &Rates, busy: Busy) -> OwnLoad {
         hit_ratio_permille: rates.hit_ratio_permille,
         redirected_per_s: rates.redirected_per_s,
         proxied_per_s: rates.proxied_per_s,
+        shed_per_s: rates.shed_per_s,
     }
 }
 

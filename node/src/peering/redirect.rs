@@ -114,9 +114,16 @@ impl Redirector {
     /// Where to send a request for `path_and_query` of our service `host`, if it should go
     /// to a peer: this node's demand is over its relief target, an active arrangement covers
     /// the service, the request falls in the part to send, and a peer node is healthy.
-    pub async fn offload(&self, host: &str, path_and_query: &str) -> Option<Offload> {
+    /// `over_ceiling`: this node may not serve it at all (see `limits`), so it goes whatever
+    /// the part, as long as the arrangement's rate allows and a peer node is healthy.
+    pub async fn offload(
+        &self,
+        host: &str,
+        path_and_query: &str,
+        over_ceiling: bool,
+    ) -> Option<Offload> {
         let own = self.load.own();
-        if own.demand_permille <= self.target_permille {
+        if !over_ceiling && own.demand_permille <= self.target_permille {
             return None;
         }
         let arrangement = self.arrangements.primary_for(host)?;
@@ -129,15 +136,17 @@ impl Redirector {
                 return None;
             }
         }
-        let part = part_to_send(
-            own.demand_permille,
-            self.target_permille,
-            arrangement.share_permille,
-        );
-        let n = self.considered.fetch_add(1, Ordering::Relaxed);
-        // Spread evenly: request n goes when the running part crosses a whole request.
-        if (n + 1) * part / 1000 == n * part / 1000 {
-            return None;
+        if !over_ceiling {
+            let part = part_to_send(
+                own.demand_permille,
+                self.target_permille,
+                arrangement.share_permille,
+            );
+            let n = self.considered.fetch_add(1, Ordering::Relaxed);
+            // Spread evenly: request n goes when the running part crosses a whole request.
+            if (n + 1) * part / 1000 == n * part / 1000 {
+                return None;
+            }
         }
         // Probes find a dead node within a second; a broken connection tells at once.
         for peer in view

@@ -48,9 +48,12 @@ impl Zipf {
 pub struct Second {
     pub ok: u64,
     pub errors: u64,
+    /// Of `errors`, those a node refused at once (503: over its ceiling, no peer to take it).
+    pub refused: u64,
     /// Of `ok`, served by another provider's node.
     pub via_peer: u64,
-    /// How long each took (to its answer, or to its failure), milliseconds, unsorted.
+    /// How long each answer took, milliseconds, unsorted. Failures are not in it: a quick
+    /// refusal would flatter the figure, and a timeout only says the client gave up.
     pub latencies_ms: Vec<u32>,
     /// Clients that arrived.
     pub offered: u64,
@@ -137,9 +140,9 @@ pub async fn run(target: Target, schedule: Schedule, started: Instant, record: A
                 let ms = u32::try_from(asked.elapsed().as_millis()).unwrap_or(u32::MAX);
                 let mut r = record.lock().unwrap_or_else(PoisonError::into_inner);
                 let second = r.second(arrived);
-                second.latencies_ms.push(ms);
                 match outcome {
                     Ok(via_peer) => {
+                        second.latencies_ms.push(ms);
                         second.ok += 1;
                         if via_peer {
                             second.via_peer += 1;
@@ -148,6 +151,9 @@ pub async fn run(target: Target, schedule: Schedule, started: Instant, record: A
                     }
                     Err(why) => {
                         second.errors += 1;
+                        if why.starts_with("503 ") {
+                            second.refused += 1;
+                        }
                         if r.sample_errors.len() < 20 {
                             r.sample_errors.push(why);
                         }

@@ -66,6 +66,8 @@ pub struct FlashOptions {
     pub low_watermark: f64,
     pub trigger_window_s: f64,
     pub cooldown_s: f64,
+    /// p0's `shed_above_capacity`; None: no ceiling.
+    pub ceiling: Option<f64>,
     pub seed: u64,
     /// The command line, for the report.
     pub command: String,
@@ -111,8 +113,11 @@ impl FlashOptions {
         } else {
             String::new()
         };
+        let ceiling = self.ceiling.map_or(String::new(), |c| {
+            format!("[limits]\nshed_above_capacity = {c}\n")
+        });
         let mut configs = vec![format!(
-            "capacity_rps = {capacity_rps}\ncapacity_mbps = {}\n[services.\"{SERVICE}\"]\norigin = \"{{origin}}\"\n[peering]\n{buying}",
+            "capacity_rps = {capacity_rps}\ncapacity_mbps = {}\n[services.\"{SERVICE}\"]\norigin = \"{{origin}}\"\n[peering]\n{buying}{ceiling}",
             mbit(self.primary_link)
         )];
         for k in 1..self.providers {

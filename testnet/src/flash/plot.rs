@@ -92,7 +92,7 @@ fn specs(report: &Report) -> Vec<Spec> {
     vec![
         Spec {
             file: "latency-p95",
-            title: "client latency, p95 of each second",
+            title: "client latency, p95 of the answers of each second",
             y: "ms",
             lines: per_run(|r| f64::from(r.p95_ms)),
         },

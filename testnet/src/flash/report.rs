@@ -32,7 +32,10 @@ pub struct Row {
     pub offered: u64,
     pub ok: u64,
     pub errors: u64,
+    /// Of `errors`, refused at once (503).
+    pub refused: u64,
     pub via_peer: u64,
+    /// Of the answers.
     pub p50_ms: u32,
     pub p95_ms: u32,
     pub p99_ms: u32,
@@ -45,12 +48,7 @@ pub struct Row {
 
 impl Row {
     pub fn error_rate(&self) -> f64 {
-        let done = self.ok + self.errors;
-        if done == 0 {
-            0.0
-        } else {
-            self.errors as f64 / done as f64
-        }
+        share(self.errors, self.ok + self.errors)
     }
 }
 
@@ -62,10 +60,13 @@ pub struct RunResult {
     /// Surge onset (the offered rate passing the primary's capacity) → the first answer
     /// from another provider's node.
     pub reaction: Option<Duration>,
+    /// Of the hold's answers (failures are counted in the error rate instead).
     pub hold_p50_ms: u32,
     pub hold_p95_ms: u32,
     pub hold_p99_ms: u32,
     pub hold_error_rate: f64,
+    /// Of the hold's requests, refused at once (503), a share of them.
+    pub hold_refused_rate: f64,
     pub requests: u64,
     pub errors: u64,
     pub origin_requests: u64,
@@ -87,7 +88,7 @@ impl RunResult {
         let by_t: BTreeMap<u64, Sample> = samples.into_iter().map(|s| (s.t, s)).collect();
         let (hold_start, hold_end) = schedule.hold_span();
         let mut hold_latencies = Vec::new();
-        let (mut hold_ok, mut hold_errors) = (0, 0);
+        let (mut hold_ok, mut hold_errors, mut hold_refused) = (0, 0, 0);
         let rows: Vec<Row> = record
             .seconds
             .iter()
@@ -99,6 +100,7 @@ impl RunResult {
                     hold_latencies.extend_from_slice(&second.latencies_ms);
                     hold_ok += second.ok;
                     hold_errors += second.errors;
+                    hold_refused += second.refused;
                 }
                 let mut latencies = second.latencies_ms.clone();
                 let sample = by_t.get(&t).cloned().unwrap_or_default();
@@ -108,6 +110,7 @@ impl RunResult {
                     offered: second.offered,
                     ok: second.ok,
                     errors: second.errors,
+                    refused: second.refused,
                     via_peer: second.via_peer,
                     p50_ms: clients::quantile(&mut latencies, 0.5),
                     p95_ms: clients::quantile(&mut latencies, 0.95),
@@ -130,11 +133,8 @@ impl RunResult {
             hold_p50_ms: clients::quantile(&mut hold_latencies, 0.5),
             hold_p95_ms: clients::quantile(&mut hold_latencies, 0.95),
             hold_p99_ms: clients::quantile(&mut hold_latencies, 0.99),
-            hold_error_rate: if hold_ok + hold_errors == 0 {
-                0.0
-            } else {
-                hold_errors as f64 / (hold_ok + hold_errors) as f64
-            },
+            hold_error_rate: share(hold_errors, hold_ok + hold_errors),
+            hold_refused_rate: share(hold_refused, hold_ok + hold_errors),
             requests: rows.iter().map(|r| r.ok + r.errors).sum(),
             errors: rows.iter().map(|r| r.errors).sum(),
             origin_requests,
@@ -161,7 +161,7 @@ impl RunResult {
 
     fn csv(&self, providers: &[String]) -> String {
         let mut out = String::from(
-            "t_s,phase,offered_rps,ok_rps,errors,error_rate,via_peer_rps,p50_ms,p95_ms,p99_ms,origin_rps,origin_bytes_per_s",
+            "t_s,phase,offered_rps,ok_rps,errors,refused,error_rate,via_peer_rps,p50_ms,p95_ms,p99_ms,origin_rps,origin_bytes_per_s",
         );
         for p in providers {
             let _ = write!(out, ",utilisation_{p},demand_{p}");
@@ -170,12 +170,13 @@ impl RunResult {
         for r in &self.rows {
             let _ = write!(
                 out,
-                "{},{},{},{},{},{:.4},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{:.4},{},{},{},{},{},{}",
                 r.t,
                 r.phase,
                 r.offered,
                 r.ok,
                 r.errors,
+                r.refused,
                 r.error_rate(),
                 r.via_peer,
                 r.p50_ms,
@@ -272,8 +273,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- With peering p0 may buy capacity (watermarks {} / {}, trigger window {} s, cool-down {} s, share 1.0); without, it may not.\n",
+            "- With peering p0 may buy capacity (watermarks {} / {}, trigger window {} s, cool-down {} s, share 1.0); without, it may not.",
             o.high_watermark, o.low_watermark, o.trigger_window_s, o.cooldown_s
+        );
+        let _ = writeln!(
+            out,
+            "- {}\n",
+            match o.ceiling {
+                Some(c) => format!(
+                    "p0's nodes serve at most {c}× their capacity themselves (`shed_above_capacity`); past it a request goes to a peer whatever the part, or is refused at once (503)."
+                ),
+                None => "p0's nodes have no ceiling: they take whatever arrives.".into(),
+            }
         );
         out.push_str("| during the surge's hold | ");
         out.push_str(
@@ -291,15 +302,23 @@ impl Report {
             let cells: Vec<String> = self.runs.iter().map(f).collect();
             let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
         };
-        row(&mut out, "latency p50 / p95 / p99", &|r| {
+        row(&mut out, "latency of the answers p50 / p95 / p99", &|r| {
             format!(
                 "{} / **{}** / {} ms",
                 r.hold_p50_ms, r.hold_p95_ms, r.hold_p99_ms
             )
         });
-        row(&mut out, "error rate", &|r| {
-            format!("**{:.2}%**", r.hold_error_rate * 100.0)
-        });
+        row(
+            &mut out,
+            "error rate (of which refused at once, 503)",
+            &|r| {
+                format!(
+                    "**{:.2}%** ({:.2}%)",
+                    r.hold_error_rate * 100.0,
+                    r.hold_refused_rate * 100.0
+                )
+            },
+        );
         row(&mut out, "p0's peak utilisation (served) / demand", &|r| {
             format!(
                 "{}% / {}%",
@@ -390,6 +409,15 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// `part` of `whole`; 0 of nothing.
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }
 

@@ -140,6 +140,57 @@ async fn an_overloaded_primary_redirects_its_share_to_the_peer() {
     assert_eq!(p1["arrangements"][0]["served"]["bytes"], 3000, "{p1}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_over_its_ceiling_redirects_at_once_whatever_its_demand() {
+    // p0 may serve 1 request a second (a tenth of its capacity). Two a second are a fifth of
+    // its capacity: far under its watermarks, so only the ceiling sends requests on.
+    let capped = format!(
+        "capacity_rps = 10\n[limits]\nshed_above_capacity = 0.1\n{VIDEO}\n[peering]\n{}",
+        whole_share()
+    );
+    let net = launch_configured(2, 2, &[&capped, &whole_share()]).await;
+    wait_published(&net).await;
+    let path = "/bytes/3000";
+    let started = Instant::now();
+    // 503s while p1's node is not yet in p0's load table (its first report), then 302s.
+    let location = loop {
+        let got = get_service(net.http(0), "video.example", path).await;
+        match got.status.as_u16() {
+            302 => break got.header("location").to_string(),
+            200 | 503 => {}
+            other => panic!("{other}: {}", got.text()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node 0 never redirected"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let peer_http = net.http(1).to_string();
+    assert!(
+        location.starts_with(&format!("http://{peer_http}/_reef/s/video.example/")),
+        "{location}"
+    );
+    // From now on, at two a second: one served here, one sent on; none refused.
+    let (mut served, mut sent) = (0, 0);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = get_service(net.http(0), "video.example", path).await;
+        match got.status.as_u16() {
+            200 => served += 1,
+            302 => sent += 1,
+            other => panic!("{other}: {}", got.text()),
+        }
+    }
+    assert!(served >= 2 && sent >= 2, "served {served}, sent {sent}");
+    let p0 = arrangements(&net.testnet.nodes[0]).await;
+    let demand = super::admin_json(&net.testnet.nodes[0], "/api/load").await;
+    assert!(
+        p0["arrangements"][0]["redirected"].as_u64().unwrap_or(0) >= 3,
+        "{p0}\n{demand}"
+    );
+}
+
 /// p0 relays the peer's answers instead of redirecting, and serves them itself when the peer
 /// is gone: its clients never see the peer, nor its death.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
