@@ -85,8 +85,10 @@ const GOSSIP_MESH_N_HIGH: usize = 8;
 const GOSSIP_MESH_OUTBOUND_MIN: usize = 2;
 /// Ping interval; each ping refreshes the RTT we rank holders by, and a peer that stops
 /// answering (hung, or its path is) is found out within
-/// `PING_FAILURES_TO_DROP` × (interval + timeout).
-const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// `PING_FAILURES_TO_DROP` × (interval + timeout). Not shorter: every node pings each peer it
+/// is connected to, and at 100 nodes on 2 cores 2 s made pings a large share of the idle
+/// overlay's CPU, and lookups several times slower (docs/benchmarks.md).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// A peer that takes longer than this to answer a ping is taken for hung: on loopback or a
 /// continent's width an answer takes milliseconds.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
