@@ -486,7 +486,7 @@ impl Limits {
         })
     }
 
-    /// Counts a client request refused (503) for want of capacity, here or at a peer.
+    /// Counts a client request refused (503): over the ceiling, and no peer could take it.
     pub fn shed(&self) {
         self.counts.shed.inc();
     }

@@ -241,7 +241,7 @@ impl Busy {
             |bytes_per_s: u128| bytes_per_s * 8 / (u128::from(capacity_mbps.max(1)) * 1000);
         let egress = u128::from(rates.egress_bytes_per_s);
         // Bodies that never left through us: what they would have cost.
-        let unsent_bytes = u128::from(rates.redirected_per_s + rates.shed_per_s)
+        let unsent_bytes = (u128::from(rates.redirected_per_s) + u128::from(rates.shed_per_s))
             * u128::from(rates.bytes_per_request);
         let utilisation = by_requests(rates.served_per_s()).max(by_egress(egress));
         let demand = by_requests(rates.req_per_s).max(by_egress(egress + unsent_bytes));

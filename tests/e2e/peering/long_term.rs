@@ -105,25 +105,8 @@ async fn an_overloaded_primary_redirects_its_share_to_the_peer() {
     let path = "/bytes/3000";
     // Requests count toward utilisation once a second; keep asking until node 0 is over its
     // watermark and sends us on.
-    let started = Instant::now();
-    let location = loop {
-        let got = get_service(net.http(0), "video.example", path).await;
-        if got.status == 302 {
-            assert_eq!(got.header("cache-control"), "no-store");
-            break got.header("location").to_string();
-        }
-        assert_eq!(got.status, 200, "{}", got.text());
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "node 0 never redirected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let location = until_sent_to_node_1(&net, path, &[200], Duration::from_millis(100)).await;
     let peer_http = net.http(1).to_string();
-    assert!(
-        location.starts_with(&format!("http://{peer_http}/_reef/s/video.example/")),
-        "{location}"
-    );
     // A client follows it: origin form, to the peer node.
     let target = &location[format!("http://{peer_http}").len()..];
     let followed = request_via(net.http(1), http::Request::get(target)).await;
@@ -151,26 +134,8 @@ async fn a_primary_over_its_ceiling_redirects_at_once_whatever_its_demand() {
     let net = launch_configured(2, 2, &[&capped, &whole_share()]).await;
     wait_published(&net).await;
     let path = "/bytes/3000";
-    let started = Instant::now();
     // 503s while p1's node is not yet in p0's load table (its first report), then 302s.
-    let location = loop {
-        let got = get_service(net.http(0), "video.example", path).await;
-        match got.status.as_u16() {
-            302 => break got.header("location").to_string(),
-            200 | 503 => {}
-            other => panic!("{other}: {}", got.text()),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "node 0 never redirected"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let peer_http = net.http(1).to_string();
-    assert!(
-        location.starts_with(&format!("http://{peer_http}/_reef/s/video.example/")),
-        "{location}"
-    );
+    until_sent_to_node_1(&net, path, &[200, 503], Duration::from_millis(500)).await;
     // From now on, at two a second: one served here, one sent on; none refused.
     let (mut served, mut sent) = (0, 0);
     for _ in 0..6 {
@@ -189,6 +154,41 @@ async fn a_primary_over_its_ceiling_redirects_at_once_whatever_its_demand() {
         p0["arrangements"][0]["redirected"].as_u64().unwrap_or(0) >= 3,
         "{p0}\n{demand}"
     );
+}
+
+/// Asks node 0 for `path` of `video.example` every `pace` until it redirects to node 1 (other
+/// answers must have a status in `meanwhile`); the redirect's location.
+async fn until_sent_to_node_1(
+    net: &crate::support::Net,
+    path: &str,
+    meanwhile: &[u16],
+    pace: Duration,
+) -> String {
+    let started = Instant::now();
+    let location = loop {
+        let got = get_service(net.http(0), "video.example", path).await;
+        if got.status == 302 {
+            assert_eq!(got.header("cache-control"), "no-store");
+            break got.header("location").to_string();
+        }
+        assert!(
+            meanwhile.contains(&got.status.as_u16()),
+            "{}: {}",
+            got.status,
+            got.text()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node 0 never redirected"
+        );
+        tokio::time::sleep(pace).await;
+    };
+    let peer_http = net.http(1).to_string();
+    assert!(
+        location.starts_with(&format!("http://{peer_http}/_reef/s/video.example/")),
+        "{location}"
+    );
+    location
 }
 
 /// p0 relays the peer's answers instead of redirecting, and serves them itself when the peer
