@@ -146,7 +146,7 @@ struct FlashArgs {
     /// p0's ceiling (`[limits] shed_above_capacity`), in both runs: past this share of its
     /// capacity a node sends requests to a peer whatever the part, or refuses them (503).
     /// Below 1, because its links also carry the redirects and refusals. 0: no ceiling.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = not_negative)]
     ceiling: f64,
     /// Seed of the crowd's object choices.
     #[arg(long, default_value_t = 1)]
@@ -419,6 +419,14 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 
 fn at_least_two(s: &str) -> Result<usize, String> {
     at_least(s, 2)
+}
+
+fn not_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(_) => Err("must be a number, 0 or more".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn at_least(s: &str, min: usize) -> Result<usize, String> {
