@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use libp2p::core::{Transport as _, upgrade};
 use libp2p::{
     StreamProtocol, Swarm, allow_block_list, gossipsub, identify,
     identity::Keypair,
@@ -14,6 +15,7 @@ use libp2p::{
 use reef_proto::WITHDRAWAL_TOPIC;
 
 use crate::Error;
+use crate::fresh_port::FreshPort;
 use crate::peering::{MAX_PEERING_STREAMS, PEERING_PROTOCOL, PeeringCodec};
 use crate::scoring;
 
@@ -121,16 +123,21 @@ pub(crate) fn build_swarm(
     let behaviour = build_behaviour(&keypair, mdns_on, peering_timeout, registry)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| Error::Transport(e.to_string()))?
         .with_quic_config(|mut c| {
             c.handshake_timeout = QUIC_HANDSHAKE_TIMEOUT;
             c
         })
+        .with_other_transport(|key| {
+            let tcp = FreshPort(tcp::tokio::Transport::new(
+                tcp::Config::default().nodelay(true),
+            ));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp.upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
+        .map_err(|e| Error::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_bandwidth_metrics(registry)

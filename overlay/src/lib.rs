@@ -27,6 +27,7 @@ mod client;
 mod config;
 mod error;
 mod event_loop;
+mod fresh_port;
 mod gossip;
 mod metrics;
 mod node_records;
