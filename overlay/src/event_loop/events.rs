@@ -193,6 +193,7 @@ impl EventLoop {
                 debug!(%peer, "added to the routing table");
                 self.join_soon();
                 self.hand_own_record_to(peer);
+                self.reannounce_if_grown();
             }
             _ => {}
         }

@@ -1,5 +1,6 @@
 //! Joining the overlay, publishing our NodeRecord, announcing early keys, saving the peers file.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use libp2p::{
@@ -100,6 +101,7 @@ impl EventLoop {
             "joined the overlay"
         );
         self.put_own_record();
+        self.announced_at_table = routing_table;
         self.announce_next();
         self.save_peers();
     }
@@ -183,6 +185,45 @@ impl EventLoop {
         }
     }
 
+    /// Announces every key we provide again once our routing table has doubled since they
+    /// last went out. An announcement reaches the closest peers of the overlay as it was; after
+    /// the overlay has grown that much (a testnet launching, a region coming up) most of
+    /// today's closest peers never heard of our keys, and kad's own republish is an hour away.
+    /// Doubling bounds the cost: a node that joins an overlay of N peers does this at most
+    /// log2(N) times, and at most `MAX_UNANNOUNCED` keys are queued at once.
+    pub(super) fn reannounce_if_grown(&mut self) {
+        if !self.joined {
+            return;
+        }
+        let size = self.routing_table_size();
+        if size < self.announced_at_table.max(1).saturating_mul(2) {
+            return;
+        }
+        self.announced_at_table = size;
+        let queued: HashSet<&RecordKey> = self.unannounced.iter().collect();
+        let room = super::MAX_UNANNOUNCED.saturating_sub(self.unannounced.len());
+        let keys: Vec<RecordKey> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .provided()
+            .map(|p| p.key.clone())
+            .filter(|k| !queued.contains(k))
+            .take(room)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        debug!(
+            keys = keys.len(),
+            routing_table = size,
+            "the overlay has doubled since our keys went out; announcing them again"
+        );
+        self.unannounced.extend(keys);
+        self.announce_next();
+    }
+
     /// The end of publishing our record: the next one is due before this one expires.
     pub(super) fn on_own_record_put(&mut self, result: &kad::PutRecordResult) {
         self.record_put_query = None;
@@ -217,7 +258,8 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Announces keys provided before we joined, a few at a time.
+    /// Announces queued keys (provided before we joined, or again after the overlay grew), a
+    /// few at a time.
     pub(super) fn announce_next(&mut self) {
         while self.joined && self.announcing.len() < ANNOUNCE_CONCURRENCY {
             let Some(rkey) = self.unannounced.pop_front() else {
@@ -234,7 +276,7 @@ impl EventLoop {
             }
             match kad.start_providing(rkey) {
                 Ok(id) => {
-                    debug!(query = ?id, "announcing a key provided before joining");
+                    debug!(query = ?id, "announcing a key again");
                     self.announcing.insert(id);
                 }
                 Err(error) => debug!(%error, "cannot re-announce a key"),

@@ -116,6 +116,8 @@ pub(crate) struct EventLoop {
     pending_puts: HashMap<QueryId, PutQuery>,
     unannounced: VecDeque<RecordKey>,
     announcing: HashSet<QueryId>,
+    /// Our routing table's size when our keys last went out to the whole overlay.
+    announced_at_table: usize,
 
     /// One bounded queue per topic somebody subscribed to (at most `MAX_SUBSCRIPTIONS`).
     subscribers: HashMap<TopicHash, mpsc::Sender<GossipMessage>>,
@@ -180,6 +182,7 @@ impl EventLoop {
             pending_puts: HashMap::new(),
             unannounced: VecDeque::new(),
             announcing: HashSet::new(),
+            announced_at_table: 0,
             subscribers: HashMap::new(),
             gossip_dropped: 0,
             withdrawals: Vec::new(),

@@ -33,7 +33,7 @@ impl EventLoop {
                     let _ = reply.send(result.map(|_| ()).map_err(|e| Error::Query(e.to_string())));
                 } else if self.announcing.remove(&id) {
                     if let Err(error) = result {
-                        debug!(%error, "announcing a key provided before joining failed");
+                        debug!(%error, "announcing a key again failed");
                     }
                     self.announce_next();
                 }

@@ -196,26 +196,55 @@ async fn keys_provided_before_joining_are_announced_on_join() {
 
     // Only A's announcement on joining can put A's provider record into B's store (B never
     // looks the key up, and kad's own re-announcement is an hour away).
-    let a_peer = a.local_peer_id();
-    let deadline = Instant::now() + TIMEOUT;
+    wait_holds_provider(&b, k, a.local_peer_id(), "A's key never reached B").await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Waits until `node`'s store holds `provider`'s record for `k`; panics with `what` after 30 s.
+async fn wait_holds_provider(node: &crate::Client, k: ContentKey, provider: PeerId, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stored = b
+        let held = node
             .inspect(move |el| {
                 let key = RecordKey::new(k.as_bytes());
                 let store = el.swarm.behaviour_mut().kad.store_mut();
-                store.providers(&key).iter().any(|p| p.provider == a_peer)
+                store.providers(&key).iter().any(|p| p.provider == provider)
             })
             .await
             .unwrap();
-        if stored {
-            break;
+        if held {
+            return;
         }
-        assert!(Instant::now() < deadline, "A's key never reached B");
+        assert!(Instant::now() < deadline, "{what}");
         // Poll interval, not synchronisation.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    a.shutdown().await;
-    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_announced_in_a_small_overlay_reach_a_node_that_came_later() {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let a = crate::spawn(test_config("a", vec![])).await.unwrap();
+    let a_addr: Multiaddr = a.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let b = crate::spawn(test_config("b", vec![a_addr])).await.unwrap();
+    a.wait_joined(TIMEOUT).await.unwrap();
+    b.wait_joined(TIMEOUT).await.unwrap();
+    // Announced while the overlay is A and B: B stores it.
+    let k = ContentKey::from_bytes([7; 32]);
+    a.provide(k).await.unwrap();
+    let a_peer = a.local_peer_id();
+    wait_holds_provider(&b, k, a_peer, "A's key never reached B").await;
+
+    // C comes later. Nobody looks the key up, and kad's republish is an hour away: only A
+    // announcing again, as its routing table doubled (1 to 2), can tell C.
+    let b_addr: Multiaddr = b.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let c = crate::spawn(test_config("c", vec![b_addr])).await.unwrap();
+    c.wait_joined(TIMEOUT).await.unwrap();
+    wait_holds_provider(&c, k, a_peer, "A's key never reached C").await;
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
 }
 
 #[test]
