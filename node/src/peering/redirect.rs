@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use reef_overlay::PeerId;
-use reef_proto::records::ProviderId;
+use reef_proto::records::{ArrangementId, ProviderId};
 use tracing::debug;
 
 use super::health::{Health, PROBED_NODES};
 use super::{Arrangement, Arrangements, Policy};
+use crate::limits::token_bucket::TokenBucket;
 use crate::load::{Load, REPORT_INTERVAL};
 
 /// Path prefix of a service request addressed to a node rather than to the service's name.
@@ -84,6 +85,8 @@ pub struct Redirector {
     pub mode: Mode,
     /// Requests considered, for spreading the part evenly.
     considered: AtomicU64,
+    /// This node's part of what the arrangement lends, spent a request at a time.
+    lent: Mutex<Lent>,
     view: Mutex<Option<Arc<TableView>>>,
 }
 
@@ -103,6 +106,7 @@ impl Redirector {
             target_permille: relief_target(policy),
             mode: policy.offload,
             considered: AtomicU64::new(0),
+            lent: Mutex::new(Lent::default()),
             view: Mutex::new(None),
         }
     }
@@ -128,14 +132,6 @@ impl Redirector {
         }
         let arrangement = self.arrangements.primary_for(host)?;
         let view = self.view_of(&arrangement.peer);
-        // The peer lends this much in all (long-term arrangements set no limit); each of our
-        // nodes takes its even part of it.
-        if arrangement.req_per_s > 0 {
-            let cap = (arrangement.req_per_s / view.own_nodes.max(1)).max(1);
-            if own.redirected_per_s + own.proxied_per_s >= cap {
-                return None;
-            }
-        }
         if !over_ceiling {
             let part = part_to_send(
                 own.demand_permille,
@@ -145,6 +141,15 @@ impl Redirector {
             let n = self.considered.fetch_add(1, Ordering::Relaxed);
             // Spread evenly: request n goes when the running part crosses a whole request.
             if (n + 1) * part / 1000 == n * part / 1000 {
+                return None;
+            }
+        }
+        // The peer lends this much in all (long-term arrangements set no limit); each of our
+        // nodes takes its even part of it.
+        if arrangement.req_per_s > 0 {
+            let cap = (arrangement.req_per_s / view.own_nodes.max(1)).max(1);
+            let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+            if !lent.take(arrangement.id, cap, Instant::now()) {
                 return None;
             }
         }
@@ -196,6 +201,32 @@ impl Redirector {
         });
         *cached = Some(view.clone());
         view
+    }
+}
+
+/// A node's part of an arrangement's agreed rate, as a bucket of that many requests a second
+/// (and as many at once). Checked against the last second's rate instead, the node sent
+/// everything for a second, then nothing the next, while its rate caught up: every other
+/// second of a surge past the arrangement's size went unrelieved.
+#[derive(Default)]
+struct Lent {
+    /// The arrangement and part it was made for.
+    of: Option<(ArrangementId, u32)>,
+    bucket: Option<TokenBucket>,
+}
+
+impl Lent {
+    /// Takes one request from `cap` a second lent under `id`; false when this second's are
+    /// spent. A new arrangement or part starts a full bucket.
+    fn take(&mut self, id: ArrangementId, cap: u32, now: Instant) -> bool {
+        let rate = f64::from(cap.max(1));
+        if self.of != Some((id, cap)) {
+            self.of = Some((id, cap));
+            self.bucket = Some(TokenBucket::new(rate, rate, now));
+        }
+        self.bucket
+            .as_mut()
+            .is_none_or(|b| b.try_take(1.0, now).is_ok())
     }
 }
 
@@ -265,6 +296,29 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(relief_target(&policy), 650);
+    }
+
+    #[test]
+    fn a_node_spends_its_part_of_the_lent_rate_evenly() {
+        let t0 = Instant::now();
+        let (a, b) = (
+            ArrangementId::from_bytes([1; 16]),
+            ArrangementId::from_bytes([2; 16]),
+        );
+        let mut lent = Lent::default();
+        // 10 a second: ten at once, then one per 100 ms, never a second's worth in a burst.
+        assert_eq!((0..15).filter(|_| lent.take(a, 10, t0)).count(), 10);
+        let later = t0 + std::time::Duration::from_millis(100);
+        assert!(lent.take(a, 10, later));
+        assert!(!lent.take(a, 10, later));
+        // Over a long surge: the rate, not twice it one second and nothing the next.
+        let sent = (0..1000u64)
+            .filter(|i| lent.take(a, 10, later + std::time::Duration::from_millis(10 * i)))
+            .count();
+        assert!((99..=101).contains(&sent), "{sent}");
+        // A new arrangement (or part) starts afresh.
+        assert!(lent.take(b, 10, later));
+        assert!(lent.take(b, 20, later));
     }
 
     #[test]
