@@ -460,14 +460,11 @@ impl Edge {
     fn shed(&self) -> Response<Body> {
         self.limits.shed();
         self.meter.shed();
-        let mut resp = text_response(
+        retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "this node is serving all it can and no peer can take more; retry in a moment",
-        );
-        let headers = resp.headers_mut();
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        resp
+            1,
+        )
     }
 
     /// Hands `req` to the peer node `offload` names, by the policy's mode: a redirect, or the
@@ -690,13 +687,19 @@ fn declares_body<B>(req: &Request<B>) -> bool {
 
 /// 429 with `Retry-After` and a line saying why.
 fn too_many(throttled: &Throttled) -> Response<Body> {
-    let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, &throttled.why);
-    resp.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(throttled.retry_after_secs()),
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    retry_later(
+        StatusCode::TOO_MANY_REQUESTS,
+        &throttled.why,
+        throttled.retry_after_secs(),
+    )
+}
+
+/// A refusal for now: `status` with `why`, `Retry-After` in seconds, never stored.
+fn retry_later(status: StatusCode, why: &str, retry_after_secs: u64) -> Response<Body> {
+    let mut resp = text_response(status, why);
+    let headers = resp.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
