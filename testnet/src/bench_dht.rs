@@ -81,6 +81,9 @@ pub struct SizeResult {
     pub anon_kib: Vec<u64>,
     /// Proportional set size (shared pages divided among the processes sharing them), KiB.
     pub pss_kib: Vec<u64>,
+    /// Of the RSS, the `reef` binary's code mapped in, KiB (shared, and laid out by
+    /// `node/link-order.txt`).
+    pub code_kib: Vec<u64>,
     /// Idle CPU per node, ms per second.
     pub cpu_ms_per_s: Vec<f64>,
     /// `connected_peers` per node when memory was read.
@@ -174,6 +177,11 @@ async fn measure(
         .iter()
         .map(|node| field(node.pid(), "smaps_rollup", "Pss:"))
         .collect();
+    let code_kib = testnet
+        .nodes
+        .iter()
+        .map(|node| code_rss_kib(node.pid()))
+        .collect();
     let statuses =
         futures::future::try_join_all(testnet.nodes.iter().map(|node| node.status())).await?;
     let connected = statuses
@@ -211,6 +219,7 @@ async fn measure(
         rss_kib,
         anon_kib,
         pss_kib,
+        code_kib,
         cpu_ms_per_s,
         connected,
         lookups: Vec::new(),
@@ -270,6 +279,34 @@ fn escape(s: &str) -> String {
         .collect()
 }
 
+/// KiB of the process's own executable's code in its RSS (`/proc/PID/smaps`: the `r-xp`
+/// mappings of `/proc/PID/exe`); 0 when it cannot be read.
+fn code_rss_kib(pid: u32) -> u64 {
+    let (Ok(exe), Ok(smaps)) = (
+        std::fs::read_link(format!("/proc/{pid}/exe")),
+        std::fs::read_to_string(format!("/proc/{pid}/smaps")),
+    ) else {
+        return 0;
+    };
+    let exe = exe.to_string_lossy();
+    let mut in_code = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, permissions, offset, device, inode, path.
+            in_code = words.next() == Some("r-xp") && line.ends_with(exe.as_ref());
+        } else if in_code && first == "Rss:" {
+            kib += words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
 fn median_u64(values: &mut [u64]) -> u64 {
     values.sort_unstable();
     values.get(values.len() / 2).copied().unwrap_or(0)
@@ -302,9 +339,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| nodes | launch s | lookups (failed) | found | lookup median / p99 ms | peers asked median / max | answered median | idle RSS median / max MiB | of which private, median MiB | PSS median MiB | idle CPU median ms/s | connections median |"
+            "| nodes | launch s | lookups (failed) | found | lookup median / p99 ms | peers asked median / max | answered median | idle RSS median / max MiB | of which private, median MiB | of which code, median MiB | PSS median MiB | idle CPU median ms/s | connections median |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for s in &self.sizes {
             let ms: Vec<f64> = s.lookups.iter().map(|l| l.ms).collect();
             let lat = Summary::of(&ms);
@@ -316,11 +353,12 @@ impl Report {
             let rss_max = rss.iter().max().copied().unwrap_or(0);
             let mut anon = s.anon_kib.clone();
             let mut pss = s.pss_kib.clone();
+            let mut code = s.code_kib.clone();
             let cpu = Summary::of(&s.cpu_ms_per_s).map_or(f64::NAN, |c| c.median);
             let mut conns: Vec<u64> = s.connected.iter().map(|&c| c as u64).collect();
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {} ({}) | {}/{} | {} | {} / {} | {} | {:.1} / {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+                "| {} | {:.1} | {} ({}) | {}/{} | {} | {} / {} | {} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
                 s.nodes,
                 s.launch.as_secs_f64(),
                 s.lookups.len(),
@@ -334,6 +372,7 @@ impl Report {
                 median_u64(&mut rss) as f64 / 1024.0,
                 rss_max as f64 / 1024.0,
                 median_u64(&mut anon) as f64 / 1024.0,
+                median_u64(&mut code) as f64 / 1024.0,
                 median_u64(&mut pss) as f64 / 1024.0,
                 cpu,
                 median_u64(&mut conns),
@@ -345,5 +384,18 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_of_a_running_process_is_found_in_its_rss() {
+        let code = code_rss_kib(std::process::id());
+        let (rss, _) = proc_memory(std::process::id()).unwrap_or_default();
+        assert!(code > 0 && code <= rss, "code {code} KiB, rss {rss} KiB");
+        assert_eq!(code_rss_kib(u32::MAX), 0);
     }
 }

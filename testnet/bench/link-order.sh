@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Regenerates node/link-order.txt, the order in which the linker lays out the release `reef`
+# binary's functions (node/build.rs says why).
+#
+#   testnet/bench/link-order.sh     # about 3 minutes; installs valgrind and perf if missing (root)
+#
+# How: a 10-node testnet on loopback, all of whose nodes but node-0 are restarted under a
+# profiler:
+# - node-7 under callgrind, which records every function that runs. Its profile is dumped
+#   once the node has joined (start), after 60 s of idling (idle) and after a round of
+#   requests through it (requests).
+# - the other nodes but node-0 natively under `perf record -e page-faults`, which records the function
+#   behind every page of code faulted in. This adds what callgrind cannot see: the variants a
+#   library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where valgrind's virtual
+#   CPU makes it pick others. A fault maps the 64 KiB around it, so a function next to a
+#   faulting one is missed; those found by earlier runs that the binary still has are kept,
+#   so running the script twice, rebuilding in between, fills the gaps.
+#
+# Only names the binary's symbol table holds are written. Run it again after changes to the
+# code or to Cargo.lock: names that changed are skipped at link time, so an old file only
+# costs memory. The binary must be built the way it is shipped (`cargo build --release` of
+# the whole workspace): symbol names depend on the features the build unifies.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v perf >/dev/null || missing+=(linux-perf)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "link-order: needs ${missing[*]} (apt-get install ${missing[*]}, as root)" >&2
+        exit 2
+    fi
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo build -q --release --locked
+BIN=$PWD/target/release/reef
+OUT=node/link-order.txt
+WORK=$(mktemp -d)
+UP=""
+PROFILED=()
+cleanup() {
+    for pid in "${PROFILED[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    [ -n "$UP" ] && kill -INT "$UP" 2>/dev/null && wait "$UP" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+json_field() { # FILE FIELD: the first string or number value of FIELD
+    grep -o "\"$2\": *\"\?[^\",}]*" "$1" | head -1 | sed 's/^"[^"]*": *"\?//'
+}
+wait_for() { # SECONDS COMMAND...
+    local until=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$until" ] || { echo "link-order: timed out waiting for: $*" >&2; exit 1; }
+        sleep 0.5
+    done
+}
+# restart N PROFILER...: node-N again, with the arguments it had, under PROFILER; sets PID.
+restart() {
+    local dir=$WORK/net/node-$1 old
+    shift
+    old=$(json_field "$dir/runtime.json" pid)
+    mapfile -d '' args <"/proc/$old/cmdline"
+    kill "$old"
+    wait_for 30 bash -c "! kill -0 $old"
+    rm -f "$dir/runtime.json"
+    "$@" "${args[@]}" >"$dir/profiled.log" 2>&1 &
+    PID=$!
+    PROFILED+=("$PID")
+}
+joined() { # N: node-N's address for ADMIN and HTTP, once it has joined
+    local dir=$WORK/net/node-$1
+    wait_for 120 test -f "$dir/runtime.json"
+    ADMIN=$(json_field "$dir/runtime.json" admin)
+    HTTP=$(json_field "$dir/runtime.json" http)
+    wait_for 120 bash -c "curl -sf http://$ADMIN/api/status | grep -q '\"joined\": *true'"
+}
+
+target/release/reef-testnet up --bin "$BIN" --nodes 10 --providers 2 --dir "$WORK/net" \
+    >"$WORK/up.log" 2>&1 &
+UP=$!
+wait_for 120 test -f "$WORK/net/manifest.json"
+ORIGIN=$(json_field "$WORK/net/manifest.json" origin)
+
+NATIVE_NODES="1 2 3 4 5 6 8 9"
+restart 7 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.out"
+CALLGRIND=$PID
+PERFS=()
+for n in $NATIVE_NODES; do
+    restart "$n" perf record -q -e page-faults -c 1 -o "$WORK/faults.$n"
+    PERFS+=("$PID")
+done
+for n in $NATIVE_NODES; do joined "$n"; done
+joined 7
+sleep 5
+callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.1: start and join
+sleep 60
+callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.2: idle
+
+OTHER=$(json_field "$WORK/net/node-0/runtime.json" http)
+NATIVE=$(json_field "$WORK/net/node-5/runtime.json" http)
+requests() { # HTTP: misses, hits, a peer fetch, a range, a HEAD, a 404, a scrape
+    curl -sf -o /dev/null -x "http://$OTHER" "http://$ORIGIN/bytes/7777"
+    for n in 1000 100000 3000000 7777; do
+        for _ in 1 2 3; do curl -sf -o /dev/null -x "http://$1" "http://$ORIGIN/bytes/$n"; done
+    done
+    curl -sf -o /dev/null -r 0-99 -x "http://$1" "http://$ORIGIN/bytes/100000"
+    curl -sf -o /dev/null -I -x "http://$1" "http://$ORIGIN/bytes/1000"
+    curl -s -o /dev/null -x "http://$1" "http://$ORIGIN/missing" || true
+}
+requests "$HTTP"
+requests "$NATIVE"
+curl -sf -o /dev/null "http://$ADMIN/metrics"
+callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.3: requests
+for pid in "${PERFS[@]}"; do kill -INT "$pid"; done
+for pid in "${PERFS[@]}"; do wait "$pid" || true; done
+
+nm --defined-only "$BIN" | awk '{ print $3 }' | sort -u >"$WORK/symbols"
+callgrind_functions() { # PHASE: functions callgrind saw run in the reef binary itself
+    # "ob=" names the object, "fn=" the function, in full the first time and as "(id)"
+    # afterwards; a trailing "'2" marks a recursive call.
+    awk -v bin="$BIN" '
+        function value(line,   v) { v = substr(line, index(line, "=") + 1); return v }
+        /^ob=/ { v = value($0); id = v; sub(/ .*/, "", id)
+                 if (v ~ / /) { sub(/^[^ ]* /, "", v); ob[id] = v }
+                 cur = ob[id] }
+        /^c?fn=/ { v = value($0); id = v; sub(/ .*/, "", id)
+                   if (v ~ / /) { sub(/^[^ ]* /, "", v); fn[id] = v }
+                   if ($0 ~ /^fn=/ && cur == bin) { name = fn[id]; sub(/'"'"'[0-9]+$/, "", name); print name } }
+    ' "$WORK/cg.out.$1" | sort -u | grep -Fxf "$WORK/symbols" || true
+}
+{
+    for n in $NATIVE_NODES; do
+        perf script -i "$WORK/faults.$n" --no-demangle -F ip,sym,dso 2>/dev/null |
+            awk -v bin="($BIN)" '$NF == bin { print $2 }'
+    done
+    # what earlier runs found
+    [ -f "$OUT" ] && awk '/^# / { keep = ($2 == "native") } keep && !/^#/' "$OUT"
+} | sort -u | grep -Fxf "$WORK/symbols" >"$WORK/native" || true
+
+{
+    echo "# Made by testnet/bench/link-order.sh on $(date -u '+%Y-%m-%d') from $(git rev-parse --short HEAD); see node/build.rs."
+    echo "# idle"
+    callgrind_functions 2
+    echo "# native"
+    cat "$WORK/native"
+    echo "# start"
+    callgrind_functions 1
+    echo "# requests"
+    callgrind_functions 3
+} | awk '/^#/ || !seen[$0]++' >"$OUT.new"
+mv "$OUT.new" "$OUT"
+echo "link-order: wrote $OUT: $(grep -vc '^#' "$OUT") functions, $(wc -l <"$WORK/native") of them found natively; rebuild with cargo build --release"
