@@ -2,10 +2,12 @@
 # Regenerates node/link-order.txt, the order in which the linker lays out the release `reef`
 # binary's functions (node/build.rs says why).
 #
-#   testnet/bench/link-order.sh     # about 3 minutes; installs valgrind and perf if missing (root)
+#   testnet/bench/link-order.sh [NODES]  # default 30; about 3 minutes; installs valgrind and
+#                                        # perf if missing (root)
 #
-# How: a 10-node testnet on loopback, all of whose nodes but node-0 are restarted under a
-# profiler:
+# How: a testnet of NODES nodes on loopback (past a dozen, gossipsub starts pruning its mesh
+# and Kademlia's buckets fill: code a 10-node testnet never runs), all of whose nodes but
+# node-0 are restarted under a profiler:
 # - node-7 under callgrind, which records every function that runs. Its profile is dumped
 #   once the node has joined (start), after 60 s of idling (idle) and after a round of
 #   requests through it (requests).
@@ -22,6 +24,11 @@
 # the whole workspace): symbol names depend on the features the build unifies.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+NODES=${1:-30}
+if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 10 ]; then
+    echo "link-order: NODES must be a number of at least 10, not '$NODES'" >&2
+    exit 2
+fi
 
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
@@ -80,13 +87,13 @@ joined() { # N: node-N's address for ADMIN and HTTP, once it has joined
     wait_for 120 bash -c "curl -sf http://$ADMIN/api/status | grep -q '\"joined\": *true'"
 }
 
-target/release/reef-testnet up --bin "$BIN" --nodes 10 --providers 2 --dir "$WORK/net" \
+target/release/reef-testnet up --bin "$BIN" --nodes "$NODES" --providers 2 --dir "$WORK/net" \
     >"$WORK/up.log" 2>&1 &
 UP=$!
 wait_for 120 test -f "$WORK/net/manifest.json"
 ORIGIN=$(json_field "$WORK/net/manifest.json" origin)
 
-NATIVE_NODES="1 2 3 4 5 6 8 9"
+NATIVE_NODES=$(seq 1 $((NODES - 1)) | grep -vx 7)
 restart 7 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.out"
 CALLGRIND=$PID
 PERFS=()
