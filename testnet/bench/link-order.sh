@@ -11,10 +11,10 @@
 # - node-7 under callgrind, which records every function that runs. Its profile is dumped
 #   once the node has joined (start), after 60 s of idling (idle) and after a round of
 #   requests through it (requests).
-# - the other nodes but node-0 natively under `perf record -e page-faults`, which records the function
-#   behind every page of code faulted in. This adds what callgrind cannot see: the variants a
-#   library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where valgrind's virtual
-#   CPU makes it pick others. A fault maps the 64 KiB around it, so a function next to a
+# - the other nodes but node-0 natively under `perf record -e page-faults`, which records the
+#   function behind every page of code faulted in. This adds what callgrind cannot see: the
+#   variants a library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where
+#   valgrind's virtual CPU makes it pick others. A fault maps the 64 KiB around it, so a function next to a
 #   faulting one is missed; those found by earlier runs that the binary still has are kept,
 #   so running the script twice, rebuilding in between, fills the gaps.
 #
@@ -68,7 +68,7 @@ wait_for() { # SECONDS COMMAND...
 }
 # restart N PROFILER...: node-N again, with the arguments it had, under PROFILER; sets PID.
 restart() {
-    local dir=$WORK/net/node-$1 old
+    local dir=$WORK/net/node-$1 old args
     shift
     old=$(json_field "$dir/runtime.json" pid)
     mapfile -d '' args <"/proc/$old/cmdline"
@@ -110,7 +110,7 @@ callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.2: idle
 
 OTHER=$(json_field "$WORK/net/node-0/runtime.json" http)
 NATIVE=$(json_field "$WORK/net/node-5/runtime.json" http)
-requests() { # HTTP: misses, hits, a peer fetch, a range, a HEAD, a 404, a scrape
+requests() { # HTTP: misses, hits, a peer fetch, a range, a HEAD, a 404
     curl -sf -o /dev/null -x "http://$OTHER" "http://$ORIGIN/bytes/7777"
     for n in 1000 100000 3000000 7777; do
         for _ in 1 2 3; do curl -sf -o /dev/null -x "http://$1" "http://$ORIGIN/bytes/$n"; done
