@@ -14,9 +14,9 @@
 # - the other nodes but node-0 natively under `perf record -e page-faults`, which records the
 #   function behind every page of code faulted in. This adds what callgrind cannot see: the
 #   variants a library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where
-#   valgrind's virtual CPU makes it pick others. A fault maps the 64 KiB around it, so a function next to a
-#   faulting one is missed; those found by earlier runs that the binary still has are kept,
-#   so running the script twice, rebuilding in between, fills the gaps.
+#   valgrind's virtual CPU makes it pick others. A fault maps the 64 KiB around it, so a
+#   function next to a faulting one is missed; those found by earlier runs that the binary
+#   still has are kept, so running the script twice, rebuilding in between, fills the gaps.
 #
 # Only names the binary's symbol table holds are written. Run it again after changes to the
 # code or to Cargo.lock: names that changed are skipped at link time, so an old file only
