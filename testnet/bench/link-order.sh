@@ -50,6 +50,8 @@ UP=""
 PROFILED=()
 cleanup() {
     for pid in "${PROFILED[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    # callgrind takes seconds to write its last dump; let it, before its directory goes
+    for pid in "${PROFILED[@]}"; do wait "$pid" 2>/dev/null || true; done
     [ -n "$UP" ] && kill -INT "$UP" 2>/dev/null && wait "$UP" 2>/dev/null || true
     rm -rf "$WORK"
 }
