@@ -19,6 +19,8 @@ pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_CAPACITY_RPS: u32 = 1000;
 /// Egress a node is assumed to have when the operator does not say: a 1 Gbit/s port.
 pub const DEFAULT_CAPACITY_MBPS: u32 = 1000;
+/// Fewest overlay connections an operator may keep: gossip wants at least 3 mesh peers.
+const MIN_KEEP_CONNECTIONS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +68,9 @@ pub struct FileConfig {
     pub capacity_rps: Option<u32>,
     /// Egress this node can send, in Mbit/s (10^6 bits per second).
     pub capacity_mbps: Option<u32>,
+    /// Overlay connections kept open once joined (default 12, at least 4); older ones beyond
+    /// it are closed, after a goodbye.
+    pub keep_connections: Option<u32>,
     /// Per-service settings, keyed by hostname (case-insensitive, no port).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
@@ -140,6 +145,8 @@ pub struct Config {
     pub origin_timeout: Duration,
     /// Cold misses go to the key's home node (see `fetch::home`).
     pub home_routing: bool,
+    /// Overlay connections kept open (`reef_overlay::Config::keep_connections`).
+    pub keep_connections: usize,
     /// Keyed by lower-case hostname without port, as the node derives a service from a URL.
     pub services: BTreeMap<String, Service>,
     pub offer: Option<crate::offers::OfferConfig>,
@@ -236,6 +243,7 @@ impl Config {
             cache_size: DEFAULT_CACHE_SIZE,
             origin_timeout: DEFAULT_ORIGIN_TIMEOUT,
             home_routing: true,
+            keep_connections: reef_overlay::DEFAULT_KEEP_CONNECTIONS,
             services: BTreeMap::new(),
             offer: None,
             peering: crate::peering::Policy::default(),
@@ -344,6 +352,15 @@ impl Config {
         }
         if let Some(v) = file.capacity_mbps {
             self.capacity_mbps = positive("capacity_mbps", v)?;
+        }
+        if let Some(v) = file.keep_connections {
+            if v < MIN_KEEP_CONNECTIONS {
+                return Err(ConfigError::Invalid {
+                    field: "keep_connections",
+                    reason: format!("must be at least {MIN_KEEP_CONNECTIONS}"),
+                });
+            }
+            self.keep_connections = usize::try_from(v).unwrap_or(usize::MAX);
         }
         // Per host: a later layer replaces only the settings it gives.
         let mut seen = HashSet::new();
@@ -571,6 +588,7 @@ mod tests {
             origin_timeout = 2.5
             capacity_rps = 250
             capacity_mbps = 10000
+            keep_connections = 32
             "#,
         )
         .unwrap();
@@ -579,7 +597,9 @@ mod tests {
             (defaults.capacity_rps, defaults.capacity_mbps),
             (1000, 1000)
         );
+        assert_eq!(defaults.keep_connections, 12);
         let c = defaults.with_file(file).unwrap();
+        assert_eq!(c.keep_connections, 32);
         assert_eq!(c.provider_key, Some(PathBuf::from("/etc/reef/acme.key")));
         assert_eq!((c.capacity_rps, c.capacity_mbps), (250, 10_000));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
@@ -629,13 +649,19 @@ mod tests {
     }
 
     #[test]
-    fn zero_capacity_is_rejected() {
+    fn out_of_range_numbers_are_rejected() {
         for text in ["capacity_rps = 0", "capacity_mbps = 0"] {
             let file: FileConfig = toml::from_str(text).unwrap();
             let e = Config::defaults().with_file(file).unwrap_err().to_string();
             assert!(e.contains("capacity") && e.contains("at least 1"), "{e}");
         }
         assert!(toml::from_str::<FileConfig>("capacity_rps = -1").is_err());
+        let file: FileConfig = toml::from_str("keep_connections = 3").unwrap();
+        let e = Config::defaults().with_file(file).unwrap_err().to_string();
+        assert!(
+            e.contains("keep_connections") && e.contains("at least 4"),
+            "{e}"
+        );
     }
 
     #[test]

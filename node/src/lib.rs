@@ -18,6 +18,7 @@ pub mod dns;
 pub mod edge;
 pub mod fetch;
 pub mod fetch_cmd;
+pub mod heap;
 pub mod hex;
 pub mod identity;
 pub mod limits;

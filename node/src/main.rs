@@ -237,6 +237,10 @@ struct RunArgs {
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     capacity_mbps: Option<u32>,
+    /// Overlay connections kept open once joined; older ones beyond it are closed after a
+    /// goodbye [default: 12, at least 4].
+    #[arg(long, value_name = "N")]
+    keep_connections: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -362,6 +366,7 @@ async fn run(args: RunArgs) -> Result<(), (u8, String)> {
         home_routing: args.home_routing,
         capacity_rps: args.capacity_rps,
         capacity_mbps: args.capacity_mbps,
+        keep_connections: args.keep_connections,
         services: config::quota_flags(&args.quota).map_err(|e| usage(&e))?,
         // Offers, peering and limits are policy: they come from the config file only.
         offer: None,

@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::edge::{self, Edge, Gate};
 use crate::fetch::{Announcer, Fetcher, LocalInfo, Upstreams};
+use crate::heap;
 use crate::load::{self, Load};
 use crate::offers;
 use crate::peering::agent::{self, Agent};
@@ -135,6 +136,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         },
         metrics: reef_overlay::Metrics::register(&mut registry),
         peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
+        keep_connections: config.keep_connections,
     })
     .await
     .map_err(|e| match e {
@@ -400,6 +402,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
         dns = ?dns_handle.as_ref().map(dns::Handle::addr), "node ready"
     );
 
+    heap::spawn_trimmer();
     let (stop_tx, stop_rx) = watch::channel(false);
     let edge_task = tokio::spawn(edge::serve(http_listener, edge, stop_rx.clone()));
     let admin_state = Arc::new(AdminState {

@@ -336,6 +336,7 @@ mod tests {
             },
             metrics: Metrics::default(),
             peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
+            keep_connections: reef_overlay::DEFAULT_KEEP_CONNECTIONS,
         })
         .await
         .unwrap();

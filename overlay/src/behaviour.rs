@@ -16,6 +16,7 @@ use reef_proto::WITHDRAWAL_TOPIC;
 
 use crate::Error;
 use crate::fresh_port::FreshPort;
+use crate::goodbye::{GOODBYE_PROTOCOL, GOODBYE_TIMEOUT, GoodbyeCodec, MAX_GOODBYE_STREAMS};
 use crate::peering::{MAX_PEERING_STREAMS, PEERING_PROTOCOL, PeeringCodec};
 use crate::scoring;
 
@@ -109,6 +110,7 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) peering: request_response::Behaviour<PeeringCodec>,
+    pub(crate) goodbye: request_response::Behaviour<GoodbyeCodec>,
 }
 
 /// Builds the transport stack (TCP + noise + yamux, QUIC, DNS) and the behaviour. Gossipsub's
@@ -253,6 +255,15 @@ fn build_behaviour(
             .with_max_concurrent_streams(MAX_PEERING_STREAMS),
     );
 
+    // Never dials: a goodbye goes over the connection it is about.
+    let goodbye = request_response::Behaviour::with_codec(
+        GoodbyeCodec,
+        [(GOODBYE_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(GOODBYE_TIMEOUT)
+            .with_max_concurrent_streams(MAX_GOODBYE_STREAMS),
+    );
+
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         kad,
@@ -261,5 +272,6 @@ fn build_behaviour(
         ping,
         mdns: Toggle::from(mdns),
         peering,
+        goodbye,
     })
 }

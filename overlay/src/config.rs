@@ -32,7 +32,14 @@ pub struct Config {
     /// answered by then fail at their end. Normally [`crate::PEERING_REQUEST_TIMEOUT`] (5 s);
     /// tests shorten it.
     pub peering_timeout: Duration,
+    /// Connections the node keeps open once joined; older ones beyond it are closed, outside
+    /// the gossip mesh and farthest first. Normally [`DEFAULT_KEEP_CONNECTIONS`].
+    pub keep_connections: usize,
 }
+
+/// Enough for gossip's meshes (3 to 8 peers on each of a handful of topics, mostly shared)
+/// and a choice of nearby holders, at about 130 KiB a connection.
+pub const DEFAULT_KEEP_CONNECTIONS: usize = 12;
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for Config {
             .field("peers_file", &self.peers_file)
             .field("local_record", &self.local_record)
             .field("peering_timeout", &self.peering_timeout)
+            .field("keep_connections", &self.keep_connections)
             .finish_non_exhaustive()
     }
 }

@@ -1,8 +1,9 @@
 //! Reef's peer-to-peer overlay.
 //!
 //! This crate owns the libp2p Swarm (Kademlia on `/reef/kad/1.0.0`, gossipsub, identify, ping,
-//! request-response on `/reef/peering/1`, and mDNS when asked for), the single event-loop
-//! task that drives it, and the cloneable [`Client`] through which the rest of the node uses it: join, announce, withdraw and find
+//! request-response on `/reef/peering/1` and `/reef/goodbye/1`, and mDNS when asked for), the
+//! single event-loop task that drives it (and keeps its connections near a budget), and the
+//! cloneable [`Client`] through which the rest of the node uses it: join, announce, withdraw and find
 //! content holders, resolve and verify signed NodeRecords (and with them, which provider a
 //! node belongs to), put and get any signed record in the DHT, publish and subscribe to gossip
 //! topics, send opaque request/response messages to a peer over `/reef/peering/1` and take
@@ -28,6 +29,7 @@ mod config;
 mod error;
 mod event_loop;
 mod fresh_port;
+mod goodbye;
 mod gossip;
 mod metrics;
 mod node_records;
@@ -50,7 +52,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use client::{Client, Holder, LookupStats, Status};
-pub use config::{Config, LocalInfo};
+pub use config::{Config, DEFAULT_KEEP_CONNECTIONS, LocalInfo};
 pub use error::Error;
 pub use gossip::{Acceptance, GossipMessage, MessageHandle, Published};
 pub use metrics::{Metrics, RejectLabels};
@@ -164,6 +166,7 @@ pub async fn spawn(config: Config) -> Result<Client, Error> {
             peers_file: config.peers_file,
             peering_timeout: config.peering_timeout,
             broken: broken.clone(),
+            keep_connections: config.keep_connections,
         },
     );
     for (peer, base) in bootstrap {

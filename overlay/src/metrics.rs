@@ -10,7 +10,8 @@
 //! - `reef_connected_peers`: peers with at least one open connection;
 //! - `reef_gossip_messages_total{topic,verdict}`: gossip messages received on a subscribed
 //!   topic, by the verdict that decided whether they travel on (`accept`, `reject`, `ignore`);
-//! - `reef_peers_banned_total`: peers disconnected and refused for sending invalid records.
+//! - `reef_peers_banned_total`: peers disconnected and refused for sending invalid records;
+//! - `reef_connections_pruned_total`: connections closed to stay within the budget.
 
 use std::time::Duration;
 
@@ -88,6 +89,7 @@ pub struct Metrics {
     connected_peers: Gauge,
     gossip: Family<GossipLabels, Counter>,
     peers_banned: Counter,
+    connections_pruned: Counter,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,7 @@ impl Default for Metrics {
             connected_peers: Gauge::default(),
             gossip: Family::default(),
             peers_banned: Counter::default(),
+            connections_pruned: Counter::default(),
         }
     }
 }
@@ -145,7 +148,21 @@ impl Metrics {
             "Peers disconnected and refused for a while for sending too many invalid records",
             metrics.peers_banned.clone(),
         );
+        registry.register(
+            "reef_connections_pruned",
+            "Connections to peers this node closed (after a goodbye) to keep near its budget",
+            metrics.connections_pruned.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn connection_pruned(&self) {
+        self.connections_pruned.inc();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pruned(&self) -> u64 {
+        self.connections_pruned.get()
     }
 
     pub(crate) fn peer_banned(&self) {

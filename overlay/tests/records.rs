@@ -90,6 +90,7 @@ fn config(keypair: Keypair, bootstrap: Vec<Multiaddr>, cert: Option<Vec<u8>>) ->
         },
         metrics: Metrics::default(),
         peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
+        keep_connections: reef_overlay::DEFAULT_KEEP_CONNECTIONS,
     }
 }
 

@@ -67,6 +67,7 @@ async fn metrics_count_a_fetch_from_the_origin_then_from_the_cache() {
         "reef_cache_objects 1",
         "reef_cache_stored_bytes 1000",
         "reef_connected_peers 0",
+        "reef_connections_pruned_total 0",
         "reef_arrangements{state=\"active\",role=\"primary\"} 0",
         "# TYPE reef_dht_lookup_duration_seconds histogram",
         "# TYPE reef_cache_hit_ratio gauge",

@@ -35,6 +35,7 @@ async fn overlay(bootstrap: Vec<Multiaddr>) -> (reef_overlay::Client, SigningKey
         },
         metrics: reef_overlay::Metrics::default(),
         peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
+        keep_connections: reef_overlay::DEFAULT_KEEP_CONNECTIONS,
     })
     .await
     .unwrap();

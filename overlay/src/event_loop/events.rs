@@ -31,6 +31,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Peering(event)) => self.on_peering_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Goodbye(event)) => self.on_goodbye_event(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id: peer,
                 endpoint,
@@ -45,6 +46,7 @@ impl EventLoop {
                 let usable = dialled.filter(|a| addrs::is_usable(a, loopback));
                 self.recent.seen(peer, usable, std::time::Instant::now());
                 self.broken.connected(&peer);
+                self.budget.connected(peer);
                 self.metrics
                     .set_connected_peers(self.swarm.connected_peers().count());
                 debug!(%peer, %remote, "connected");
@@ -64,8 +66,10 @@ impl EventLoop {
                     self.rtt.remove(&peer);
                     self.ping_failures.remove(&peer);
                     self.via_loopback.remove(&peer);
+                    let expected = self.budget.disconnected(&peer);
                     self.recent.seen(peer, [], std::time::Instant::now());
-                    if matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_))) {
+                    let io = matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_)));
+                    if io && !expected {
                         self.drop_broken(peer, "connection broke");
                     }
                 }

@@ -38,6 +38,7 @@ mod events;
 mod gossip;
 mod join;
 mod peering;
+mod prune;
 mod queries;
 mod records;
 #[cfg(test)]
@@ -130,6 +131,8 @@ pub(crate) struct EventLoop {
     peering: peering::Peering,
     /// Peers whose last connection broke, shared with clients.
     broken: crate::broken::Broken,
+    /// Connections kept near `Config::keep_connections`.
+    budget: prune::Budget,
 }
 
 /// What [`EventLoop::new`] needs besides the swarm.
@@ -143,6 +146,7 @@ pub(crate) struct Parts {
     pub(crate) peers_file: Option<PathBuf>,
     pub(crate) peering_timeout: Duration,
     pub(crate) broken: crate::broken::Broken,
+    pub(crate) keep_connections: usize,
 }
 
 impl EventLoop {
@@ -187,6 +191,7 @@ impl EventLoop {
             gossip_dropped: 0,
             withdrawals: Vec::new(),
             peering: peering::Peering::new(parts.peering_timeout),
+            budget: prune::Budget::new(parts.keep_connections),
         }
     }
 
@@ -247,6 +252,8 @@ impl EventLoop {
         save_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
         sweep_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut prune_tick = tokio::time::interval(prune::PRUNE_INTERVAL);
+        prune_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         let shutdown_reply = loop {
             let join_at = self.next_join_attempt;
@@ -271,6 +278,7 @@ impl EventLoop {
                     self.save_peers();
                 }
                 _ = sweep_tick.tick() => self.sweep(),
+                _ = prune_tick.tick() => self.prune_connections(),
             }
         };
 

@@ -49,6 +49,7 @@ fn event_loop() -> EventLoop {
             started: Instant::now(),
             peers_file: None,
             peering_timeout: crate::PEERING_REQUEST_TIMEOUT,
+            keep_connections: crate::DEFAULT_KEEP_CONNECTIONS,
             broken: Default::default(),
         },
     )
@@ -168,6 +169,10 @@ async fn inbound_provider_records_are_checked() {
 }
 
 fn test_config(name: &str, bootstrap: Vec<Multiaddr>) -> crate::Config {
+    budget_config(name, bootstrap, crate::DEFAULT_KEEP_CONNECTIONS)
+}
+
+fn budget_config(name: &str, bootstrap: Vec<Multiaddr>, keep: usize) -> crate::Config {
     crate::Config {
         keypair: Keypair::generate_ed25519(),
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
@@ -177,6 +182,7 @@ fn test_config(name: &str, bootstrap: Vec<Multiaddr>) -> crate::Config {
         local_record: local_info(&format!("{name}:80")),
         metrics: Metrics::default(),
         peering_timeout: crate::PEERING_REQUEST_TIMEOUT,
+        keep_connections: keep,
     }
 }
 
@@ -395,6 +401,101 @@ async fn a_peer_flooding_forged_records_is_disconnected_and_refused() {
         assert!(!connected.contains(&b_peer.to_string()), "{connected:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Polls `check` until it holds; panics with `what` after 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        // Poll interval, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_budget_close_after_a_goodbye_and_break_nothing() {
+    const NODES: usize = 6;
+    const KEEP: usize = 2;
+    let first = crate::spawn(budget_config("n0", vec![], KEEP))
+        .await
+        .unwrap();
+    let first_addr: Multiaddr = first.status().await.unwrap().listen_addrs[0]
+        .parse()
+        .unwrap();
+    let mut nodes = vec![first];
+    for i in 1..NODES {
+        let config = budget_config(&format!("n{i}"), vec![first_addr.clone()], KEEP);
+        nodes.push(crate::spawn(config).await.unwrap());
+    }
+    for node in &nodes {
+        node.wait_joined(Duration::from_secs(30)).await.unwrap();
+    }
+    let peers: Vec<PeerId> = nodes.iter().map(|n| n.local_peer_id()).collect();
+
+    // Joining connects the first node to everyone; it prunes down to its budget.
+    eventually("the first node never pruned", || async {
+        let pruned = nodes[0].inspect(|el| el.metrics.pruned()).await.unwrap();
+        let connected = nodes[0].status().await.unwrap().connected_peers.len();
+        pruned > 0 && connected <= KEEP
+    })
+    .await;
+
+    // Nobody took a goodbye for a crash: every node still counts every other as alive, and
+    // still has it in its routing table (a break would have removed it).
+    for node in &nodes {
+        for peer in &peers {
+            assert!(!node.connection_broken(peer), "{peer} counted as broken");
+        }
+        assert_eq!(node.status().await.unwrap().routing_table_size, NODES - 1);
+    }
+
+    // A lookup still reaches a holder the asker is not connected to: it dials.
+    let k = ContentKey::from_bytes([5; 32]);
+    let holder = NODES - 1;
+    nodes[holder].provide(k).await.unwrap();
+    let connected = nodes[0].status().await.unwrap().connected_peers;
+    let asker = (1..NODES - 1)
+        .find(|i| !connected.contains(&peers[*i].to_string()))
+        .unwrap_or(1);
+    eventually("the holder was never found", || async {
+        let found = nodes[asker].find_holders(k, 4).await.unwrap_or_default();
+        found.iter().any(|h| h.peer == peers[holder])
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_short_of_connections_asks_to_keep_its_own() {
+    // A would close every connection; B, with one connection and a budget of four, is short
+    // and says so.
+    let a = crate::spawn(budget_config("a", vec![], 0)).await.unwrap();
+    let a_addr: Multiaddr = a.status().await.unwrap().listen_addrs[0].parse().unwrap();
+    let b = crate::spawn(budget_config("b", vec![a_addr], 4))
+        .await
+        .unwrap();
+    b.wait_joined(Duration::from_secs(30)).await.unwrap();
+    let b_peer = b.local_peer_id();
+    eventually("B never asked to stay", || async {
+        a.inspect(move |el| el.budget.is_staying(&b_peer))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        a.status().await.unwrap().connected_peers,
+        [b_peer.to_string()]
+    );
+    assert_eq!(a.inspect(|el| el.metrics.pruned()).await.unwrap(), 0);
     a.shutdown().await;
     b.shutdown().await;
 }

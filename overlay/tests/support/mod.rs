@@ -76,5 +76,6 @@ pub fn config(
         },
         metrics: Metrics::default(),
         peering_timeout: reef_overlay::PEERING_REQUEST_TIMEOUT,
+        keep_connections: reef_overlay::DEFAULT_KEEP_CONNECTIONS,
     }
 }

@@ -1,0 +1,28 @@
+//! Hands freed heap pages back to the kernel.
+//!
+//! glibc returns memory by itself only from the top of its main heap. Pages freed anywhere
+//! else (a pruned connection's buffers, the burst of connections a node makes while it
+//! joins) stay resident until `malloc_trim` gives them back: measured at 50 nodes, about
+//! 3 MiB of an idle node's 12 MiB of private memory. Trimming walks the free lists, which
+//! costs well under a millisecond at these heap sizes, so it runs on a timer.
+
+use std::time::Duration;
+
+/// How often freed pages are handed back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Trims the heap every [`TRIM_INTERVAL`] until the runtime stops; does nothing where the
+/// allocator is not glibc's.
+pub fn spawn_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim takes no pointers and only rearranges the allocator's own
+            // free pages; it is safe to call from any thread at any time.
+            unsafe { libc::malloc_trim(0) };
+        }
+    });
+}
