@@ -35,6 +35,12 @@ pub(crate) const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Kad's own expiry for stored values (an hour, the longest a NodeRecord lives). Every value
 /// we store also gets its envelope's expiry, which is never later; kad drops it at the sooner.
 pub(crate) const RECORD_TTL: Duration = Duration::from_secs(60 * 60);
+/// How often kad refreshes the routing table by walking every bucket (libp2p's default: 5 min).
+/// In an overlay of a few hundred nodes the walk reaches nearly all of them, and since the
+/// connection budget closes what it opens, each one is a burst of dials and goodbyes. New
+/// nodes enter our table when they contact us, and departed ones leave it when a request to
+/// them fails, so the refresh is only a backstop.
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// How often peers re-replicate records they hold to the current closest peers (below the TTL).
 const RECORD_REPLICATION_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// Provider records expire after this unless re-announced; bounds how long an evicted object is
@@ -161,6 +167,7 @@ fn build_behaviour(
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config
         .set_query_timeout(KAD_QUERY_TIMEOUT)
+        .set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL))
         .set_record_ttl(Some(RECORD_TTL))
         .set_replication_interval(Some(RECORD_REPLICATION_INTERVAL))
         // We re-put our own NodeRecord with a fresh issued_at ourselves (event loop), and other

@@ -213,8 +213,9 @@ struct BenchDhtArgs {
     /// Nodes that run lookups, spread over the testnet.
     #[arg(long, default_value_t = 9, value_parser = at_least_one)]
     askers: usize,
-    /// Seconds to wait after launch before reading idle memory.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds to wait after launch before reading idle memory: a 100-node launch keeps the
+    /// connection budget pruning for a minute or two.
+    #[arg(long, default_value_t = 90)]
     settle: u64,
     /// Seconds over which idle CPU is measured.
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]

@@ -7,14 +7,16 @@
 //! [`PRUNE_INTERVAL`] the loop closes the connections it needs least, outside the gossip
 //! mesh and farthest first, after a goodbye (`goodbye.rs`) so the peer does not take the
 //! close for a crash. A node that others pruned down to half its budget refuses further
-//! goodbyes and, if it knows more peers, runs a Kademlia bootstrap to connect to some.
+//! goodbyes and dials some of the closest peers its routing table knows.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use libp2p::{
     PeerId,
+    kad::KBucketKey,
     request_response::{self, OutboundFailure},
+    swarm::dial_opts::{DialOpts, PeerCondition},
 };
 use tokio::time::Instant;
 use tracing::debug;
@@ -37,8 +39,8 @@ const MIN_AGE: Duration = Duration::from_secs(1);
 const STAY_FOR: Duration = Duration::from_secs(5 * 60);
 /// A connection the remote drops sooner than this lost a dial race; it is not a crash.
 const DIAL_RACE: Duration = Duration::from_secs(1);
-/// At most one bootstrap this often to make up for connections others pruned.
-const REFILL_EVERY: Duration = Duration::from_secs(60);
+/// At most one round of dials this often to make up for connections others pruned.
+const REFILL_EVERY: Duration = Duration::from_secs(30);
 
 /// What the budget needs to know about connections.
 pub(super) struct Budget {
@@ -140,24 +142,42 @@ impl EventLoop {
         }
     }
 
-    /// Others pruned us below half the budget: a bootstrap (a walk over random keys)
-    /// connects to fresh peers, if the routing table knows more than we are connected to.
+    /// Others pruned us down to half the budget: dial our closest peers in the routing table
+    /// that we are not connected to, up to three quarters of the budget. (A Kademlia
+    /// bootstrap would connect to most of a small overlay at once, only for the excess to be
+    /// pruned again.) While short, we answer goodbyes with `Stay`, so these stay.
     fn refill(&mut self, now: Instant) {
         let recent = self
             .budget
             .last_refill
             .is_some_and(|at| now.saturating_duration_since(at) < REFILL_EVERY);
-        if !self.joined
-            || recent
-            || self.bootstrap_query.is_some()
-            || self.routing_table_size() <= self.budget.since.len()
-        {
+        if !self.joined || recent {
             return;
         }
         self.budget.last_refill = Some(now);
-        if let Ok(id) = self.swarm.behaviour_mut().kad.bootstrap() {
-            debug!(query = ?id, "short of connections; kad bootstrap started");
-            self.bootstrap_query = Some(id);
+        let want = (self.budget.keep * 3 / 4).saturating_sub(self.budget.since.len());
+        let local = KBucketKey::from(self.local);
+        let fresh: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&local)
+            .map(|key| *key.preimage())
+            .filter(|peer| !self.budget.since.contains_key(peer))
+            .take(want)
+            .collect();
+        debug!(
+            connected = self.budget.since.len(),
+            dialling = fresh.len(),
+            "short of connections"
+        );
+        for peer in fresh {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(error) = self.swarm.dial(opts) {
+                debug!(%peer, %error, "cannot dial");
+            }
         }
     }
 

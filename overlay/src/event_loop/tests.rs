@@ -499,3 +499,29 @@ async fn a_peer_short_of_connections_asks_to_keep_its_own() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_short_of_connections_dials_peers_it_knows() {
+    let mut el = event_loop();
+    let known: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
+    for (i, peer) in known.iter().enumerate() {
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", 1000 + i).parse().unwrap();
+        el.swarm.behaviour_mut().kad.add_address(peer, addr);
+    }
+    let pending = |el: &EventLoop| {
+        el.swarm
+            .network_info()
+            .connection_counters()
+            .num_pending_outgoing() as usize
+    };
+    // Not joined yet: joining does its own dialling.
+    el.prune_connections();
+    assert_eq!(pending(&el), 0);
+
+    // Joined with no connection at all: dials three quarters of the budget, once a while.
+    el.joined = true;
+    el.prune_connections();
+    assert_eq!(pending(&el), crate::DEFAULT_KEEP_CONNECTIONS * 3 / 4);
+    el.prune_connections();
+    assert_eq!(pending(&el), crate::DEFAULT_KEEP_CONNECTIONS * 3 / 4);
+}
