@@ -348,18 +348,13 @@ impl Config {
             self.home_routing = v;
         }
         if let Some(v) = file.capacity_rps {
-            self.capacity_rps = positive("capacity_rps", v)?;
+            self.capacity_rps = at_least("capacity_rps", v, 1)?;
         }
         if let Some(v) = file.capacity_mbps {
-            self.capacity_mbps = positive("capacity_mbps", v)?;
+            self.capacity_mbps = at_least("capacity_mbps", v, 1)?;
         }
         if let Some(v) = file.keep_connections {
-            if v < MIN_KEEP_CONNECTIONS {
-                return Err(ConfigError::Invalid {
-                    field: "keep_connections",
-                    reason: format!("must be at least {MIN_KEEP_CONNECTIONS}"),
-                });
-            }
+            let v = at_least("keep_connections", v, MIN_KEEP_CONNECTIONS)?;
             self.keep_connections = usize::try_from(v).unwrap_or(usize::MAX);
         }
         // Per host: a later layer replaces only the settings it gives.
@@ -511,11 +506,11 @@ fn bandwidth(
 }
 
 /// A capacity: utilisation divides by it, so 0 is refused.
-fn positive(field: &'static str, v: u32) -> Result<u32, ConfigError> {
-    if v == 0 {
+fn at_least(field: &'static str, v: u32, min: u32) -> Result<u32, ConfigError> {
+    if v < min {
         return Err(ConfigError::Invalid {
             field,
-            reason: "must be at least 1".into(),
+            reason: format!("must be at least {min}"),
         });
     }
     Ok(v)
