@@ -4,10 +4,11 @@
 //! Why: a page of code counts in a process's RSS once anything on it runs, and the kernel maps
 //! the 64 KiB around every page it faults in. With the linker's default layout the few MiB a
 //! node runs are spread over the whole 19 MiB of code, so nearly all of it ended up resident;
-//! grouped, an idle node maps about 8 MiB instead of 17. The file is made by
+//! grouped, an idle node maps about 6.5-7 MiB instead of 17. The file is made by
 //! `testnet/bench/link-order.sh` from a profile of running nodes; names it lists that the
 //! binary no longer has (code changed since) are skipped, so a stale file costs memory, never
-//! correctness.
+//! correctness. Our crates are built as one codegen unit each (the workspace's
+//! `Cargo.toml` says why), so that their functions' names do not change with every edit.
 //!
 //! Only for release builds for x86_64 Linux, where rustc links with lld since 1.90 (our
 //! `rust-version`), and lld takes a symbol-ordering file where GNU ld does not. The same

@@ -11,6 +11,9 @@
 # - node-7 under callgrind, which records every function that runs. Its profile is dumped
 #   once the node has joined (start), after 60 s of idling (idle) and after a round of
 #   requests through it (requests).
+# - a new node beside them, with node-8's arguments but an empty data directory, also under
+#   callgrind: a first start makes the node's key and its databases, code a restart never
+#   runs (and every node of a fresh testnet does). Dumped like node-7, without requests.
 # - the other nodes but node-0 natively under `perf record -e page-faults`, which records the
 #   function behind every page of code faulted in. This adds what callgrind cannot see: the
 #   variants a library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where
@@ -81,12 +84,26 @@ restart() {
     PID=$!
     PROFILED+=("$PID")
 }
+# fresh N PROFILER...: a new node with node-N's arguments but the empty data directory
+# node-fresh, under PROFILER; sets PID.
+fresh() {
+    local dir=$WORK/net/node-fresh args i
+    mapfile -d '' args <"/proc/$(json_field "$WORK/net/node-$1/runtime.json" pid)/cmdline"
+    shift
+    for i in "${!args[@]}"; do
+        [ "${args[$i]}" = --data-dir ] && args[i + 1]=$dir
+    done
+    mkdir -p "$dir"
+    "$@" "${args[@]}" >"$dir/profiled.log" 2>&1 &
+    PID=$!
+    PROFILED+=("$PID")
+}
 joined() { # N: node-N's address for ADMIN and HTTP, once it has joined
     local dir=$WORK/net/node-$1
-    wait_for 120 test -f "$dir/runtime.json"
+    wait_for 240 test -f "$dir/runtime.json"
     ADMIN=$(json_field "$dir/runtime.json" admin)
     HTTP=$(json_field "$dir/runtime.json" http)
-    wait_for 120 bash -c "curl -sf http://$ADMIN/api/status | grep -q '\"joined\": *true'"
+    wait_for 240 bash -c "curl -sf http://$ADMIN/api/status | grep -q '\"joined\": *true'"
 }
 
 target/release/reef-testnet up --bin "$BIN" --nodes "$NODES" --providers 2 --dir "$WORK/net" \
@@ -98,6 +115,8 @@ ORIGIN=$(json_field "$WORK/net/manifest.json" origin)
 NATIVE_NODES=$(seq 1 $((NODES - 1)) | grep -vx 7)
 restart 7 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.out"
 CALLGRIND=$PID
+fresh 8 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg-fresh.out"
+FRESH=$PID
 PERFS=()
 for n in $NATIVE_NODES; do
     restart "$n" perf record -q -e page-faults -c 1 -o "$WORK/faults.$n"
@@ -105,10 +124,13 @@ for n in $NATIVE_NODES; do
 done
 for n in $NATIVE_NODES; do joined "$n"; done
 joined 7
+joined fresh
 sleep 5
 callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.1: start and join
+callgrind_control -d "$FRESH" >/dev/null 2>&1     # cg-fresh.out.1
 sleep 60
 callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.2: idle
+callgrind_control -d "$FRESH" >/dev/null 2>&1     # cg-fresh.out.2
 
 OTHER=$(json_field "$WORK/net/node-0/runtime.json" http)
 NATIVE=$(json_field "$WORK/net/node-5/runtime.json" http)
@@ -129,18 +151,20 @@ for pid in "${PERFS[@]}"; do kill -INT "$pid"; done
 for pid in "${PERFS[@]}"; do wait "$pid" || true; done
 
 nm --defined-only "$BIN" | awk '{ print $3 }' | sort -u >"$WORK/symbols"
-callgrind_functions() { # PHASE: functions callgrind saw run in the reef binary itself
+callgrind_functions() { # FILE...: functions callgrind saw run in the reef binary itself
     # "ob=" names the object, "fn=" the function, in full the first time and as "(id)"
-    # afterwards; a trailing "'2" marks a recursive call.
+    # afterwards; the first time may also be a call's "cob=" or "cfn=". A trailing "'2"
+    # marks a recursive call.
     awk -v bin="$BIN" '
         function value(line,   v) { v = substr(line, index(line, "=") + 1); return v }
-        /^ob=/ { v = value($0); id = v; sub(/ .*/, "", id)
-                 if (v ~ / /) { sub(/^[^ ]* /, "", v); ob[id] = v }
-                 cur = ob[id] }
+        FNR == 1 { split("", ob); split("", fn); cur = "" } # each file names its own ids
+        /^c?ob=/ { v = value($0); id = v; sub(/ .*/, "", id)
+                   if (v ~ / /) { sub(/^[^ ]* /, "", v); ob[id] = v }
+                   if ($0 ~ /^ob=/) cur = ob[id] }
         /^c?fn=/ { v = value($0); id = v; sub(/ .*/, "", id)
                    if (v ~ / /) { sub(/^[^ ]* /, "", v); fn[id] = v }
                    if ($0 ~ /^fn=/ && cur == bin) { name = fn[id]; sub(/'"'"'[0-9]+$/, "", name); print name } }
-    ' "$WORK/cg.out.$1" | sort -u | grep -Fxf "$WORK/symbols" || true
+    ' "$@" | sort -u | grep -Fxf "$WORK/symbols" || true
 }
 {
     for n in $NATIVE_NODES; do
@@ -154,13 +178,13 @@ callgrind_functions() { # PHASE: functions callgrind saw run in the reef binary 
 {
     echo "# Made by testnet/bench/link-order.sh on $(date -u '+%Y-%m-%d') from $(git rev-parse --short HEAD); see node/build.rs."
     echo "# idle"
-    callgrind_functions 2
+    callgrind_functions "$WORK/cg.out.2" "$WORK/cg-fresh.out.2"
     echo "# native"
     cat "$WORK/native"
     echo "# start"
-    callgrind_functions 1
+    callgrind_functions "$WORK/cg.out.1" "$WORK/cg-fresh.out.1"
     echo "# requests"
-    callgrind_functions 3
+    callgrind_functions "$WORK/cg.out.3"
 } | awk '/^#/ || !seen[$0]++' >"$OUT.new"
 mv "$OUT.new" "$OUT"
 echo "link-order: wrote $OUT: $(grep -vc '^#' "$OUT") functions, $(wc -l <"$WORK/native") of them found natively; rebuild with cargo build --release"
