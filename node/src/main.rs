@@ -244,6 +244,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    reef_node::heap::single_arena();
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     // libp2p's QUIC brings rustls with two crypto back-ends; pick one for the whole process.
