@@ -505,7 +505,8 @@ fn bandwidth(
     Ok(crate::limits::Bandwidth::new(rate, burst))
 }
 
-/// A capacity: utilisation divides by it, so 0 is refused.
+/// `v` if it is at least `min`: a capacity (utilisation divides by it, so 0 is refused) or the
+/// connection budget.
 fn at_least(field: &'static str, v: u32, min: u32) -> Result<u32, ConfigError> {
     if v < min {
         return Err(ConfigError::Invalid {
