@@ -36,6 +36,8 @@ pub mod republish;
 pub mod runtime_file;
 pub mod secret_file;
 pub mod services;
+#[cfg(target_os = "linux")]
+pub mod start_code;
 pub mod status_cmd;
 pub mod telemetry;
 pub mod token_cmd;

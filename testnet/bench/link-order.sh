@@ -2,24 +2,28 @@
 # Regenerates node/link-order.txt, the order in which the linker lays out the release `reef`
 # binary's functions (node/build.rs says why).
 #
-#   testnet/bench/link-order.sh [NODES]  # default 30; about 3 minutes; installs valgrind and
+#   testnet/bench/link-order.sh [NODES]  # default 100; about 4 minutes; installs valgrind and
 #                                        # perf if missing (root)
 #
-# How: a testnet of NODES nodes on loopback (past a dozen, gossipsub starts pruning its mesh
-# and Kademlia's buckets fill: code a 10-node testnet never runs), all of whose nodes but
-# node-0 are restarted under a profiler:
-# - node-7 under callgrind, which records every function that runs. Its profile is dumped
-#   once the node has joined (start), after 60 s of idling (idle) and after a round of
-#   requests through it (requests).
-# - a new node beside them, with node-8's arguments but an empty data directory, also under
-#   callgrind: a first start makes the node's key and its databases, code a restart never
-#   runs (and every node of a fresh testnet does). Dumped like node-7, without requests.
-# - the other nodes but node-0 natively under `perf record -e page-faults`, which records the
-#   function behind every page of code faulted in. This adds what callgrind cannot see: the
-#   variants a library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where
-#   valgrind's virtual CPU makes it pick others. A fault maps the 64 KiB around it, so a
-#   function next to a faulting one is missed; those found by earlier runs that the binary
-#   still has are kept, so running the script twice, rebuilding in between, fills the gaps.
+# How: two testnets on loopback, one after the other.
+# - 30 nodes, two of them under callgrind, which records every function that runs:
+#   - node-7, restarted with the arguments it had. Its profile is dumped once the node has
+#     joined (start), after 60 s of idling (idle) and after a round of requests through it
+#     (requests).
+#   - a new node beside them, with node-8's arguments but an empty data directory: a first
+#     start makes the node's key and its databases, code a restart never runs (and every node
+#     of a fresh testnet does). Dumped like node-7, without requests.
+#   Past a dozen nodes gossipsub prunes its mesh and Kademlia's buckets fill, code a 10-node
+#   testnet never runs; beyond 30, valgrind's slowdown keeps a node from joining at all.
+# - NODES nodes, natively, while `perf record -e page-faults` records the function behind
+#   every page of code faulted in. This adds what callgrind cannot see:
+#   the variants a library picks for the real CPU (AVX-512 AES-GCM, SHA extensions) where
+#   valgrind's virtual CPU makes it pick others, and what only a larger overlay runs (the
+#   connection budget's pruning, fuller routing tables), which the DHT benchmark's 100 nodes
+#   otherwise fault in 64 KiB at a time. They idle for 90 s, as that benchmark lets them, then
+#   serve a round of requests. A fault maps the 64 KiB around it, so a function next to a
+#   faulting one is missed; those found by earlier runs that the binary still has are kept,
+#   so running the script twice, rebuilding in between, fills the gaps.
 #
 # Only names the binary's symbol table holds are written. Run it again after changes to the
 # code or to Cargo.lock: names that changed are skipped at link time, so an old file only
@@ -27,7 +31,7 @@
 # the whole workspace): symbol names depend on the features the build unifies.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-NODES=${1:-30}
+NODES=${1:-100}
 if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 10 ]; then
     echo "link-order: NODES must be a number of at least 10, not '$NODES'" >&2
     exit 2
@@ -106,36 +110,22 @@ joined() { # N: node-N's address for ADMIN and HTTP, once it has joined
     wait_for 240 bash -c "curl -sf http://$ADMIN/api/status | grep -q '\"joined\": *true'"
 }
 
-target/release/reef-testnet up --bin "$BIN" --nodes "$NODES" --providers 2 --dir "$WORK/net" \
-    >"$WORK/up.log" 2>&1 &
-UP=$!
-wait_for 120 test -f "$WORK/net/manifest.json"
-ORIGIN=$(json_field "$WORK/net/manifest.json" origin)
-
-NATIVE_NODES=$(seq 1 $((NODES - 1)) | grep -vx 7)
-restart 7 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.out"
-CALLGRIND=$PID
-fresh 8 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg-fresh.out"
-FRESH=$PID
-PERFS=()
-for n in $NATIVE_NODES; do
-    restart "$n" perf record -q -e page-faults -c 1 -o "$WORK/faults.$n"
-    PERFS+=("$PID")
-done
-for n in $NATIVE_NODES; do joined "$n"; done
-joined 7
-joined fresh
-sleep 5
-callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.1: start and join
-callgrind_control -d "$FRESH" >/dev/null 2>&1     # cg-fresh.out.1
-sleep 60
-callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.2: idle
-callgrind_control -d "$FRESH" >/dev/null 2>&1     # cg-fresh.out.2
-
-OTHER=$(json_field "$WORK/net/node-0/runtime.json" http)
-NATIVE=$(json_field "$WORK/net/node-5/runtime.json" http)
-requests() { # HTTP: misses, hits, a peer fetch, a range, a HEAD, a 404
-    curl -sf -o /dev/null -x "http://$OTHER" "http://$ORIGIN/bytes/7777"
+# up N BIN NAME: a testnet of N nodes of BIN in $WORK/NAME, once every node has joined; sets UP
+# and ORIGIN.
+up() {
+    target/release/reef-testnet up --bin "$2" --nodes "$1" --providers 2 --dir "$WORK/$3" \
+        >"$WORK/$3.log" 2>&1 &
+    UP=$!
+    wait_for 600 test -f "$WORK/$3/manifest.json"
+    ORIGIN=$(json_field "$WORK/$3/manifest.json" origin)
+}
+down() { # stops the testnet UP and waits for its nodes to write their profiles
+    kill -INT "$UP"
+    wait "$UP" || true
+    UP=""
+}
+requests() { # HTTP OTHER: misses, hits, a peer fetch, a range, a HEAD, a 404
+    curl -sf -o /dev/null -x "http://$2" "http://$ORIGIN/bytes/7777"
     for n in 1000 100000 3000000 7777; do
         for _ in 1 2 3; do curl -sf -o /dev/null -x "http://$1" "http://$ORIGIN/bytes/$n"; done
     done
@@ -143,12 +133,42 @@ requests() { # HTTP: misses, hits, a peer fetch, a range, a HEAD, a 404
     curl -sf -o /dev/null -I -x "http://$1" "http://$ORIGIN/bytes/1000"
     curl -s -o /dev/null -x "http://$1" "http://$ORIGIN/missing" || true
 }
-requests "$HTTP"
-requests "$NATIVE"
+
+# callgrind, on 30 nodes
+up 30 "$BIN" net
+OTHER=$(json_field "$WORK/net/node-0/runtime.json" http)
+restart 7 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.out"
+CALLGRIND=$PID
+fresh 8 valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg-fresh.out"
+FRESH=$PID
+joined fresh
+joined 7
+sleep 5
+callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.1: start and join
+callgrind_control -d "$FRESH" >/dev/null 2>&1     # cg-fresh.out.1
+sleep 60
+callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.2: idle
+callgrind_control -d "$FRESH" >/dev/null 2>&1     # cg-fresh.out.2
+requests "$HTTP" "$OTHER"
 curl -sf -o /dev/null "http://$ADMIN/metrics"
 callgrind_control -d "$CALLGRIND" >/dev/null 2>&1 # cg.out.3: requests
-for pid in "${PERFS[@]}"; do kill -INT "$pid"; done
-for pid in "${PERFS[@]}"; do wait "$pid" || true; done
+for pid in "${PROFILED[@]}"; do kill -INT "$pid"; done
+for pid in "${PROFILED[@]}"; do wait "$pid" || true; done
+PROFILED=()
+down
+
+# perf, on NODES nodes, every one watched from its first start: system-wide, since the
+# testnet wants its own children to be the nodes
+perf record -a -q -e page-faults -c 1 -o "$WORK/faults" >"$WORK/perf.log" 2>&1 &
+PERF=$!
+PROFILED+=("$PERF")
+up "$NODES" "$BIN" big
+sleep 90
+requests "$(json_field "$WORK/big/node-5/runtime.json" http)" \
+    "$(json_field "$WORK/big/node-0/runtime.json" http)"
+down
+kill -INT "$PERF"
+wait "$PERF" || true
 
 nm --defined-only "$BIN" | awk '{ print $3 }' | sort -u >"$WORK/symbols"
 callgrind_functions() { # FILE...: functions callgrind saw run in the reef binary itself
@@ -167,10 +187,8 @@ callgrind_functions() { # FILE...: functions callgrind saw run in the reef binar
     ' "$@" | sort -u | grep -Fxf "$WORK/symbols" || true
 }
 {
-    for n in $NATIVE_NODES; do
-        perf script -i "$WORK/faults.$n" --no-demangle -F ip,sym,dso 2>/dev/null |
-            awk -v bin="($BIN)" '$NF == bin { print $2 }'
-    done
+    perf script -i "$WORK/faults" --no-demangle -F ip,sym,dso 2>/dev/null |
+        awk -v bin="($BIN)" '$NF == bin { print $2 }'
     # what earlier runs found
     [ -f "$OUT" ] && awk '/^# / { keep = ($2 == "native") } keep && !/^#/' "$OUT"
 } | sort -u | grep -Fxf "$WORK/symbols" >"$WORK/native" || true
@@ -182,6 +200,7 @@ callgrind_functions() { # FILE...: functions callgrind saw run in the reef binar
     echo "# native"
     cat "$WORK/native"
     echo "# start"
+    echo reef_start_code_begin # node/src/start_code.rs drops the code from here on
     callgrind_functions "$WORK/cg.out.1" "$WORK/cg-fresh.out.1"
     echo "# requests"
     callgrind_functions "$WORK/cg.out.3"
