@@ -33,25 +33,27 @@ pub extern "C" fn reef_start_code_begin() -> u32 {
     std::hint::black_box(0x5ee1)
 }
 
-/// Drops the code after [`reef_start_code_begin`] now and every [`DROP_EVERY`], where the
-/// build laid the code out for it.
+/// Drops the code after [`reef_start_code_begin`] every [`DROP_EVERY`], where the build laid
+/// the code out for it.
 pub fn spawn_dropper() {
     if !cfg!(reef_link_order) {
         return;
     }
-    tokio::spawn(async {
+    // The mapping does not move while the process lives: find it once.
+    let (first, len) = match range() {
+        Ok(range) => range,
+        Err(why) => {
+            debug!(%why, "keeping the code mapped");
+            return;
+        }
+    };
+    tokio::spawn(async move {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + DROP_EVERY, DROP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match range() {
-                Ok((first, len)) => drop_pages(first, len),
-                Err(why) => {
-                    debug!(%why, "keeping the code mapped");
-                    return;
-                }
-            }
+            drop_pages(first, len);
         }
     });
 }

@@ -75,6 +75,14 @@ wait_for() { # SECONDS COMMAND...
         sleep 0.5
     done
 }
+# profiled DIR COMMAND...: COMMAND in the background, logging to DIR/profiled.log; sets PID.
+profiled() {
+    local dir=$1
+    shift
+    "$@" >"$dir/profiled.log" 2>&1 &
+    PID=$!
+    PROFILED+=("$PID")
+}
 # restart N PROFILER...: node-N again, with the arguments it had, under PROFILER; sets PID.
 restart() {
     local dir=$WORK/net/node-$1 old args
@@ -84,9 +92,7 @@ restart() {
     kill "$old"
     wait_for 30 bash -c "! kill -0 $old"
     rm -f "$dir/runtime.json"
-    "$@" "${args[@]}" >"$dir/profiled.log" 2>&1 &
-    PID=$!
-    PROFILED+=("$PID")
+    profiled "$dir" "$@" "${args[@]}"
 }
 # fresh N PROFILER...: a new node with node-N's arguments but the empty data directory
 # node-fresh, under PROFILER; sets PID.
@@ -98,9 +104,7 @@ fresh() {
         [ "${args[$i]}" = --data-dir ] && args[i + 1]=$dir
     done
     mkdir -p "$dir"
-    "$@" "${args[@]}" >"$dir/profiled.log" 2>&1 &
-    PID=$!
-    PROFILED+=("$PID")
+    profiled "$dir" "$@" "${args[@]}"
 }
 joined() { # N: node-N's address for ADMIN and HTTP, once it has joined
     local dir=$WORK/net/node-$1
@@ -119,7 +123,7 @@ up() {
     wait_for 600 test -f "$WORK/$3/manifest.json"
     ORIGIN=$(json_field "$WORK/$3/manifest.json" origin)
 }
-down() { # stops the testnet UP and waits for its nodes to write their profiles
+down() { # stops the testnet UP and waits until its nodes have exited
     kill -INT "$UP"
     wait "$UP" || true
     UP=""
