@@ -12,6 +12,8 @@ pub mod activity;
 pub mod admin;
 pub mod admin_client;
 pub mod body;
+#[cfg(target_os = "linux")]
+pub mod code_pages;
 pub mod config;
 pub mod dashboard;
 pub mod dns;
@@ -36,8 +38,6 @@ pub mod republish;
 pub mod runtime_file;
 pub mod secret_file;
 pub mod services;
-#[cfg(target_os = "linux")]
-pub mod start_code;
 pub mod status_cmd;
 pub mod telemetry;
 pub mod token_cmd;

@@ -404,7 +404,7 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
 
     heap::spawn_trimmer();
     #[cfg(target_os = "linux")]
-    crate::start_code::spawn_dropper();
+    crate::code_pages::spawn_dropper();
     let (stop_tx, stop_rx) = watch::channel(false);
     let edge_task = tokio::spawn(edge::serve(http_listener, edge, stop_rx.clone()));
     let admin_state = Arc::new(AdminState {

@@ -28,7 +28,9 @@
 # Only names the binary's symbol table holds are written. Run it again after changes to the
 # code or to Cargo.lock: names that changed are skipped at link time, so an old file only
 # costs memory. The binary must be built the way it is shipped (`cargo build --release` of
-# the whole workspace): symbol names depend on the features the build unifies.
+# the whole workspace, or `-p reef-node -p reef-testnet` as the benchmarks build it): symbol
+# names depend on the features the build unifies, and `-p reef-node` alone unifies others,
+# which renames every function of our node crate.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NODES=${1:-100}
@@ -204,7 +206,6 @@ callgrind_functions() { # FILE...: functions callgrind saw run in the reef binar
     echo "# native"
     cat "$WORK/native"
     echo "# start"
-    echo reef_start_code_begin # node/src/start_code.rs drops the code from here on
     callgrind_functions "$WORK/cg.out.1" "$WORK/cg-fresh.out.1"
     echo "# requests"
     callgrind_functions "$WORK/cg.out.3"
