@@ -110,8 +110,9 @@ fn chunk_bytes(buf: Vec<u8>, len: usize) -> Bytes {
 }
 
 /// Streams `len` bytes of a stored body's `file` from `offset`. A body of at least a chunk is
-/// mapped ([`crate::mapped`]): each chunk the page cache holds goes to hyper as `Bytes` pointing
-/// into the mapping, and is copied once, into the socket. Other chunks are read: first
+/// mapped ([`crate::mapped`]; a blob small enough is mapped whole and kept for the responses
+/// after): each chunk the page cache holds goes to hyper as `Bytes` pointing into the
+/// mapping, and is copied once, into the socket. Other chunks are read: first
 /// without waiting (`preadv2` with `RWF_NOWAIT`: only what the page cache holds, on the
 /// connection's own thread, as copying a body from memory would be), and only a chunk that
 /// must come from the disk on the blocking pool. A hot object so costs no thread switch at
@@ -120,13 +121,14 @@ fn chunk_bytes(buf: Vec<u8>, len: usize) -> Bytes {
 pub fn from_stored_file(file: std::fs::File, offset: u64, len: u64) -> Body {
     // The length is checked here because a mapping would read a short file's last page as
     // zeros past its end; the read path reports the early end instead.
-    let mapped = len >= FILE_CHUNK as u64
-        && file
-            .metadata()
-            .is_ok_and(|m| offset.checked_add(len).is_some_and(|end| end <= m.len()));
+    let meta = file.metadata().ok().filter(|m| {
+        len >= FILE_CHUNK as u64 && offset.checked_add(len).is_some_and(|end| end <= m.len())
+    });
+    let whole = meta.as_ref().and_then(|m| crate::mapped::whole(&file, m));
     StoredFile {
         file: Arc::new(file),
-        mapped,
+        mapped: meta.is_some(),
+        whole,
         offset,
         left: len,
         nowait: true,
@@ -141,6 +143,8 @@ struct StoredFile {
     file: Arc<std::fs::File>,
     /// Whether chunks are mapped rather than read (when the page cache holds them).
     mapped: bool,
+    /// The whole file, mapped and kept between responses, if it is small enough to keep.
+    whole: Option<Arc<crate::mapped::Whole>>,
     /// Where the next chunk starts in the file, and the bytes still to send.
     offset: u64,
     left: u64,
@@ -158,7 +162,10 @@ impl StoredFile {
         }
         // Bounded by MAPPED_CHUNK, so it fits a usize.
         let want = self.left.min(MAPPED_CHUNK as u64) as usize;
-        crate::mapped::cached_chunk(&self.file, self.offset, want)
+        match &self.whole {
+            Some(whole) => whole.chunk(self.offset, want),
+            None => crate::mapped::cached_chunk(&self.file, self.offset, want),
+        }
     }
 
     /// The next chunk if the page cache holds (the start of) it; `None` if it must be read

@@ -236,8 +236,10 @@ struct BenchNginxArgs {
     /// wrk connections (`-c`), each with one request in flight.
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     connections: usize,
-    /// wrk threads (`-t`).
-    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
+    /// wrk threads (`-t`): two per core of a 2-core machine, as with one per core a thread
+    /// can be held on one connection while the others' answers wait unread
+    /// (docs/benchmarks.md says more)
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     threads: usize,
     /// Seconds per measured run.
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]
