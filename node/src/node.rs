@@ -404,7 +404,6 @@ pub async fn run(config: Config, public_http: Option<SocketAddr>) -> Result<(), 
 
     heap::spawn_trimmer();
     crate::mapped::spawn_sweeper();
-    #[cfg(target_os = "linux")]
     crate::code_pages::spawn_dropper();
     let (stop_tx, stop_rx) = watch::channel(false);
     let edge_task = tokio::spawn(edge::serve(http_listener, edge, stop_rx.clone()));
