@@ -4,7 +4,7 @@
 //! to be.
 //!
 //! A blob of up to [`KEEP_FILE_MAX`] is mapped whole and the mapping kept for the responses
-//! after ([`Kept`]): a profile of 10 MiB hits showed a quarter of the node's time in making
+//! after: a profile of 10 MiB hits showed a quarter of the node's time in making
 //! and unmapping a mapping per chunk (`mmap`, `munmap` and the other core's TLB flush, a
 //! page fault per 64 KiB, `mincore` looking each page up in the page cache). A kept mapping's
 //! pages stay mapped once faulted in, so the next response only copies. Kept mappings are
@@ -119,14 +119,13 @@ impl AsRef<[u8]> for Slice {
 static KEPT: LazyLock<Mutex<Kept>> = LazyLock::new(|| {
     Mutex::new(Kept {
         files: HashMap::new(),
-        bytes: 0,
     })
 });
 
-/// The kept mappings, by (device, inode).
+/// The kept mappings, by (device, inode). Dropping one leaves it to the responses still
+/// writing from it, which keep it until they end.
 struct Kept {
     files: HashMap<(u64, u64), KeptFile>,
-    bytes: usize,
 }
 
 struct KeptFile {
@@ -135,12 +134,14 @@ struct KeptFile {
 }
 
 impl Kept {
+    /// Bytes kept mapped; a sum over at most [`KEEP_FILES`] entries.
+    fn bytes(&self) -> usize {
+        self.files.values().map(|e| e.map.len()).sum()
+    }
+
     fn keep(&mut self, id: (u64, u64), map: Arc<Whole>, now: Instant) {
-        self.bytes += map.len();
-        if let Some(old) = self.files.insert(id, KeptFile { map, used: now }) {
-            self.bytes -= old.map.len();
-        }
-        while self.bytes > KEEP_BYTES || self.files.len() > KEEP_FILES {
+        self.files.insert(id, KeptFile { map, used: now });
+        while self.bytes() > KEEP_BYTES || self.files.len() > KEEP_FILES {
             let Some(oldest) = self
                 .files
                 .iter()
@@ -149,27 +150,13 @@ impl Kept {
             else {
                 break;
             };
-            self.forget(oldest);
+            self.files.remove(&oldest);
         }
     }
 
     fn let_go_idle(&mut self, now: Instant) {
-        let idle: Vec<_> = self
-            .files
-            .iter()
-            .filter(|(_, e)| now.duration_since(e.used) >= KEEP_IDLE)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            self.forget(id);
-        }
-    }
-
-    /// Responses still writing from the mapping keep it until they end.
-    fn forget(&mut self, id: (u64, u64)) {
-        if let Some(old) = self.files.remove(&id) {
-            self.bytes -= old.map.len();
-        }
+        self.files
+            .retain(|_, e| now.duration_since(e.used) < KEEP_IDLE);
     }
 }
 
@@ -323,10 +310,7 @@ mod tests {
         let data = vec![5u8; 300_000];
         let file = file_of(&data);
         let chunk = whole_of(&file).chunk(100, 1000).unwrap();
-        let mut kept = KEPT.lock().unwrap();
-        let ids: Vec<_> = kept.files.keys().copied().collect();
-        ids.into_iter().for_each(|id| kept.forget(id));
-        drop(kept);
+        KEPT.lock().unwrap().files.clear();
         assert_eq!(&chunk[..], &data[100..1100]);
     }
 
@@ -335,7 +319,6 @@ mod tests {
         let now = Instant::now();
         let mut kept = Kept {
             files: HashMap::new(),
-            bytes: 0,
         };
         let files: Vec<File> = (0..KEEP_FILES + 3).map(|_| file_of(&[1u8; 5000])).collect();
         for (i, file) in files.iter().enumerate() {
@@ -343,7 +326,7 @@ mod tests {
             kept.keep((0, i as u64), map, now + Duration::from_millis(i as u64));
         }
         assert_eq!(kept.files.len(), KEEP_FILES);
-        assert_eq!(kept.bytes, KEEP_FILES * 5000);
+        assert_eq!(kept.bytes(), KEEP_FILES * 5000);
         assert!(
             !kept.files.contains_key(&(0, 0)),
             "the least recently used went first"
@@ -352,7 +335,7 @@ mod tests {
         assert_eq!(kept.files.len(), KEEP_FILES + 3 - 11);
         kept.let_go_idle(now + 2 * KEEP_IDLE);
         assert!(kept.files.is_empty());
-        assert_eq!(kept.bytes, 0);
+        assert_eq!(kept.bytes(), 0);
     }
 
     #[test]
